@@ -1,0 +1,135 @@
+// swift-tools-version:6.2
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "skywire",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "skywire", targets: ["skywire"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/vapor/sqlite-nio.git", from: "1.13.2"),
+        .package(url: "https://github.com/attaswift/BigInt.git", from: "6.0.1"),
+    ],
+    targets: [
+        // Layer 0: a duplex byte pipe abstraction (TCP channels, mux streams, encrypted links all are Links).
+        .target(
+            name: "SkywireLink",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Layer 1: identity (Ed25519 / X25519) and the Noise protocol; NoiseLink encrypts a Link.
+        .target(
+            name: "SkywireCrypto",
+            dependencies: [
+                "SkywireLink",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "BigInt", package: "BigInt"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Layer 2: stream multiplexing with per-stream flow control over one Link.
+        .target(
+            name: "SkywireMux",
+            dependencies: [
+                "SkywireLink",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Service: the discovery registry (server and client) and its signed entries.
+        .target(
+            name: "SkywireDiscovery",
+            dependencies: [
+                "SkywireCrypto",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "SQLiteNIO", package: "sqlite-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Sessions: dialing/accepting authenticated multiplexed sessions over TCP, and the dmsg relay.
+        .target(
+            name: "SkywireSession",
+            dependencies: [
+                "SkywireLink", "SkywireCrypto", "SkywireMux", "SkywireDiscovery",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The visor: identity, transports, skynet server/clients, control API.
+        .target(
+            name: "SkywireVisor",
+            dependencies: [
+                "SkywireLink", "SkywireCrypto", "SkywireMux", "SkywireDiscovery", "SkywireSession",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Command line: every daemon and the `cli` client of the control API.
+        .target(
+            name: "SkywireCLI",
+            dependencies: [
+                "SkywireCrypto", "SkywireDiscovery", "SkywireSession", "SkywireVisor",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "skywire",
+            dependencies: ["SkywireCLI"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "SkywireLinkTests",
+            dependencies: ["SkywireLink", .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "SkywireCryptoTests",
+            dependencies: ["SkywireCrypto", "SkywireLink", .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "SkywireMuxTests",
+            dependencies: ["SkywireMux", "SkywireLink", .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOTestUtils", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "SkywireDiscoveryTests",
+            dependencies: ["SkywireDiscovery", "SkywireCrypto", .product(name: "NIOPosix", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

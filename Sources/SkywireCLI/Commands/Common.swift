@@ -1,0 +1,77 @@
+import ArgumentParser
+import Foundation
+import Logging
+import SkywireVisor
+
+/// `--rpc`, shared by every `cli` command.
+struct RPCOptions: ParsableArguments {
+    @Option(name: .long, help: "Control API address of the visor (loopback host:port; default $SKYWIRE_RPC or 127.0.0.1:3435).")
+    var rpc: String?
+
+    var resolved: String {
+        if let rpc { return rpc }
+        if let env = ProcessInfo.processInfo.environment["SKYWIRE_RPC"], !env.isEmpty { return env }
+        return VisorConfig.defaultRPC
+    }
+
+    func client() throws -> ControlClient {
+        try ControlClient(rpc: self.resolved)
+    }
+}
+
+/// Parses "8080,3000" into ports, with one clear error for anything else.
+func parsePorts(_ text: String, allowZero: Bool = false) throws -> [Int] {
+    let parts = text.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+    var ports: [Int] = []
+    for part in parts {
+        guard let port = Int(part) else { throw ValidationError("invalid port \"\(part)\": expected a number") }
+        try checkPort(port, allowZero: allowZero)
+        ports.append(port)
+    }
+    return ports
+}
+
+func checkPort(_ port: Int, allowZero: Bool = false) throws {
+    let low = allowZero ? 0 : 1
+    guard (low...65535).contains(port) else {
+        throw ValidationError("port \(port) is out of range (\(low)-65535)")
+    }
+}
+
+/// Prints JSON (sorted keys, ISO dates) on stdout.
+func printJSON(_ value: some Encodable) throws {
+    let encoder = ControlJSON.encoder()
+    encoder.outputFormatting.insert(.prettyPrinted)
+    let data = try encoder.encode(value)
+    print(String(decoding: data, as: UTF8.self))
+}
+
+/// Logging for daemons: stderr, level from `SKYWIRE_LOG` (default info).
+func makeLogger(_ label: String) -> Logger {
+    var logger = Logger(label: label)
+    if let text = ProcessInfo.processInfo.environment["SKYWIRE_LOG"], let level = Logger.Level(rawValue: text) {
+        logger.logLevel = level
+    } else {
+        logger.logLevel = .info
+    }
+    return logger
+}
+
+/// Splits a daemon's `--addr host:port`.
+func parseListenAddress(_ text: String, flag: String) throws -> (String, Int) {
+    var host: Substring
+    var portText: Substring
+    if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
+        host = text[text.index(after: text.startIndex)..<close]
+        let rest = text[text.index(after: close)...]
+        guard rest.hasPrefix(":") else { throw ValidationError("invalid \(flag) \"\(text)\": expected host:port") }
+        portText = rest.dropFirst()
+    } else {
+        guard let colon = text.lastIndex(of: ":") else { throw ValidationError("invalid \(flag) \"\(text)\": expected host:port") }
+        host = text[..<colon]
+        portText = text[text.index(after: colon)...]
+    }
+    guard !host.isEmpty, let port = Int(portText) else { throw ValidationError("invalid \(flag) \"\(text)\": expected host:port") }
+    try checkPort(port, allowZero: true)
+    return (String(host), port)
+}

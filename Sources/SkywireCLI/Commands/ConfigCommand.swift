@@ -1,0 +1,95 @@
+import ArgumentParser
+import Foundation
+import SkywireVisor
+
+struct ConfigCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "config",
+        abstract: "Visor configuration files.",
+        subcommands: [Gen.self]
+    )
+
+    struct Gen: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Write a visor config with a fresh identity (mode 0600).")
+
+        @Option(help: "Where to write the config.")
+        var out = "skywire-config.json"
+
+        @Option(help: "Discovery service URL.")
+        var discovery = VisorConfig.defaultDiscovery
+
+        @Option(help: "Control API address (loopback host:port; port 0 = ephemeral).")
+        var rpc = VisorConfig.defaultRPC
+
+        @Option(help: "stcpr listen address (direct TCP transport; not available yet).")
+        var stcpr: String?
+
+        @Option(help: "sudph listen address (UDP hole punching; not available yet).")
+        var sudph: String?
+
+        @Flag(help: "Overwrite an existing file.")
+        var force = false
+
+        func validate() throws {
+            guard parseLoopbackHostPort(self.rpc) != nil else {
+                throw ValidationError("invalid --rpc \"\(self.rpc)\": expected a loopback host:port such as 127.0.0.1:3435")
+            }
+            guard URL(string: self.discovery)?.scheme?.hasPrefix("http") == true, URL(string: self.discovery)?.host != nil else {
+                throw ValidationError("invalid --discovery \"\(self.discovery)\": expected an http:// URL")
+            }
+            if let stcpr { _ = try parseListenAddress(stcpr, flag: "--stcpr") }
+            if let sudph { _ = try parseListenAddress(sudph, flag: "--sudph") }
+        }
+
+        func run() async throws {
+            let base = URL(fileURLWithPath: self.out).deletingPathExtension().lastPathComponent
+            let config = VisorConfig.generate(
+                discovery: self.discovery, rpc: self.rpc, stateDir: "\(base)-state",
+                stcpr: self.stcpr, sudph: self.sudph
+            )
+            do { try config.write(path: self.out, force: self.force) } catch { throw CLIError("\(error)") }
+            print("wrote \(self.out) (public key \(config.publicKey.hex))")
+        }
+    }
+}
+
+struct VisorCLICommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "visor",
+        abstract: "The visor itself.",
+        subcommands: [PK.self, Info.self]
+    )
+
+    struct PK: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "pk", abstract: "Print the visor's public key.")
+        @OptionGroup var rpc: RPCOptions
+
+        func run() async throws {
+            let info: VisorInfo = try await self.rpc.client().get("/v1/visor")
+            print(info.publicKey)
+        }
+    }
+
+    struct Info: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show the visor's key, relays and sessions.")
+        @OptionGroup var rpc: RPCOptions
+        @Flag(help: "JSON output.") var json = false
+
+        func run() async throws {
+            let info: VisorInfo = try await self.rpc.client().get("/v1/visor")
+            if self.json { try printJSON(info); return }
+            print("public key: \(info.publicKey)")
+            print("control:    \(info.rpc)")
+            print("discovery:  \(info.discovery)")
+            print("relays:     \(info.relays.isEmpty ? "none" : info.relays.map { "\($0.publicKey.prefix(8))@\($0.address)" }.joined(separator: ", "))")
+            if info.sessions.isEmpty {
+                print("sessions:   none")
+            } else {
+                print("sessions:")
+                for s in info.sessions {
+                    print("  #\(s.id) \(s.type) \(s.remotePublicKey) streams=\(s.streams) in=\(s.bytesIn) out=\(s.bytesOut)\(s.rttMs.map { String(format: " rtt=%.2fms", $0) } ?? "")")
+                }
+            }
+        }
+    }
+}

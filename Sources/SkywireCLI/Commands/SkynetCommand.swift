@@ -1,0 +1,171 @@
+import ArgumentParser
+import Foundation
+import SkywireCrypto
+import SkywireVisor
+
+struct SkynetCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "skynet",
+        abstract: "Skynet provides port forwarding over the Skywire network.",
+        discussion: """
+        Client commands connect to remote skynet servers and forward traffic to localhost.
+        Multiple client instances can run simultaneously with different configurations.
+        Each instance gets a unique name (e.g., skynet-client-8080, skynet-client-3435).
+
+        Server commands (srv) expose local ports over the network.
+        """,
+        subcommands: [Start.self, Stop.self, Status.self, Srv.self]
+    )
+
+    struct Start: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Start skynet client to connect to a remote server.")
+        @OptionGroup var rpc: RPCOptions
+        @Option(help: "Public key of the remote visor (64 hex).") var pk: String
+        @Option(help: "Port exposed by the remote visor.") var remote: Int
+        @Option(help: "Local port to listen on (127.0.0.1; 0 = ephemeral).") var local: Int
+        @Flag(name: .customLong("raw-tcp"), help: "Forward raw TCP (any protocol) instead of HTTP.") var rawTCP = false
+        @Flag(help: "Direct transports only.") var skynet = false
+        @Flag(help: "Relay (dmsg) only.") var dmsg = false
+        @Option(help: "Instance name (default skynet-client-<local port>).") var name: String?
+        @Flag(help: "JSON output.") var json = false
+
+        func validate() throws {
+            do { _ = try PublicKey(hex: self.pk) } catch { throw ValidationError("\(error)") }
+            try checkPort(self.remote)
+            try checkPort(self.local, allowZero: true)
+            if self.skynet && self.dmsg { throw ValidationError("--skynet and --dmsg exclude each other") }
+        }
+
+        func run() async throws {
+            let request = StartClientRequest(
+                remotePublicKey: self.pk, remotePort: self.remote, localPort: self.local,
+                mode: self.rawTCP ? "raw-tcp" : "http",
+                network: self.skynet ? "skynet" : (self.dmsg ? "dmsg" : "auto"),
+                name: self.name
+            )
+            let info: ClientInstanceInfo = try await self.rpc.client().post("/v1/skynet/clients", request)
+            if self.json { try printJSON(info); return }
+            print("\(info.name): 127.0.0.1:\(info.localPort) -> \(info.remotePublicKey):\(info.remotePort) (\(info.mode), via \(info.transport ?? info.network))")
+        }
+    }
+
+    struct Stop: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Stop a skynet client instance (no name: every client instance).")
+        @OptionGroup var rpc: RPCOptions
+        @Argument(help: "Instance name.") var name: String?
+
+        func run() async throws {
+            let path = self.name.map { "/v1/skynet/clients/\(pathEscape($0))" } ?? "/v1/skynet/clients"
+            let stopped: StoppedResponse = try await self.rpc.client().delete(path)
+            print(stopped.stopped.isEmpty ? "no client instances" : "stopped \(stopped.stopped.joined(separator: ", "))")
+        }
+    }
+
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show skynet client status.")
+        @OptionGroup var rpc: RPCOptions
+        @Argument(help: "Instance name.") var name: String?
+        @Flag(help: "JSON output.") var json = false
+
+        func run() async throws {
+            let path = self.name.map { "/v1/skynet/clients/\(pathEscape($0))" } ?? "/v1/skynet/clients"
+            let list: [ClientInstanceInfo] = try await self.rpc.client().get(path)
+            if self.json { try printJSON(list); return }
+            if list.isEmpty { print("no client instances"); return }
+            var rows = [["NAME", "STATE", "MODE", "NETWORK", "TRANSPORT", "LOCAL", "REMOTE", "CONNS", "TOTAL", "IN", "OUT", "ERROR"]]
+            for i in list {
+                rows.append([
+                    i.name, i.state, i.mode, i.network, i.transport ?? "-", i.localAddress,
+                    "\(i.remotePublicKey.prefix(8))…:\(i.remotePort)", "\(i.connectionsOpen)", "\(i.connectionsTotal)",
+                    "\(i.bytesIn)", "\(i.bytesOut)", i.error ?? "",
+                ])
+            }
+            printTable(rows)
+        }
+    }
+
+    struct Srv: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Skynet port forwarding server.",
+            subcommands: [SrvStart.self, SrvStop.self, SrvStatus.self]
+        )
+    }
+
+    struct SrvStart: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "start", abstract: "Expose local ports to the Skywire network.")
+        @OptionGroup var rpc: RPCOptions
+        @Option(help: "Comma-separated local ports, e.g. 8080,3000.") var ports: String
+        @Option(help: "Comma-separated public keys allowed to connect (default: every visor).") var whitelist: String?
+        @Option(help: "Instance name (default skynet-<first port>).") var name: String?
+        @Flag(help: "JSON output.") var json = false
+
+        func validate() throws {
+            _ = try parsePorts(self.ports)
+            for key in self.whitelistKeys {
+                do { _ = try PublicKey(hex: key) } catch { throw ValidationError("whitelist: \(error)") }
+            }
+        }
+
+        var whitelistKeys: [String] {
+            (self.whitelist ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        }
+
+        func run() async throws {
+            let request = StartServerRequest(ports: try parsePorts(self.ports), whitelist: self.whitelistKeys.isEmpty ? nil : self.whitelistKeys, name: self.name)
+            let info: ServerInstanceInfo = try await self.rpc.client().post("/v1/skynet/servers", request)
+            if self.json { try printJSON(info); return }
+            print("\(info.name): exposing \(info.ports.map(String.init).joined(separator: ",")) to \(info.whitelist.map { "\($0.count) whitelisted visor(s)" } ?? "every visor")")
+        }
+    }
+
+    struct SrvStop: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "stop", abstract: "Stop a server instance (no name: every server instance).")
+        @OptionGroup var rpc: RPCOptions
+        @Argument(help: "Instance name.") var name: String?
+
+        func run() async throws {
+            let path = self.name.map { "/v1/skynet/servers/\(pathEscape($0))" } ?? "/v1/skynet/servers"
+            let stopped: StoppedResponse = try await self.rpc.client().delete(path)
+            print(stopped.stopped.isEmpty ? "no server instances" : "stopped \(stopped.stopped.joined(separator: ", "))")
+        }
+    }
+
+    struct SrvStatus: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "status", abstract: "Show server instances.")
+        @OptionGroup var rpc: RPCOptions
+        @Argument(help: "Instance name.") var name: String?
+        @Flag(help: "JSON output.") var json = false
+
+        func run() async throws {
+            let path = self.name.map { "/v1/skynet/servers/\(pathEscape($0))" } ?? "/v1/skynet/servers"
+            let list: [ServerInstanceInfo] = try await self.rpc.client().get(path)
+            if self.json { try printJSON(list); return }
+            if list.isEmpty { print("no server instances"); return }
+            var rows = [["NAME", "STATE", "PORTS", "WHITELIST", "CONNS", "TOTAL", "REFUSED", "IN", "OUT"]]
+            for i in list {
+                rows.append([
+                    i.name, i.state, i.ports.map(String.init).joined(separator: ","),
+                    i.whitelist.map { "\($0.count) key(s)" } ?? "open (any visor)",
+                    "\(i.connectionsOpen)", "\(i.connectionsTotal)", "\(i.refused)", "\(i.bytesIn)", "\(i.bytesOut)",
+                ])
+            }
+            printTable(rows)
+        }
+    }
+}
+
+func pathEscape(_ text: String) -> String {
+    text.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/"))) ?? text
+}
+
+func printTable(_ rows: [[String]]) {
+    guard let first = rows.first else { return }
+    var widths = first.map(\.count)
+    for row in rows { for (i, cell) in row.enumerated() where i < widths.count { widths[i] = max(widths[i], cell.count) } }
+    for row in rows {
+        let line = row.enumerated().map { i, cell in
+            i == row.count - 1 ? cell : cell.padding(toLength: widths[i], withPad: " ", startingAt: 0)
+        }.joined(separator: "  ")
+        print(line.trimmingCharacters(in: .whitespaces))
+    }
+}

@@ -1,0 +1,169 @@
+import NIOCore
+
+/// A ``Link`` over a NIO stream channel (a TCP connection).
+///
+/// Install it as the last handler of a channel created with `ChannelOptions.allowRemoteHalfClosure`
+/// set to `true`, so that a peer's half-close becomes ``LinkDelegate/linkDidReceiveEOF()`` instead
+/// of a full close. Back-pressure: ``setReading(_:)`` with `false` holds the channel's `read()`
+/// calls, so the kernel's receive window closes and the sender slows down.
+public final class ChannelLink: ChannelDuplexHandler, Link {
+    public typealias InboundIn = ByteBuffer
+    public typealias OutboundIn = ByteBuffer
+    public typealias OutboundOut = ByteBuffer
+
+    public let eventLoop: any EventLoop
+    public var delegate: (any LinkDelegate)?
+
+    private var context: ChannelHandlerContext?
+    private var started = false
+    private var reading = true
+    private var heldRead = false
+    private var buffered = CircularBuffer<ByteBuffer>()
+    private var inputClosed = false
+    private var eofPending = false
+    private var outputClosed = false
+    private var closed = false
+    private var closeError: (any Error)?
+    private var closeDelivered = false
+
+    /// Creates the handler; add it to `channel`'s pipeline (on its loop) before use.
+    public init(channel: any Channel) {
+        self.eventLoop = channel.eventLoop
+    }
+
+    /// Adds a new ``ChannelLink`` at the end of `channel`'s pipeline. Call on the channel's loop.
+    public static func install(on channel: any Channel) throws -> ChannelLink {
+        let link = ChannelLink(channel: channel)
+        try channel.pipeline.syncOperations.addHandler(link)
+        return link
+    }
+
+    // MARK: Link
+
+    public func start() {
+        self.eventLoop.preconditionInEventLoop()
+        guard !self.started else { return }
+        self.started = true
+        self.deliverBuffered()
+    }
+
+    public func write(_ data: ByteBuffer) {
+        guard let context = self.context, !self.closed, !self.outputClosed else { return }
+        context.write(self.wrapOutboundOut(data), promise: nil)
+    }
+
+    public func flush() {
+        guard let context = self.context, !self.closed else { return }
+        context.flush()
+    }
+
+    public var isWritable: Bool {
+        guard let context = self.context, !self.closed else { return false }
+        return context.channel.isWritable
+    }
+
+    public func setReading(_ enabled: Bool) {
+        guard self.reading != enabled else { return }
+        self.reading = enabled
+        if enabled {
+            self.deliverBuffered()
+            if self.heldRead, let context = self.context {
+                self.heldRead = false
+                context.read()
+            }
+        }
+    }
+
+    public func closeOutput() {
+        guard let context = self.context, !self.closed, !self.outputClosed else { return }
+        self.outputClosed = true
+        context.flush()
+        if self.inputClosed {
+            context.close(promise: nil)
+        } else {
+            context.close(mode: .output, promise: nil)
+        }
+    }
+
+    public func close(error: (any Error)?) {
+        guard !self.closed else { return }
+        if self.closeError == nil { self.closeError = error }
+        self.context?.close(promise: nil)
+    }
+
+    // MARK: ChannelHandler
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = self.unwrapInboundIn(data)
+        if self.started && self.reading && self.buffered.isEmpty {
+            self.delegate?.linkDidReceive(buffer)
+        } else {
+            self.buffered.append(buffer)
+        }
+    }
+
+    public func read(context: ChannelHandlerContext) {
+        if self.reading {
+            context.read()
+        } else {
+            self.heldRead = true
+        }
+    }
+
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event {
+            self.inputClosed = true
+            self.eofPending = true
+            self.deliverBuffered()
+            if self.outputClosed {
+                context.close(promise: nil)
+            }
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    public func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if self.started {
+            self.delegate?.linkWritabilityChanged(context.channel.isWritable)
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if self.closeError == nil { self.closeError = error }
+        context.close(promise: nil)
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        self.closed = true
+        self.deliverBuffered()
+        context.fireChannelInactive()
+    }
+
+    private func deliverBuffered() {
+        guard self.started else { return }
+        while self.reading, let next = self.buffered.popFirst() {
+            self.delegate?.linkDidReceive(next)
+        }
+        guard self.buffered.isEmpty else { return }
+        if self.eofPending {
+            self.eofPending = false
+            self.delegate?.linkDidReceiveEOF()
+        }
+        if self.closed && !self.closeDelivered {
+            self.closeDelivered = true
+            let delegate = self.delegate
+            self.delegate = nil
+            delegate?.linkDidClose(error: self.closeError)
+        }
+    }
+}

@@ -1,0 +1,192 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import SkywireCrypto
+import SkywireDiscovery
+import SkywireLink
+import SkywireMux
+import Synchronization
+
+/// The relay ("dmsg server"): accepts encrypted sessions from visors and splices streams between
+/// two visors that sit on it. It sees only the ciphertext of the visors' end-to-end sessions.
+public final class RelayServer: Service, Sendable {
+    public struct Configuration: Sendable {
+        public var host: String
+        public var port: Int
+        public var identity: KeyPair
+        /// Discovery to register in; `nil` runs unregistered (tests).
+        public var discoveryURL: String?
+        /// The address published in discovery; default: the bound address.
+        public var publicAddress: String?
+        public var settings: SessionSettings
+        public var entryTTL: Duration
+
+        public init(host: String, port: Int, identity: KeyPair, discoveryURL: String?, publicAddress: String? = nil, entryTTL: Duration = .seconds(60)) {
+            self.host = host
+            self.port = port
+            self.identity = identity
+            self.discoveryURL = discoveryURL
+            self.publicAddress = publicAddress
+            self.settings = SessionSettings(identity: identity)
+            self.entryTTL = entryTTL
+        }
+    }
+
+    private let configuration: Configuration
+    private let group: any EventLoopGroup
+    private let logger: Logger
+    private let registry = Mutex<[PublicKey: Session]>([:])
+    private let bound = Mutex<SocketAddress?>(nil)
+    private let onBound: (@Sendable (SocketAddress) -> Void)?
+
+    public init(configuration: Configuration, group: any EventLoopGroup, logger: Logger, onBound: (@Sendable (SocketAddress) -> Void)? = nil) {
+        self.configuration = configuration
+        self.group = group
+        self.logger = logger
+        self.onBound = onBound
+    }
+
+    /// The address the listener is bound to, once running.
+    public var boundAddress: SocketAddress? { self.bound.withLock { $0 } }
+
+    /// Keys of the visors with a live session here.
+    public var connectedVisors: [PublicKey] { self.registry.withLock { Array($0.keys) } }
+
+    public func run() async throws {
+        let acceptor = RelayAcceptor(server: self)
+        let settings = self.configuration.settings
+        let logger = self.logger
+        let channel = try await ServerBootstrap(group: self.group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { [weak self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let link = try ChannelLink.install(on: channel)
+                    SessionEstablishment.respond(
+                        over: link, context: SessionContext.relay, kind: .dmsg,
+                        settings: settings, acceptor: acceptor
+                    ).whenComplete { result in
+                        switch result {
+                        case .success(let session):
+                            self?.register(session)
+                        case .failure(let error):
+                            logger.info("relay handshake failed", metadata: ["peer.addr": "\(channel.remoteAddress.map { "\($0)" } ?? "?")", "error": "\(error)"])
+                        }
+                    }
+                }
+            }
+            .bind(host: self.configuration.host, port: self.configuration.port).get()
+        let address = channel.localAddress!
+        self.bound.withLock { $0 = address }
+        self.logger.info("relay listening", metadata: ["address": "\(address.ipAddress ?? "?"):\(address.port ?? 0)", "pk": "\(self.configuration.identity.publicKey.hex)"])
+        self.onBound?(address)
+
+        try await withGracefulShutdownHandler {
+            try await withThrowingDiscardingTaskGroup { group in
+                if let url = self.configuration.discoveryURL {
+                    let publicAddress = self.configuration.publicAddress ?? "\(address.ipAddress ?? "127.0.0.1"):\(address.port ?? 0)"
+                    let identity = self.configuration.identity
+                    let publisher = EntryPublisher<RelayEntry>(
+                        client: DiscoveryClient(baseURL: url),
+                        keyPair: identity,
+                        entryTTL: self.configuration.entryTTL,
+                        logger: self.logger
+                    ) {
+                        RelayEntry(publicKey: identity.publicKey, address: publicAddress)
+                    }
+                    group.addTask { try await publisher.run() }
+                }
+                group.addTask {
+                    try await channel.closeFuture.get()
+                }
+            }
+        } onGracefulShutdown: {
+            channel.close(promise: nil)
+        }
+        for session in self.registry.withLock({ Array($0.values) }) {
+            session.close()
+        }
+    }
+
+    private func register(_ session: Session) {
+        let previous = self.registry.withLock { registry in
+            let previous = registry[session.remoteKey]
+            registry[session.remoteKey] = session
+            return previous
+        }
+        // A visor that reconnects replaces its old session (which is probably dead anyway).
+        previous?.close()
+        self.logger.info("visor connected", metadata: ["peer.key": "\(session.remoteKey.fingerprint)", "session.id": "\(session.id)"])
+        session.closeFuture.whenComplete { [weak self] _ in
+            guard let self else { return }
+            self.registry.withLock { registry in
+                if registry[session.remoteKey]?.id == session.id {
+                    registry[session.remoteKey] = nil
+                }
+            }
+            self.logger.info("visor disconnected", metadata: ["peer.key": "\(session.remoteKey.fingerprint)", "session.id": "\(session.id)"])
+        }
+    }
+
+    fileprivate func session(for key: PublicKey) -> Session? {
+        self.registry.withLock { $0[key] }
+    }
+
+    fileprivate var log: Logger { self.logger }
+}
+
+/// Handles DIAL streams: opens an INCOMING stream to the target and splices the two.
+struct RelayAcceptor: StreamAcceptor {
+    weak var server: RelayServer?
+
+    init(server: RelayServer) {
+        self.server = server
+    }
+
+    func session(_ session: Session, didReceiveOpen request: MuxOpenRequest) {
+        guard let server = self.server else {
+            request.reject(code: RelayRejectCode.peerNotConnected, message: "relay is shutting down")
+            return
+        }
+        guard case .dial(let target)? = RelayHeader(request.header) else {
+            request.reject(code: RelayRejectCode.badRequest, message: "malformed relay request")
+            return
+        }
+        guard let targetSession = server.session(for: target) else {
+            request.reject(
+                code: RelayRejectCode.peerNotConnected,
+                message: "visor \(target.hex) is not connected to relay \(server.configurationKey.fingerprint)"
+            )
+            return
+        }
+        let boundRequest = NIOLoopBound(request, eventLoop: session.eventLoop)
+        let source = session.remoteKey
+        let log = server.log
+        targetSession.openStream(header: RelayHeader.incoming(source: source).encode()) { result in
+            switch result {
+            case .success(let targetStream):
+                let boundTarget = NIOLoopBound<any Link>(targetStream.value, eventLoop: targetStream.eventLoop)
+                boundRequest.eventLoop.execute {
+                    guard let stream = try? boundRequest.value.accept() else {
+                        // The dialer's session went away meanwhile: drop the target's stream too.
+                        boundTarget.eventLoop.execute { boundTarget.value.close(error: MuxError.sessionClosed) }
+                        return
+                    }
+                    LinkSplice.splice(NIOLoopBound<any Link>(stream, eventLoop: stream.eventLoop), boundTarget)
+                    log.debug("relayed stream", metadata: ["src.key": "\(source.fingerprint)", "dst.key": "\(target.fingerprint)"])
+                }
+            case .failure(let error):
+                boundRequest.eventLoop.execute {
+                    boundRequest.value.reject(code: RelayRejectCode.peerRefused, message: "visor \(target.fingerprint) refused: \(error)")
+                }
+            }
+        }
+    }
+}
+
+extension RelayServer {
+    fileprivate var configurationKey: PublicKey { self.configuration.identity.publicKey }
+}

@@ -1,0 +1,127 @@
+import NIOCore
+import NIOPosix
+import SkywireCrypto
+import SkywireLink
+import SkywireMux
+
+/// The Noise prologue contexts: a handshake made for one purpose can't be replayed for another.
+public enum SessionContext {
+    /// A visor's session with a relay server.
+    public static let relay = "relay-session"
+    /// A session between two visors, whatever carries it (relayed stream, TCP, UDP).
+    public static let visor = "visor-session"
+}
+
+/// Settings shared by every session a process makes.
+public struct SessionSettings: Sendable {
+    public var identity: KeyPair
+    public var suite: NoiseSuite
+    public var handshakeTimeout: TimeAmount
+    public var mux: MuxConfiguration
+
+    public init(
+        identity: KeyPair,
+        suite: NoiseSuite = .chaChaPoly,
+        handshakeTimeout: TimeAmount = .seconds(10),
+        mux: MuxConfiguration = .init()
+    ) {
+        self.identity = identity
+        self.suite = suite
+        self.handshakeTimeout = handshakeTimeout
+        self.mux = mux
+    }
+}
+
+/// Makes sessions: a Noise handshake over a link, then a mux over the encrypted link.
+public enum SessionEstablishment {
+    /// Runs the initiator side over `link` (call on `link.eventLoop`).
+    public static func initiate(
+        over link: any Link,
+        remote: PublicKey,
+        context: String,
+        kind: TransportKind,
+        settings: SessionSettings,
+        acceptor: any StreamAcceptor
+    ) -> EventLoopFuture<Session> {
+        NoiseLink.initiate(
+            over: link,
+            identity: settings.identity,
+            remote: remote,
+            suite: settings.suite,
+            context: context,
+            timeout: settings.handshakeTimeout
+        ).assumeIsolated().map { noise in
+            Self.makeSession(noise: noise, role: .initiator, kind: kind, settings: settings, acceptor: acceptor)
+        }.nonisolated()
+    }
+
+    /// Runs the responder side over `link` (call on `link.eventLoop`). `validate` may refuse the
+    /// authenticated initiator key.
+    public static func respond(
+        over link: any Link,
+        context: String,
+        kind: TransportKind,
+        settings: SessionSettings,
+        acceptor: any StreamAcceptor,
+        validate: @escaping (PublicKey, [UInt8]) -> Bool = { _, _ in true }
+    ) -> EventLoopFuture<Session> {
+        NoiseLink.respond(
+            over: link,
+            identity: settings.identity,
+            context: context,
+            timeout: settings.handshakeTimeout,
+            validate: validate
+        ).assumeIsolated().map { noise in
+            Self.makeSession(noise: noise, role: .responder, kind: kind, settings: settings, acceptor: acceptor)
+        }.nonisolated()
+    }
+
+    private static func makeSession(
+        noise: NoiseLink,
+        role: MuxRole,
+        kind: TransportKind,
+        settings: SessionSettings,
+        acceptor: any StreamAcceptor
+    ) -> Session {
+        let mux = MuxSession(link: noise, role: role, configuration: settings.mux)
+        let adapter = AcceptorAdapter(acceptor: acceptor)
+        mux.delegate = adapter
+        let session = Session(mux: mux, remoteKey: noise.remoteKey, kind: kind, isInitiator: role == .initiator)
+        adapter.session = session
+        // The adapter holds the session weakly; keep it alive as long as the mux is.
+        mux.closeFuture.whenComplete { _ in _ = session }
+        mux.start()
+        return session
+    }
+
+    /// Connects over TCP to `host:port` and runs the initiator side there.
+    public static func dialTCP(
+        host: String,
+        port: Int,
+        group: any EventLoopGroup,
+        remote: PublicKey,
+        context: String,
+        kind: TransportKind,
+        settings: SessionSettings,
+        acceptor: any StreamAcceptor,
+        connectTimeout: TimeAmount = .seconds(5)
+    ) async throws -> Session {
+        let channel = try await ClientBootstrap(group: group)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(connectTimeout)
+            .connect(host: host, port: port).get()
+        return try await channel.eventLoop.flatSubmit {
+            do {
+                let link = try ChannelLink.install(on: channel)
+                return Self.initiate(
+                    over: link, remote: remote, context: context, kind: kind,
+                    settings: settings, acceptor: acceptor
+                )
+            } catch {
+                channel.close(promise: nil)
+                return channel.eventLoop.makeFailedFuture(error)
+            }
+        }.get()
+    }
+}

@@ -1,0 +1,179 @@
+import Foundation
+import SkywireCrypto
+
+/// A visor's configuration file (JSON). Holds the secret key, so it is written with mode 0600.
+public struct VisorConfig: Codable, Sendable, Equatable {
+    /// Format version of this file.
+    public var version: Int
+    public var publicKey: PublicKey
+    /// The Ed25519 seed, 64 hex characters.
+    public var secretKey: String
+    /// Base URL of the discovery service.
+    public var discovery: String
+    /// Loopback `host:port` of the control API (port 0 = ephemeral).
+    public var rpc: String
+    /// Where the visor keeps its state (instances, runtime files). Relative paths are relative
+    /// to the config file's folder.
+    public var stateDir: String
+    public var dmsg: DmsgConfig
+    /// TCP listen address for stcpr (direct transports, not yet available).
+    public var stcpr: String?
+    /// UDP listen address for sudph (not yet available).
+    public var sudph: String?
+
+    public struct DmsgConfig: Codable, Sendable, Equatable {
+        /// How many relays to keep a session with.
+        public var sessions: Int
+        /// Relays to prefer (keys); empty = any relay discovery lists.
+        public var relays: [PublicKey]
+
+        public init(sessions: Int = 1, relays: [PublicKey] = []) {
+            self.sessions = sessions
+            self.relays = relays
+        }
+
+        enum CodingKeys: String, CodingKey { case sessions, relays }
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case version, publicKey = "public_key", secretKey = "secret_key", discovery, rpc
+        case stateDir = "state_dir", dmsg, stcpr, sudph
+    }
+
+    public static let defaultDiscovery = "http://127.0.0.1:9090"
+    public static let defaultRPC = "127.0.0.1:3435"
+
+    /// A new config with a fresh identity.
+    public static func generate(
+        discovery: String = defaultDiscovery,
+        rpc: String = defaultRPC,
+        stateDir: String,
+        stcpr: String? = nil,
+        sudph: String? = nil
+    ) -> VisorConfig {
+        let keyPair = KeyPair.generate()
+        return VisorConfig(
+            version: 1, publicKey: keyPair.publicKey, secretKey: keyPair.secretHex,
+            discovery: discovery, rpc: rpc, stateDir: stateDir, dmsg: DmsgConfig(),
+            stcpr: stcpr, sudph: sudph
+        )
+    }
+
+    /// The key pair; checks that the public key matches the secret.
+    public func keyPair() throws -> KeyPair {
+        let pair = try KeyPair(secretHex: self.secretKey)
+        guard pair.publicKey == self.publicKey else {
+            throw ConfigError("public_key does not match secret_key")
+        }
+        return pair
+    }
+
+    /// Reads and checks a config file.
+    public static func load(path: String) throws -> VisorConfig {
+        let data: Data
+        do {
+            data = try Data(contentsOf: URL(fileURLWithPath: path))
+        } catch {
+            throw ConfigError("cannot read config \(path): \((error as NSError).localizedDescription)")
+        }
+        let config: VisorConfig
+        do {
+            config = try JSONDecoder().decode(VisorConfig.self, from: data)
+        } catch let error as DecodingError {
+            throw ConfigError("invalid config \(path): \(describe(error))")
+        } catch {
+            throw ConfigError("invalid config \(path): \(error)")
+        }
+        _ = try config.keyPair()
+        guard config.version == 1 else { throw ConfigError("invalid config \(path): unsupported version \(config.version)") }
+        guard parseLoopbackHostPort(config.rpc) != nil else {
+            throw ConfigError("invalid config \(path): rpc \"\(config.rpc)\" must be a loopback host:port")
+        }
+        guard URL(string: config.discovery)?.scheme?.hasPrefix("http") == true else {
+            throw ConfigError("invalid config \(path): discovery \"\(config.discovery)\" is not an http(s) URL")
+        }
+        return config
+    }
+
+    /// Writes the config with mode 0600 (it holds the secret key).
+    public func write(path: String, force: Bool) throws {
+        if !force, FileManager.default.fileExists(atPath: path) {
+            throw ConfigError("\(path) already exists (use --force to overwrite)")
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        let data = try encoder.encode(self)
+        try writePrivateFile(path: path, data: data + Data("\n".utf8))
+    }
+
+    /// The state directory, resolved against the config file's folder.
+    public func resolvedStateDir(configPath: String) -> String {
+        if self.stateDir.hasPrefix("/") { return self.stateDir }
+        let base = URL(fileURLWithPath: configPath).deletingLastPathComponent()
+        return base.appendingPathComponent(self.stateDir).standardizedFileURL.path
+    }
+}
+
+/// A configuration problem, as one line.
+public struct ConfigError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+func describe(_ error: DecodingError) -> String {
+    func path(_ context: DecodingError.Context) -> String {
+        let p = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+        return p.isEmpty ? "" : " at \(p)"
+    }
+    switch error {
+    case .keyNotFound(let key, let context): return "missing field \"\(key.stringValue)\"\(path(context))"
+    case .typeMismatch(_, let context): return "wrong type\(path(context)): \(context.debugDescription)"
+    case .valueNotFound(_, let context): return "missing value\(path(context))"
+    case .dataCorrupted(let context):
+        if let underlying = context.underlyingError { return "\(underlying)\(path(context))" }
+        return "\(context.debugDescription)\(path(context))"
+    @unknown default: return "\(error)"
+    }
+}
+
+/// Writes `data` to `path` atomically, readable by the owner only, never briefly world-readable.
+public func writePrivateFile(path: String, data: Data) throws {
+    let tmp = path + ".tmp-\(getpid())"
+    let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    guard fd >= 0 else { throw ConfigError("cannot write \(path): \(String(cString: strerror(errno)))") }
+    var ok = fchmod(fd, 0o600) == 0
+    data.withUnsafeBytes { raw in
+        var offset = 0
+        while ok && offset < raw.count {
+            let n = Foundation.write(fd, raw.baseAddress! + offset, raw.count - offset)
+            if n <= 0 { ok = false } else { offset += n }
+        }
+    }
+    ok = (fsync(fd) == 0) && ok
+    close(fd)
+    guard ok, rename(tmp, path) == 0 else {
+        unlink(tmp)
+        throw ConfigError("cannot write \(path): \(String(cString: strerror(errno)))")
+    }
+}
+
+/// Parses a loopback `host:port` (127.0.0.0/8, localhost or ::1).
+public func parseLoopbackHostPort(_ text: String) -> (host: String, port: Int)? {
+    var host: Substring
+    var portText: Substring
+    if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
+        host = text[text.index(after: text.startIndex)..<close]
+        let rest = text[text.index(after: close)...]
+        guard rest.hasPrefix(":") else { return nil }
+        portText = rest.dropFirst()
+    } else {
+        guard let colon = text.lastIndex(of: ":") else { return nil }
+        host = text[..<colon]
+        portText = text[text.index(after: colon)...]
+    }
+    guard let port = Int(portText), (0...65535).contains(port) else { return nil }
+    let h = String(host)
+    let isLoopback = h == "localhost" || h == "::1" || (h.hasPrefix("127.") && h.split(separator: ".").count == 4 && h.split(separator: ".").allSatisfy { UInt8($0) != nil })
+    guard isLoopback else { return nil }
+    return (h == "localhost" ? "127.0.0.1" : h, port)
+}

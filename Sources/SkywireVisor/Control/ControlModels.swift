@@ -1,0 +1,216 @@
+import Foundation
+
+// The control API's JSON documents. They are also the `--json` output of the CLI, so their
+// field names are a stable contract (documented in docs/CONTROL-API.md).
+
+/// `GET /v1/visor`
+public struct VisorInfo: Codable, Sendable {
+    public var publicKey: String
+    public var rpc: String
+    public var discovery: String
+    /// Relays this visor has a live session with (and publishes).
+    public var relays: [RelayInfo]
+    public var sessions: [SessionInfo]
+    public var version: String
+
+    public struct RelayInfo: Codable, Sendable {
+        public var publicKey: String
+        public var address: String
+        enum CodingKeys: String, CodingKey { case publicKey = "public_key", address }
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case publicKey = "public_key", rpc, discovery, relays, sessions, version
+    }
+}
+
+/// One visor↔visor session (a transport).
+public struct SessionInfo: Codable, Sendable {
+    public var id: UInt64
+    public var type: String
+    public var remotePublicKey: String
+    public var initiator: Bool
+    public var since: Date
+    public var bytesIn: UInt64
+    public var bytesOut: UInt64
+    public var streams: Int
+    public var rttMs: Double?
+
+    enum CodingKeys: String, CodingKey {
+        case id, type, remotePublicKey = "remote_pk", initiator, since
+        case bytesIn = "bytes_in", bytesOut = "bytes_out", streams, rttMs = "rtt_ms"
+    }
+}
+
+/// `POST /v1/skynet/servers`
+public struct StartServerRequest: Codable, Sendable {
+    public var ports: [Int]
+    /// Keys allowed to connect; `nil` or empty = every visor.
+    public var whitelist: [String]?
+    public var name: String?
+
+    public init(ports: [Int], whitelist: [String]?, name: String?) {
+        self.ports = ports
+        self.whitelist = whitelist
+        self.name = name
+    }
+}
+
+/// A server instance, as listed by `skynet srv status`.
+public struct ServerInstanceInfo: Codable, Sendable {
+    public var name: String
+    public var ports: [Int]
+    /// `null` = open to every visor.
+    public var whitelist: [String]?
+    public var state: String
+    public var connectionsOpen: Int
+    public var connectionsTotal: Int
+    public var refused: Int
+    public var bytesIn: UInt64
+    public var bytesOut: UInt64
+    public var since: Date
+
+    enum CodingKeys: String, CodingKey {
+        case name, ports, whitelist, state
+        case connectionsOpen = "connections_open", connectionsTotal = "connections_total", refused
+        case bytesIn = "bytes_in", bytesOut = "bytes_out", since
+    }
+}
+
+/// `POST /v1/skynet/clients`
+public struct StartClientRequest: Codable, Sendable {
+    public var remotePublicKey: String
+    public var remotePort: Int
+    public var localPort: Int
+    /// "raw-tcp" or "http".
+    public var mode: String
+    /// "auto", "skynet" (direct only) or "dmsg" (relay only).
+    public var network: String
+    public var name: String?
+
+    public init(remotePublicKey: String, remotePort: Int, localPort: Int, mode: String, network: String, name: String?) {
+        self.remotePublicKey = remotePublicKey
+        self.remotePort = remotePort
+        self.localPort = localPort
+        self.mode = mode
+        self.network = network
+        self.name = name
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case remotePublicKey = "remote_pk", remotePort = "remote_port", localPort = "local_port"
+        case mode, network, name
+    }
+}
+
+/// A client instance (a forward), as listed by `skynet status`.
+public struct ClientInstanceInfo: Codable, Sendable {
+    public var name: String
+    public var remotePublicKey: String
+    public var remotePort: Int
+    public var localPort: Int
+    public var localAddress: String
+    public var mode: String
+    public var network: String
+    /// The transport type carrying new connections now ("dmsg", …), `null` when none.
+    public var transport: String?
+    /// "starting", "running", "errored" or "stopped".
+    public var state: String
+    /// Why the instance is errored.
+    public var error: String?
+    public var connectionsOpen: Int
+    public var connectionsTotal: Int
+    public var connectionsFailed: Int
+    public var bytesIn: UInt64
+    public var bytesOut: UInt64
+    public var since: Date
+
+    enum CodingKeys: String, CodingKey {
+        case name, remotePublicKey = "remote_pk", remotePort = "remote_port", localPort = "local_port"
+        case localAddress = "local_address", mode, network, transport, state, error
+        case connectionsOpen = "connections_open", connectionsTotal = "connections_total"
+        case connectionsFailed = "connections_failed"
+        case bytesIn = "bytes_in", bytesOut = "bytes_out", since
+    }
+}
+
+/// `DELETE` answers: the names of the instances stopped.
+public struct StoppedResponse: Codable, Sendable {
+    public var stopped: [String]
+}
+
+/// Every error answer of the control API.
+public struct ErrorResponse: Codable, Sendable {
+    public var error: String
+}
+
+/// The JSON coders the API and CLI share (ISO 8601 dates).
+public enum ControlJSON {
+    public static func encoder() -> JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .iso8601
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return encoder
+    }
+
+    public static func decoder() -> JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return decoder
+    }
+}
+
+// Optional fields are written as `null` rather than left out, so `--json` always has every field.
+
+extension ServerInstanceInfo {
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(self.name, forKey: .name)
+        try c.encode(self.ports, forKey: .ports)
+        try c.encode(self.whitelist, forKey: .whitelist)
+        try c.encode(self.state, forKey: .state)
+        try c.encode(self.connectionsOpen, forKey: .connectionsOpen)
+        try c.encode(self.connectionsTotal, forKey: .connectionsTotal)
+        try c.encode(self.refused, forKey: .refused)
+        try c.encode(self.bytesIn, forKey: .bytesIn)
+        try c.encode(self.bytesOut, forKey: .bytesOut)
+        try c.encode(self.since, forKey: .since)
+    }
+}
+
+extension ClientInstanceInfo {
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(self.name, forKey: .name)
+        try c.encode(self.remotePublicKey, forKey: .remotePublicKey)
+        try c.encode(self.remotePort, forKey: .remotePort)
+        try c.encode(self.localPort, forKey: .localPort)
+        try c.encode(self.localAddress, forKey: .localAddress)
+        try c.encode(self.mode, forKey: .mode)
+        try c.encode(self.network, forKey: .network)
+        try c.encode(self.transport, forKey: .transport)
+        try c.encode(self.state, forKey: .state)
+        try c.encode(self.error, forKey: .error)
+        try c.encode(self.connectionsOpen, forKey: .connectionsOpen)
+        try c.encode(self.connectionsTotal, forKey: .connectionsTotal)
+        try c.encode(self.connectionsFailed, forKey: .connectionsFailed)
+        try c.encode(self.bytesIn, forKey: .bytesIn)
+        try c.encode(self.bytesOut, forKey: .bytesOut)
+        try c.encode(self.since, forKey: .since)
+    }
+}
+
+extension SessionInfo {
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(self.id, forKey: .id)
+        try c.encode(self.type, forKey: .type)
+        try c.encode(self.remotePublicKey, forKey: .remotePublicKey)
+        try c.encode(self.initiator, forKey: .initiator)
+        try c.encode(self.since, forKey: .since)
+        try c.encode(self.bytesIn, forKey: .bytesIn)
+        try c.encode(self.bytesOut, forKey: .bytesOut)
+        try c.encode(self.streams, forKey: .streams)
+        try c.encode(self.rttMs, forKey: .rttMs)
+    }
+}

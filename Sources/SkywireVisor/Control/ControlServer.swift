@@ -1,0 +1,159 @@
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import Synchronization
+
+/// The visor's control API: HTTP+JSON on a loopback port, for the `skywire cli`.
+///
+/// Every request must carry `Authorization: Bearer <token>` with the token from
+/// ``ControlToken``; anything else is refused with 401 before any route runs.
+struct ControlServer: Sendable {
+    let host: String
+    let port: Int
+    let visor: Visor
+    let logger: Logger
+
+    func makeApplication(onRunning: @escaping @Sendable (SocketAddress) async throws -> String) -> some ApplicationProtocol {
+        let tokenBox = TokenBox()
+        let router = Router()
+        router.add(middleware: ControlAuthMiddleware(token: tokenBox))
+        let visor = self.visor
+
+        router.get("/v1/visor") { _, _ in
+            try ControlResponse.json(await visor.info())
+        }
+        router.get("/v1/skynet/servers") { _, _ in
+            try ControlResponse.json(try visor.skynetServer.list(nil))
+        }
+        router.get("/v1/skynet/servers/:name") { _, context in
+            try ControlResponse.json(try visor.skynetServer.list(context.parameters.get("name") ?? ""))
+        }
+        router.post("/v1/skynet/servers") { request, _ in
+            let body: StartServerRequest = try await ControlResponse.decode(request)
+            return try ControlResponse.json(try visor.skynetServer.start(body))
+        }
+        router.delete("/v1/skynet/servers") { _, _ in
+            try ControlResponse.json(StoppedResponse(stopped: try visor.skynetServer.stop(nil)))
+        }
+        router.delete("/v1/skynet/servers/:name") { _, context in
+            try ControlResponse.json(StoppedResponse(stopped: try visor.skynetServer.stop(context.parameters.get("name") ?? "")))
+        }
+        router.get("/v1/skynet/clients") { _, _ in
+            try ControlResponse.json(try visor.skynetClients.list(nil))
+        }
+        router.get("/v1/skynet/clients/:name") { _, context in
+            try ControlResponse.json(try visor.skynetClients.list(context.parameters.get("name") ?? ""))
+        }
+        router.post("/v1/skynet/clients") { request, _ in
+            let body: StartClientRequest = try await ControlResponse.decode(request)
+            return try ControlResponse.json(try await visor.skynetClients.start(body))
+        }
+        router.delete("/v1/skynet/clients") { _, _ in
+            try ControlResponse.json(StoppedResponse(stopped: try await visor.skynetClients.stop(nil)))
+        }
+        router.delete("/v1/skynet/clients/:name") { _, context in
+            try ControlResponse.json(StoppedResponse(stopped: try await visor.skynetClients.stop(context.parameters.get("name") ?? "")))
+        }
+
+        let logger = self.logger
+        return Application(
+            router: router,
+            configuration: .init(address: .hostname(self.host, port: self.port), serverName: "skywire-visor"),
+            onServerRunning: { channel in
+                guard let address = channel.localAddress else { return }
+                do {
+                    let token = try await onRunning(address)
+                    tokenBox.set(token)
+                } catch {
+                    logger.error("cannot write the control token", metadata: ["error": "\(error)"])
+                }
+            },
+            logger: logger
+        )
+    }
+}
+
+/// Holds the token once the listener is up (requests before that are refused).
+final class TokenBox: Sendable {
+    private let value = Mutex<String?>(nil)
+    func set(_ token: String) { self.value.withLock { $0 = token } }
+    func get() -> String? { self.value.withLock { $0 } }
+}
+
+struct ControlAuthMiddleware<Context: RequestContext>: RouterMiddleware {
+    let token: TokenBox
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard let expected = self.token.get(),
+              let header = request.headers[.authorization],
+              header.hasPrefix("Bearer "),
+              constantTimeEqual(Array(header.utf8.dropFirst(7)), Array(expected.utf8))
+        else {
+            return ControlResponse.error(.unauthorized, "unauthorized: missing or wrong control token")
+        }
+        do {
+            return try await next(request, context)
+        } catch let error as SkynetError {
+            return ControlResponse.error(error.httpStatus, error.description)
+        } catch let error as ControlBadRequest {
+            return ControlResponse.error(.badRequest, error.message)
+        } catch let error as HTTPError {
+            return ControlResponse.error(error.status, error.body ?? "\(error.status)")
+        } catch {
+            return ControlResponse.error(.internalServerError, "\(error)")
+        }
+    }
+}
+
+func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    guard a.count == b.count else { return false }
+    var diff: UInt8 = 0
+    for i in a.indices { diff |= a[i] ^ b[i] }
+    return diff == 0
+}
+
+struct ControlBadRequest: Error {
+    let message: String
+}
+
+enum ControlResponse {
+    static func json(_ value: some Encodable) throws -> Response {
+        let data = try ControlJSON.encoder().encode(value)
+        return Response(
+            status: .ok,
+            headers: [.contentType: "application/json"],
+            body: .init(byteBuffer: ByteBuffer(bytes: data))
+        )
+    }
+
+    static func error(_ status: HTTPResponse.Status, _ message: String) -> Response {
+        let data = (try? ControlJSON.encoder().encode(ErrorResponse(error: message))) ?? Data("{}".utf8)
+        return Response(
+            status: status,
+            headers: [.contentType: "application/json"],
+            body: .init(byteBuffer: ByteBuffer(bytes: data))
+        )
+    }
+
+    static func decode<T: Decodable>(_ request: Request) async throws -> T {
+        let body = try await request.body.collect(upTo: 64 * 1024)
+        do {
+            return try ControlJSON.decoder().decode(T.self, from: Data(buffer: body))
+        } catch {
+            throw ControlBadRequest(message: "malformed request body: \(error)")
+        }
+    }
+}
+
+extension SkynetError {
+    var httpStatus: HTTPResponse.Status {
+        switch self {
+        case .invalidArgument, .httpModeUnavailable, .directUnavailable: return .badRequest
+        case .noSuchInstance: return .notFound
+        case .instanceExists, .portAlreadyExposed, .localPortBusy: return .conflict
+        case .notWhitelisted: return .forbidden
+        default: return .badGateway
+        }
+    }
+}

@@ -1,0 +1,113 @@
+import Logging
+import NIOCore
+import SkywireCrypto
+import Synchronization
+
+/// The client instances (forwards) of a visor, by name.
+final class SkynetClients: Sendable {
+    private let forwards = Mutex<[String: SkynetForward]>([:])
+    private let manager: SessionManager
+    private let group: any EventLoopGroup
+    private let logger: Logger
+
+    init(manager: SessionManager, group: any EventLoopGroup, logger: Logger) {
+        self.manager = manager
+        self.group = group
+        self.logger = logger
+    }
+
+    /// Starts a forward; returns once it listens and the remote accepted the port, or throws.
+    /// A failed start stays listed as `errored` until it is stopped or started again.
+    func start(_ request: StartClientRequest) async throws -> ClientInstanceInfo {
+        let remote: PublicKey
+        do { remote = try PublicKey(hex: request.remotePublicKey) } catch { throw SkynetError.invalidArgument("\(error)") }
+        guard (1...65535).contains(request.remotePort) else {
+            throw SkynetError.invalidArgument("remote port \(request.remotePort) is out of range (1-65535)")
+        }
+        guard (0...65535).contains(request.localPort) else {
+            throw SkynetError.invalidArgument("local port \(request.localPort) is out of range (0-65535)")
+        }
+        let mode: String
+        switch request.mode {
+        case "raw-tcp": mode = "raw-tcp"
+        case "http": throw SkynetError.httpModeUnavailable
+        default: throw SkynetError.invalidArgument("unknown mode \"\(request.mode)\" (raw-tcp or http)")
+        }
+        guard let network = NetworkChoice(rawValue: request.network) else {
+            throw SkynetError.invalidArgument("unknown network \"\(request.network)\" (auto, skynet or dmsg)")
+        }
+        if network == .skynet { throw SkynetError.directUnavailable }
+        if let name = request.name { try validateInstanceName(name) }
+        let provisional = request.name ?? (request.localPort != 0 ? "skynet-client-\(request.localPort)" : nil)
+
+        try self.forwards.withLock { forwards in
+            if let name = provisional, let existing = forwards[name] {
+                switch existing.state {
+                case .errored, .stopped: forwards[name] = nil
+                default: throw SkynetError.instanceExists(name)
+                }
+            }
+            if request.localPort != 0, let other = forwards.values.first(where: { $0.localPort == request.localPort && $0.state != .stopped && !isErrored($0.state) }) {
+                throw SkynetError.localPortBusy(request.localPort, "used by instance \(other.name)")
+            }
+        }
+
+        let forward = SkynetForward(
+            name: provisional ?? "skynet-client-0",
+            remote: remote, remotePort: request.remotePort, localPort: request.localPort,
+            mode: mode, network: network, manager: self.manager, group: self.group, logger: self.logger
+        )
+        if let name = provisional {
+            self.forwards.withLock { $0[name] = forward }
+            try await forward.start()
+            return forward.info()
+        }
+        // Ephemeral local port: the name is known only after binding.
+        try await forward.start()
+        let name = "skynet-client-\(forward.localPort)"
+        forward.name = name
+        do {
+            try self.forwards.withLock { forwards in
+                if forwards[name] != nil { throw SkynetError.instanceExists(name) }
+                forwards[name] = forward
+            }
+        } catch {
+            await forward.stop()
+            throw error
+        }
+        return forward.info()
+    }
+
+    /// Stops `name`, or every client instance.
+    func stop(_ name: String?) async throws -> [String] {
+        let stopped: [SkynetForward] = try self.forwards.withLock { forwards in
+            if let name {
+                guard let forward = forwards.removeValue(forKey: name) else { throw SkynetError.noSuchInstance(name) }
+                return [forward]
+            }
+            let all = Array(forwards.values)
+            forwards.removeAll()
+            return all
+        }
+        for forward in stopped { await forward.stop() }
+        return stopped.map(\.name).sorted()
+    }
+
+    func list(_ name: String?) throws -> [ClientInstanceInfo] {
+        let all = self.forwards.withLock { Array($0.values) }
+        if let name {
+            guard let forward = all.first(where: { $0.name == name }) else { throw SkynetError.noSuchInstance(name) }
+            return [forward.info()]
+        }
+        return all.map { $0.info() }.sorted { $0.name < $1.name }
+    }
+
+    func stopAll() async {
+        _ = try? await self.stop(nil)
+    }
+}
+
+private func isErrored(_ state: SkynetForward.State) -> Bool {
+    if case .errored = state { return true }
+    return false
+}

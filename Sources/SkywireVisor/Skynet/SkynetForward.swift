@@ -1,0 +1,247 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import SkywireCrypto
+import SkywireLink
+import SkywireMux
+import SkywireSession
+import Synchronization
+
+/// One `skynet start`: a local listener whose every accepted connection becomes one stream on the
+/// session with the remote visor (a new connection on a warm session costs no handshake).
+final class SkynetForward: Sendable {
+    enum State: Sendable, Equatable {
+        case starting
+        case running
+        case errored(String)
+        case stopped
+
+        var label: String {
+            switch self {
+            case .starting: return "starting"
+            case .running: return "running"
+            case .errored: return "errored"
+            case .stopped: return "stopped"
+            }
+        }
+    }
+
+    private let nameBox: Mutex<String>
+    /// `skynet-client-<local port>` unless given; set after binding when the port was 0.
+    var name: String {
+        get { self.nameBox.withLock { $0 } }
+        set { self.nameBox.withLock { $0 = newValue } }
+    }
+    let remote: PublicKey
+    let remotePort: Int
+    let requestedLocalPort: Int
+    let mode: String
+    let network: NetworkChoice
+    let since = Date()
+    let counters = Counters()
+
+    private let manager: SessionManager
+    private let group: any EventLoopGroup
+    private let logger: Logger
+    private let mutable = Mutex<(state: State, listener: (any Channel)?, localPort: Int, transport: TransportKind?)>((.starting, nil, 0, nil))
+    /// Accepted local connections, closed when the forward stops.
+    private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
+
+    init(name: String, remote: PublicKey, remotePort: Int, localPort: Int, mode: String, network: NetworkChoice, manager: SessionManager, group: any EventLoopGroup, logger: Logger) {
+        self.nameBox = Mutex(name)
+        self.remote = remote
+        self.remotePort = remotePort
+        self.requestedLocalPort = localPort
+        self.mode = mode
+        self.network = network
+        self.manager = manager
+        self.group = group
+        var logger = logger
+        logger[metadataKey: "instance"] = "\(name)"
+        self.logger = logger
+        self.mutable.withLock { $0.localPort = localPort }
+    }
+
+    var state: State { self.mutable.withLock { $0.state } }
+    var localPort: Int { self.mutable.withLock { $0.localPort } }
+
+    /// Binds the local port, then makes sure the remote visor accepts the port (probe).
+    /// On failure the instance is left `errored` with the reason, and the error is thrown.
+    func start() async throws {
+        let channel: any Channel
+        do {
+            channel = try await self.bind()
+        } catch {
+            self.fail(error)
+            throw error
+        }
+        let port = channel.localAddress?.port ?? self.requestedLocalPort
+        self.mutable.withLock {
+            $0.listener = channel
+            $0.localPort = port
+        }
+        do {
+            try await self.probe()
+        } catch {
+            self.fail(error)
+            try? await channel.close()
+            throw error
+        }
+        let stoppedMeanwhile = self.mutable.withLock { state -> Bool in
+            if state.state == .stopped { return true }
+            state.state = .running
+            return false
+        }
+        if stoppedMeanwhile { try? await channel.close() }
+        self.logger.info("forward running", metadata: ["local": "127.0.0.1:\(port)", "remote.key": "\(self.remote.fingerprint)", "remote.port": "\(self.remotePort)"])
+    }
+
+    private func fail(_ error: any Error) {
+        self.mutable.withLock { $0.state = .errored("\(error)") }
+        self.logger.warning("forward failed", metadata: ["error": "\(error)"])
+    }
+
+    /// Closes the listener and every connection of this forward.
+    func stop() async {
+        let listener = self.mutable.withLock { state -> (any Channel)? in
+            state.state = .stopped
+            let listener = state.listener
+            state.listener = nil
+            return listener
+        }
+        try? await listener?.close()
+        let open = self.connections.withLock { connections in
+            let all = Array(connections.values)
+            connections.removeAll()
+            return all
+        }
+        for channel in open { channel.close(promise: nil) }
+    }
+
+    private func bind() async throws -> any Channel {
+        let accept: @Sendable (any Channel) -> EventLoopFuture<Void> = { [weak self] channel in
+            channel.eventLoop.makeCompletedFuture {
+                let link = try ChannelLink.install(on: channel)
+                // Hold reads until the stream is open: nothing is read that has nowhere to go.
+                link.setReading(false)
+                guard let self, self.state != .stopped else { channel.close(promise: nil); return }
+                let id = ObjectIdentifier(channel)
+                self.connections.withLock { $0[id] = channel }
+                channel.closeFuture.whenComplete { [weak self] _ in
+                    _ = self?.connections.withLock { $0.removeValue(forKey: id) }
+                }
+                self.handle(NIOLoopBound<any Link>(link, eventLoop: channel.eventLoop), channel: channel)
+            }
+        }
+        do {
+            return try await ServerBootstrap(group: self.group)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.allowRemoteHalfClosure, value: true)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelInitializer(accept)
+                .bind(host: "127.0.0.1", port: self.requestedLocalPort).get()
+        } catch let error as IOError where error.errnoCode == EADDRINUSE {
+            throw SkynetError.localPortBusy(self.requestedLocalPort, "address already in use")
+        } catch let error as IOError where error.errnoCode == EACCES {
+            throw SkynetError.bind("cannot listen on local port \(self.requestedLocalPort): permission denied")
+        } catch {
+            throw SkynetError.bind("cannot listen on local port \(self.requestedLocalPort): \(error)")
+        }
+    }
+
+    private func probe() async throws {
+        let session = try await self.manager.session(to: self.remote, network: self.network)
+        self.mutable.withLock { $0.transport = session.kind }
+        let header = SkynetHeader(port: UInt16(self.remotePort), probe: true).encode()
+        let remote = self.remote
+        let remotePort = self.remotePort
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            session.openStream(header: header) { result in
+                switch result {
+                case .success(let stream):
+                    stream.value.close(error: nil)
+                    continuation.resume()
+                case .failure(let error):
+                    continuation.resume(throwing: Self.mapOpenError(error, remote: remote, port: remotePort))
+                }
+            }
+        }
+    }
+
+    static func mapOpenError(_ error: any Error, remote: PublicKey, port: Int) -> any Error {
+        guard case MuxError.rejected(let code, let message) = error else {
+            return SkynetError.remoteOffline(remote, "session lost: \(error)")
+        }
+        switch code {
+        case SkynetRejectCode.notExposed: return SkynetError.notExposed(port: port, remote: remote, message: message)
+        case SkynetRejectCode.notWhitelisted: return SkynetError.notWhitelisted(port: port, remote: remote, message: message)
+        default: return SkynetError.rejected(message)
+        }
+    }
+
+    /// One accepted local connection: find (or make) the session, open a stream, splice.
+    private func handle(_ link: NIOLoopBound<any Link>, channel: any Channel) {
+        let header = SkynetHeader(port: UInt16(self.remotePort), probe: false).encode()
+        let counters = self.counters
+        let logger = self.logger
+        let remote = self.remote
+        let remotePort = self.remotePort
+        let open: @Sendable (Session) -> Void = { [weak self] session in
+            self?.mutable.withLock { $0.transport = session.kind }
+            session.openStream(header: header) { result in
+                switch result {
+                case .success(let stream):
+                    counters.connectionOpened()
+                    let boundStream = NIOLoopBound<any Link>(stream.value, eventLoop: stream.eventLoop)
+                    let muxStream = stream
+                    LinkSplice.splice(link, boundStream) { _ in
+                        muxStream.eventLoop.execute {
+                            counters.connectionClosed(bytesIn: muxStream.value.bytesIn, bytesOut: muxStream.value.bytesOut)
+                        }
+                    }
+                case .failure(let error):
+                    counters.failed.add(1, ordering: .relaxed)
+                    logger.info("connection refused by remote", metadata: ["error": "\(Self.mapOpenError(error, remote: remote, port: remotePort))"])
+                    channel.close(promise: nil)
+                }
+            }
+        }
+        if let session = self.manager.existing(self.remote) {
+            open(session)
+            return
+        }
+        let manager = self.manager
+        let network = self.network
+        Task {
+            do {
+                let session = try await manager.session(to: remote, network: network)
+                open(session)
+            } catch {
+                counters.failed.add(1, ordering: .relaxed)
+                logger.info("no session for new connection", metadata: ["error": "\(error)"])
+                channel.close(promise: nil)
+            }
+        }
+    }
+
+    func info() -> ClientInstanceInfo {
+        let snapshot = self.mutable.withLock { $0 }
+        var error: String?
+        if case .errored(let reason) = snapshot.state { error = reason }
+        let transport = self.manager.existing(self.remote)?.kind ?? nil
+        return ClientInstanceInfo(
+            name: self.name, remotePublicKey: self.remote.hex, remotePort: self.remotePort,
+            localPort: snapshot.localPort, localAddress: "127.0.0.1:\(snapshot.localPort)",
+            mode: self.mode, network: self.network.rawValue,
+            transport: snapshot.state == .running ? transport?.rawValue : nil,
+            state: snapshot.state.label, error: error,
+            connectionsOpen: self.counters.open.load(ordering: .relaxed),
+            connectionsTotal: self.counters.total.load(ordering: .relaxed),
+            connectionsFailed: self.counters.failed.load(ordering: .relaxed),
+            bytesIn: self.counters.bytesIn.load(ordering: .relaxed),
+            bytesOut: self.counters.bytesOut.load(ordering: .relaxed),
+            since: self.since
+        )
+    }
+}

@@ -1,0 +1,185 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import SkywireCrypto
+import SkywireLink
+import SkywireMux
+import SkywireSession
+import Synchronization
+
+/// One `skynet srv start`: ports exposed together, with an optional whitelist.
+final class ServerInstance: Sendable {
+    let name: String
+    let ports: [Int]
+    /// `nil` = open to every visor.
+    let whitelist: Set<PublicKey>?
+    let since = Date()
+    let counters = Counters()
+
+    init(name: String, ports: [Int], whitelist: Set<PublicKey>?) {
+        self.name = name
+        self.ports = ports
+        self.whitelist = whitelist
+    }
+
+    func info() -> ServerInstanceInfo {
+        ServerInstanceInfo(
+            name: self.name, ports: self.ports,
+            whitelist: self.whitelist.map { $0.map(\.hex).sorted() },
+            state: "running",
+            connectionsOpen: self.counters.open.load(ordering: .relaxed),
+            connectionsTotal: self.counters.total.load(ordering: .relaxed),
+            refused: self.counters.refused.load(ordering: .relaxed),
+            bytesIn: self.counters.bytesIn.load(ordering: .relaxed),
+            bytesOut: self.counters.bytesOut.load(ordering: .relaxed),
+            since: self.since
+        )
+    }
+}
+
+/// The server side of skynet: answers the streams remote visors open for exposed ports by
+/// connecting to the local service and splicing.
+///
+/// The whitelist is checked against `session.remoteKey`, the key the Noise handshake
+/// authenticated; nothing the peer says in the stream header is trusted for it.
+final class SkynetServer: StreamAcceptor {
+    private let state = Mutex<(instances: [String: ServerInstance], byPort: [Int: String])>(([:], [:]))
+    private let localKey: PublicKey
+    private let logger: Logger
+    private let connectTimeout: TimeAmount
+
+    init(localKey: PublicKey, logger: Logger, connectTimeout: TimeAmount = .seconds(5)) {
+        self.localKey = localKey
+        self.logger = logger
+        self.connectTimeout = connectTimeout
+    }
+
+    func start(_ request: StartServerRequest) throws -> ServerInstanceInfo {
+        guard !request.ports.isEmpty else { throw SkynetError.invalidArgument("no ports given") }
+        for port in request.ports where !(1...65535).contains(port) {
+            throw SkynetError.invalidArgument("port \(port) is out of range (1-65535)")
+        }
+        guard Set(request.ports).count == request.ports.count else {
+            throw SkynetError.invalidArgument("a port is listed twice")
+        }
+        var whitelist: Set<PublicKey>?
+        if let keys = request.whitelist, !keys.isEmpty {
+            whitelist = Set(try keys.map { text in
+                do { return try PublicKey(hex: text) } catch { throw SkynetError.invalidArgument("whitelist: \(error)") }
+            })
+        }
+        let name = request.name ?? "skynet-\(request.ports[0])"
+        try validateInstanceName(name)
+        let instance = ServerInstance(name: name, ports: request.ports, whitelist: whitelist)
+        try self.state.withLock { state in
+            if state.instances[name] != nil { throw SkynetError.instanceExists(name) }
+            for port in request.ports {
+                if let owner = state.byPort[port] { throw SkynetError.portAlreadyExposed(port, owner) }
+            }
+            state.instances[name] = instance
+            for port in request.ports { state.byPort[port] = name }
+        }
+        self.logger.info("ports exposed", metadata: ["instance": "\(name)", "ports": "\(request.ports)", "whitelist": "\(whitelist.map { "\($0.count) keys" } ?? "open")"])
+        return instance.info()
+    }
+
+    /// Stops `name`, or every server instance.
+    func stop(_ name: String?) throws -> [String] {
+        try self.state.withLock { state in
+            let names: [String]
+            if let name {
+                guard state.instances[name] != nil else { throw SkynetError.noSuchInstance(name) }
+                names = [name]
+            } else {
+                names = Array(state.instances.keys).sorted()
+            }
+            for name in names {
+                if let instance = state.instances.removeValue(forKey: name) {
+                    for port in instance.ports { state.byPort[port] = nil }
+                }
+            }
+            return names
+        }
+    }
+
+    func list(_ name: String?) throws -> [ServerInstanceInfo] {
+        let instances = self.state.withLock { Array($0.instances.values) }
+        if let name {
+            guard let instance = instances.first(where: { $0.name == name }) else { throw SkynetError.noSuchInstance(name) }
+            return [instance.info()]
+        }
+        return instances.map { $0.info() }.sorted { $0.name < $1.name }
+    }
+
+    private func instance(forPort port: Int) -> ServerInstance? {
+        self.state.withLock { state in state.byPort[port].flatMap { state.instances[$0] } }
+    }
+
+    // MARK: StreamAcceptor
+
+    func session(_ session: Session, didReceiveOpen request: MuxOpenRequest) {
+        guard let header = SkynetHeader(request.header) else {
+            request.reject(code: SkynetRejectCode.badRequest, message: "malformed skynet request")
+            return
+        }
+        let port = Int(header.port)
+        guard let instance = self.instance(forPort: port) else {
+            request.reject(code: SkynetRejectCode.notExposed, message: "port \(port) is not exposed by visor \(self.localKey.hex)")
+            return
+        }
+        if let whitelist = instance.whitelist, !whitelist.contains(session.remoteKey) {
+            instance.counters.refused.add(1, ordering: .relaxed)
+            self.logger.warning("refused visor not on whitelist", metadata: ["peer.key": "\(session.remoteKey.fingerprint)", "port": "\(port)", "instance": "\(instance.name)"])
+            request.reject(code: SkynetRejectCode.notWhitelisted, message: "visor \(session.remoteKey.hex) is not whitelisted for port \(port) on visor \(self.localKey.hex)")
+            return
+        }
+        if header.probe {
+            (try? request.accept())?.close(error: nil)
+            return
+        }
+        let boundRequest = NIOLoopBound(request, eventLoop: session.eventLoop)
+        let logger = self.logger
+        let localKey = self.localKey
+        ClientBootstrap(group: session.eventLoop)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(self.connectTimeout)
+            .connect(host: "127.0.0.1", port: port)
+            .whenComplete { result in
+                // The bootstrap's group is the session's loop, so this runs there.
+                switch result {
+                case .success(let channel):
+                    do {
+                        let link = try ChannelLink.install(on: channel)
+                        let stream = try boundRequest.value.accept()
+                        let counters = instance.counters
+                        counters.connectionOpened()
+                        let boundStream = NIOLoopBound(stream, eventLoop: stream.eventLoop)
+                        LinkSplice.splice(link, stream) { _ in
+                            boundStream.eventLoop.execute {
+                                counters.connectionClosed(bytesIn: boundStream.value.bytesIn, bytesOut: boundStream.value.bytesOut)
+                            }
+                        }
+                    } catch {
+                        channel.close(promise: nil)
+                        boundRequest.value.reject(code: SkynetRejectCode.backendUnavailable, message: "visor \(localKey.fingerprint) cannot serve port \(port): \(error)")
+                    }
+                case .failure(let error):
+                    logger.info("backend unavailable", metadata: ["port": "\(port)", "error": "\(error)"])
+                    boundRequest.value.reject(
+                        code: SkynetRejectCode.backendUnavailable,
+                        message: "nothing is listening on port \(port) of visor \(localKey.hex) (\(error))"
+                    )
+                }
+            }
+    }
+}
+
+/// Instance names: short, printable, no path characters (they name state files later).
+func validateInstanceName(_ name: String) throws {
+    let allowed = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-_."))
+    guard !name.isEmpty, name.count <= 64, name.unicodeScalars.allSatisfy({ allowed.contains($0) }), !name.hasPrefix(".") else {
+        throw SkynetError.invalidArgument("invalid instance name \"\(name)\": use 1-64 letters, digits, '-', '_' or '.'")
+    }
+}

@@ -1,0 +1,150 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import SkywireCrypto
+import SkywireDiscovery
+import SkywireSession
+import Synchronization
+
+/// A visor: the node. Holds the identity, keeps relay sessions, serves exposed ports, runs
+/// forwards, and answers the CLI on the control API.
+public final class Visor: Service, Sendable {
+    public let config: VisorConfig
+    public let identity: KeyPair
+    let group: any EventLoopGroup
+    let logger: Logger
+    let discovery: DiscoveryClient
+    let dmsg: DmsgNetwork
+    let sessions: SessionManager
+    let skynetServer: SkynetServer
+    let skynetClients: SkynetClients
+    private let rpcBound = Mutex<String?>(nil)
+    private let onReady: (@Sendable (String) -> Void)?
+
+    /// - Parameter onReady: called with the bound control address once the API is listening.
+    public init(config: VisorConfig, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger, onReady: (@Sendable (String) -> Void)? = nil) throws {
+        self.config = config
+        self.identity = try config.keyPair()
+        self.group = group
+        self.logger = logger
+        self.onReady = onReady
+        self.discovery = DiscoveryClient(baseURL: config.discovery)
+        let settings = SessionSettings(identity: self.identity)
+        self.dmsg = DmsgNetwork(
+            discovery: self.discovery, group: group, settings: settings,
+            sessions: config.dmsg.sessions, preferred: config.dmsg.relays, logger: logger
+        )
+        self.sessions = SessionManager(dmsg: self.dmsg, logger: logger)
+        self.skynetServer = SkynetServer(localKey: self.identity.publicKey, logger: logger)
+        self.skynetClients = SkynetClients(manager: self.sessions, group: group, logger: logger)
+        let sessions = self.sessions
+        self.dmsg.attach(acceptor: self.skynetServer) { session in sessions.register(session) }
+    }
+
+    /// The control API address once bound.
+    public var rpcAddress: String? { self.rpcBound.withLock { $0 } }
+
+    public func run() async throws {
+        guard let (rpcHost, rpcPort) = parseLoopbackHostPort(self.config.rpc) else {
+            throw ConfigError("rpc \"\(self.config.rpc)\" must be a loopback host:port")
+        }
+        let identity = self.identity
+        let dmsg = self.dmsg
+        let logger = self.logger
+        let publisher = EntryPublisher<VisorEntry>(
+            client: self.discovery, keyPair: identity, logger: logger
+        ) {
+            VisorEntry(publicKey: identity.publicKey, relays: dmsg.homeRelays.map(\.publicKey), addresses: [])
+        }
+        let control = ControlServer(host: rpcHost, port: rpcPort, visor: self, logger: logger)
+        let app = control.makeApplication { [weak self] address in
+            let host = address.ipAddress ?? rpcHost
+            let port = address.port ?? rpcPort
+            let token = try ControlToken.create(host: host, port: port)
+            let shown = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+            self?.rpcBound.withLock { $0 = shown }
+            logger.info("control API listening", metadata: ["rpc": "\(shown)", "pk": "\(identity.publicKey.hex)"])
+            self?.onReady?(shown)
+            return token
+        }
+        logger.info("visor starting", metadata: ["pk": "\(identity.publicKey.hex)", "discovery": "\(self.config.discovery)"])
+        defer {
+            if let address = self.rpcAddress, let (host, port) = parseLoopbackHostPort(address) {
+                ControlToken.remove(host: host, port: port)
+            }
+        }
+        do {
+            try await cancelWhenGracefulShutdown {
+                try await withThrowingDiscardingTaskGroup { group in
+                    group.addTask { try await app.run() }
+                    group.addTask { await dmsg.run() }
+                    group.addTask { try await publisher.run() }
+                    group.addTask {
+                        // Announce relay changes at once instead of waiting for the next refresh.
+                        for await _ in dmsg.relayChanges {
+                            _ = try? await publisher.publishNow()
+                        }
+                    }
+                }
+            }
+        } catch is CancellationError {
+            // Graceful shutdown.
+        }
+        await self.shutdown()
+        logger.info("visor stopped")
+    }
+
+    /// Stops forwards and sessions (called on shutdown).
+    func shutdown() async {
+        await self.skynetClients.stopAll()
+        self.sessions.closeAll()
+    }
+
+    func info() async -> VisorInfo {
+        var sessions: [SessionInfo] = []
+        for session in self.sessions.all {
+            let stats = await session.stats()
+            sessions.append(SessionInfo(
+                id: session.id, type: session.kind.rawValue, remotePublicKey: session.remoteKey.hex,
+                initiator: session.isInitiator, since: session.since,
+                bytesIn: stats.bytesIn, bytesOut: stats.bytesOut, streams: stats.streams, rttMs: stats.rtt
+            ))
+        }
+        return VisorInfo(
+            publicKey: self.identity.publicKey.hex,
+            rpc: self.rpcAddress ?? self.config.rpc,
+            discovery: self.config.discovery,
+            relays: self.dmsg.homeRelays.map { .init(publicKey: $0.publicKey.hex, address: $0.address) },
+            sessions: sessions.sorted { $0.id < $1.id },
+            version: SkywireVersion.current
+        )
+    }
+}
+
+public enum SkywireVersion {
+    public static let current = "0.1.0"
+}
+
+extension Visor {
+    /// `skynet srv start`, for code that embeds a visor.
+    public func exposePorts(_ request: StartServerRequest) throws -> ServerInstanceInfo {
+        try self.skynetServer.start(request)
+    }
+
+    /// `skynet start`, for code that embeds a visor.
+    public func startForward(_ request: StartClientRequest) async throws -> ClientInstanceInfo {
+        try await self.skynetClients.start(request)
+    }
+
+    /// `skynet stop`, for code that embeds a visor.
+    public func stopForward(_ name: String?) async throws -> [String] {
+        try await self.skynetClients.stop(name)
+    }
+
+    /// `visor info`, for code that embeds a visor.
+    public func currentInfo() async -> VisorInfo {
+        await self.info()
+    }
+}

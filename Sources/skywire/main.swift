@@ -1,0 +1,3 @@
+import SkywireCLI
+
+await SkywireCommand.runMain()

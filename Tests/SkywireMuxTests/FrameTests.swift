@@ -1,0 +1,139 @@
+import NIOCore
+import NIOTestUtils
+import Testing
+
+@testable import SkywireMux
+
+@Suite("Mux frame codec")
+struct FrameTests {
+    static func decoder() -> MuxFrameDecoder {
+        MuxFrameDecoder(maxDataPayload: 32 * 1024, maxOpenHeader: 1024)
+    }
+
+    @Test("ByteToMessageDecoderVerifier: drip-fed, coalesced and whole frames decode identically")
+    func verifier() throws {
+        var rst = ByteBuffer()
+        rst.writeMuxCodedFrame(.reset, streamID: 3, code: 7, message: "bye ✓")
+        var update = ByteBuffer()
+        update.writeMuxHeader(.windowUpdate, streamID: 9, length: 4)
+        update.writeInteger(UInt32(65536))
+        let frames: [MuxFrame] = [
+            MuxFrame(type: .data, streamID: 1, payload: ByteBuffer(string: "hello")),
+            MuxFrame(type: .data, flags: MuxFrame.flagFIN, streamID: 1, payload: ByteBuffer()),
+            MuxFrame(type: .data, streamID: 5, payload: pattern(3000, seed: 1)),
+            openFrame(id: 2, header: "port=8080"),
+            acceptFrame(id: 2),
+            MuxFrame(type: .ping, streamID: 0, payload: ByteBuffer(bytes: [1, 2, 3, 4, 5, 6, 7, 8])),
+            MuxFrame(type: .pong, streamID: 0, payload: ByteBuffer(bytes: [8, 7, 6, 5, 4, 3, 2, 1])),
+        ]
+        var pairs: [(ByteBuffer, [MuxFrame])] = frames.map { (frameBytes($0), [$0]) }
+        pairs.append((rst, [MuxFrame(type: .reset, streamID: 3, payload: rst.getSlice(at: 12, length: rst.readableBytes - 12)!)]))
+        pairs.append((update, [MuxFrame(type: .windowUpdate, streamID: 9, payload: ByteBuffer(integer: UInt32(65536)))]))
+        // Two frames in one buffer.
+        pairs.append((frameBytes(frames[0], frames[3]), [frames[0], frames[3]]))
+        try ByteToMessageDecoderVerifier.verifyDecoder(inputOutputPairs: pairs, decoderFactory: Self.decoder)
+    }
+
+    @Test("coded frames round-trip code and message; messages are cut on a character boundary")
+    func codedFrames() throws {
+        var buffer = ByteBuffer()
+        let long = String(repeating: "é", count: 300)  // 600 bytes of 2-byte characters
+        buffer.writeMuxCodedFrame(.goAway, streamID: 0, code: 2, message: long)
+        var decoder = Self.decoder()
+        let frame = try #require(try decoder.decode(buffer: &buffer))
+        let (code, message) = frame.codeAndMessage()
+        #expect(code == 2)
+        #expect(message.utf8.count <= MuxFrame.maxSentMessage)
+        #expect(message == String(repeating: "é", count: MuxFrame.maxSentMessage / 2))
+        #expect(Array(MuxFrame.truncatedUTF8("a€", maxBytes: 3)) == Array("a".utf8))
+    }
+
+    @Test(
+        "invalid headers are protocol errors, detected before the payload arrives",
+        arguments: [
+            ("bad version", [2, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
+            ("unknown type", [1, 9, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
+            ("FIN on WINDOW_UPDATE", [1, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 4]),
+            ("unknown flag", [1, 0, 0x80, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
+            ("DATA on stream 0", [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+            ("PING on a stream", [1, 6, 0, 0, 0, 0, 0, 1, 0, 0, 0, 8]),
+            ("oversized DATA", [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0x80, 1]),
+            ("4 GiB DATA", [1, 0, 0, 0, 0, 0, 0, 1, 0xFF, 0xFF, 0xFF, 0xFF]),
+            ("oversized OPEN", [1, 2, 0, 0, 0, 0, 0, 1, 0, 0, 0x04, 0x09]),
+            ("short WINDOW_UPDATE", [1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 3]),
+            ("short PING", [1, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]),
+            ("RST without code", [1, 5, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1]),
+        ] as [(String, [UInt8])]
+    )
+    func invalidHeaders(_ name: String, _ header: [UInt8]) throws {
+        var decoder = Self.decoder()
+        var buffer = ByteBuffer(bytes: header)  // header only: the check must not wait for the payload
+        #expect(throws: MuxError.self, "\(name)") { try decoder.decode(buffer: &buffer) }
+    }
+
+    @Test("a partial frame yields nothing until complete")
+    func partial() throws {
+        var decoder = Self.decoder()
+        let full = frameBytes(MuxFrame(type: .data, streamID: 1, payload: ByteBuffer(string: "abcdef")))
+        var partial = full.getSlice(at: 0, length: 15)!
+        #expect(try decoder.decode(buffer: &partial) == nil)
+        #expect(partial.readableBytes == 15)
+        var whole = full
+        #expect(try decoder.decode(buffer: &whole)?.payload == ByteBuffer(string: "abcdef"))
+        #expect(whole.readableBytes == 0)
+    }
+}
+
+@Suite("Mux stream state machine")
+struct StreamStateMachineTests {
+    @Test("lifecycle: idle, open, half-closed both ways, closed")
+    func lifecycle() throws {
+        var a = MuxStreamStateMachine(receiveWindow: 100)
+        #expect(a.lifecycle == .idle)
+        #expect(throws: MuxError.self) { try a.receiveData(count: 1, fin: false) }
+        try a.accept(peerWindow: 50)
+        #expect(a.lifecycle == .open)
+        #expect(throws: MuxError.self) { try a.accept(peerWindow: 50) }
+        a.sendFIN()
+        #expect(a.lifecycle == .halfClosedLocal)
+        #expect(!a.canSend)
+        try a.receiveData(count: 10, fin: true)
+        #expect(a.lifecycle == .closed)
+
+        var b = MuxStreamStateMachine(receiveWindow: 100, acceptedWithPeerWindow: 10)
+        try b.receiveData(count: 0, fin: true)
+        #expect(b.lifecycle == .halfClosedRemote)
+        #expect(b.canSend)
+        #expect(throws: MuxError.self) { try b.receiveData(count: 1, fin: false) }
+        b.reset()
+        #expect(b.lifecycle == .closed)
+    }
+
+    @Test("receive window: data beyond the grant is an error; credit is returned after half is consumed")
+    func receiveWindow() throws {
+        var s = MuxStreamStateMachine(receiveWindow: 100, acceptedWithPeerWindow: 0)
+        try s.receiveData(count: 60, fin: false)
+        #expect(s.receiveWindow == 40)
+        #expect(throws: MuxError.self) { try s.receiveData(count: 41, fin: false) }
+        s.consumed(49)
+        #expect(s.takeWindowIncrement() == nil)
+        s.consumed(1)
+        #expect(s.takeWindowIncrement() == 50)
+        #expect(s.receiveWindow == 90)
+        try s.receiveData(count: 90, fin: false)
+        #expect(throws: MuxError.self) { try s.receiveData(count: 1, fin: false) }
+    }
+
+    @Test("send window: updates add, zero and overflow are errors")
+    func sendWindow() throws {
+        var s = MuxStreamStateMachine(receiveWindow: 100, acceptedWithPeerWindow: 10)
+        s.sent(10)
+        #expect(s.sendWindow == 0)
+        try s.receiveWindowUpdate(5)
+        #expect(s.sendWindow == 5)
+        #expect(throws: MuxError.self) { try s.receiveWindowUpdate(0) }
+        #expect(throws: MuxError.self) { try s.receiveWindowUpdate(UInt32.max) }
+        var idle = MuxStreamStateMachine(receiveWindow: 100)
+        #expect(throws: MuxError.self) { try idle.receiveWindowUpdate(1) }
+    }
+}

@@ -1,0 +1,249 @@
+"""Starts real skywire processes on loopback and drives them through the real CLI.
+
+Every process is started here, tracked by PID and ended (SIGTERM, then SIGKILL) at cleanup,
+even when a test fails. Ports are ephemeral (0) and read back from the daemons' logs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = os.environ.get("SKYWIRE_BIN") or str(ROOT / ".build" / "debug" / "skywire")
+
+
+class Proc:
+    """A daemon with its stderr captured to a file."""
+
+    def __init__(self, name: str, args: list[str], workdir: Path, env: dict[str, str]):
+        self.name = name
+        self.args = args
+        self.log_path = workdir / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.popen = subprocess.Popen(
+            [BIN, *args], stdout=self._log, stderr=subprocess.STDOUT, cwd=workdir, env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        self.pid = self.popen.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, timeout: float = 30.0) -> re.Match:
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while time.monotonic() < deadline:
+            m = regex.search(self.log())
+            if m:
+                return m
+            if self.popen.poll() is not None:
+                raise AssertionError(f"{self.name} exited ({self.popen.returncode}) before /{pattern}/:\n{self.log()[-4000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"{self.name}: no /{pattern}/ within {timeout}s:\n{self.log()[-4000:]}")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        self._log.close()
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+def _port_of(match: re.Match) -> int:
+    return int(match.group(1))
+
+
+class Network:
+    """Discovery, a relay and any number of visors, all on 127.0.0.1 with ephemeral ports."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="skywire-it-"))
+        self.env = dict(os.environ)
+        # Control tokens go to this test's own folder: parallel runs never see each other.
+        self.env["SKYWIRE_RUNTIME_DIR"] = str(self.dir / "run")
+        self.env.setdefault("SKYWIRE_LOG", "info")
+        self.procs: list[Proc] = []
+        self.discovery_url = ""
+        self.relay: Proc | None = None
+        self.relay_port = 0
+
+    # -- processes -------------------------------------------------------------------------
+    def start(self, name: str, *args: str) -> Proc:
+        p = Proc(name, list(args), self.dir, self.env)
+        self.procs.append(p)
+        return p
+
+    def start_discovery(self) -> None:
+        p = self.start("discovery", "discovery", "--addr", "127.0.0.1:0", "--db", str(self.dir / "discovery.sqlite"))
+        port = _port_of(p.wait_log(r"127\.0\.0\.1:(\d+) .*discovery server listening"))
+        self.discovery_url = f"http://127.0.0.1:{port}"
+
+    def start_relay(self, name: str = "relay", port: int = 0) -> Proc:
+        p = self.start(name, "dmsg-server", "--addr", f"127.0.0.1:{port}", "--discovery", self.discovery_url,
+                       "--key-file", str(self.dir / f"{name}.key"))
+        self.relay_port = _port_of(p.wait_log(r"address=127\.0\.0\.1:(\d+) .*relay listening"))
+        self.relay = p
+        return p
+
+    def gen_config(self, name: str) -> Path:
+        path = self.dir / f"{name}.json"
+        r = self.run_cli("config", "gen", "--out", str(path), "--discovery", self.discovery_url, "--rpc", "127.0.0.1:0",
+                         rpc=None)
+        assert r.returncode == 0, r.stderr
+        return path
+
+    def start_visor(self, name: str, config: Path | None = None, wait_relay: bool = True) -> "Visor":
+        config = config or self.gen_config(name)
+        p = self.start(name, "visor", "--config", str(config))
+        rpc = p.wait_log(r"rpc=(127\.0\.0\.1:\d+).*control API listening").group(1)
+        v = Visor(self, p, rpc, config)
+        if wait_relay:
+            v.wait_relay()
+        return v
+
+    # -- CLI -------------------------------------------------------------------------------
+    def run_cli(self, *args: str, rpc: str | None, timeout: float = 90.0) -> subprocess.CompletedProcess:
+        cmd = [BIN, "cli", *args]
+        if rpc is not None:
+            cmd += ["--rpc", rpc]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=self.env, cwd=self.dir,
+                              stdin=subprocess.DEVNULL)
+
+    def close(self) -> None:
+        for p in reversed(self.procs):
+            try:
+                p.stop()
+            except Exception:
+                pass
+        if os.environ.get("SKYWIRE_KEEP_TEST_DIR") != "1":
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Visor:
+    def __init__(self, net: Network, proc: Proc, rpc: str, config: Path):
+        self.net = net
+        self.proc = proc
+        self.rpc = rpc
+        self.config = config
+        self._pk: str | None = None
+
+    def cli(self, *args: str, timeout: float = 90.0) -> subprocess.CompletedProcess:
+        return self.net.run_cli(*args, rpc=self.rpc, timeout=timeout)
+
+    def ok(self, *args: str) -> str:
+        r = self.cli(*args)
+        assert r.returncode == 0, f"skywire cli {' '.join(args)} failed ({r.returncode}): {r.stderr}"
+        return r.stdout
+
+    def json(self, *args: str):
+        return json.loads(self.ok(*args, "--json"))
+
+    @property
+    def pk(self) -> str:
+        if self._pk is None:
+            self._pk = self.ok("visor", "pk").strip()
+        return self._pk
+
+    def wait_relay(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self.json("visor", "info")
+            if info["relays"]:
+                # Give the publisher a moment: the entry listing the relay is sent right after.
+                time.sleep(0.3)
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"visor {self.proc.name} reached no relay within {timeout}s:\n{self.proc.log()[-3000:]}")
+
+
+# -- simple TCP services used behind forwards -----------------------------------------------
+class TCPServer:
+    """A threaded TCP server on 127.0.0.1:0 calling handler(conn) per connection."""
+
+    def __init__(self, handler, port: int = 0):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(256)
+        self.port = self.sock.getsockname()[1]
+        self.handler = handler
+        self.closed = False
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self):
+        while not self.closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        try:
+            self.handler(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def echo_handler(conn: socket.socket) -> None:
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            conn.shutdown(socket.SHUT_WR)
+            return
+        conn.sendall(data)
+
+
+def recv_all(conn: socket.socket, limit: int = 1 << 31) -> bytes:
+    chunks = []
+    total = 0
+    while total < limit:
+        data = conn.recv(1 << 20)
+        if not data:
+            break
+        chunks.append(data)
+        total += len(data)
+    return b"".join(chunks)
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def connect(port: int, timeout: float = 30.0) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    return s

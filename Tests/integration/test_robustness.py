@@ -1,0 +1,149 @@
+"""Hostile peers: garbage, oversized frames and a wrong-key handshake never crash the relay or a
+visor, and other forwards keep working."""
+import json
+import os
+import socket
+import struct
+import time
+
+import nacl.bindings
+import nacl.signing
+from noise.connection import Keypair, NoiseConnection
+
+from harness import TCPServer, connect, echo_handler, recv_all
+
+
+def roundtrip(port: int, payload: bytes) -> bytes:
+    s = connect(port)
+    s.sendall(payload)
+    s.shutdown(socket.SHUT_WR)
+    data = recv_all(s)
+    s.close()
+    return data
+
+
+def send_and_wait_close(port: int, data: bytes, timeout: float = 15.0) -> None:
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        s.sendall(data)
+        while s.recv(65536):
+            pass
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    finally:
+        s.close()
+
+
+def python_initiator(relay_pk_hex: str, prologue_context: str, wrong_key: bool = False):
+    """A Noise IK initiator written with the Python `noiseprotocol` package, using our framing."""
+    seed = os.urandom(32)
+    signing = nacl.signing.SigningKey(seed)
+    ed_pk = bytes(signing.verify_key)
+    x_sk = nacl.bindings.crypto_sign_ed25519_sk_to_curve25519(seed + ed_pk)
+    target = bytes.fromhex(relay_pk_hex) if not wrong_key else bytes(nacl.signing.SigningKey(os.urandom(32)).verify_key)
+    x_rs = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(target)
+    name = b"Noise_IK_25519_ChaChaPoly_SHA256"
+    conn = NoiseConnection.from_name(name)
+    conn.set_as_initiator()
+    conn.set_keypair_from_private_bytes(Keypair.STATIC, x_sk)
+    conn.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, x_rs)
+    conn.set_prologue(b"skywire/1 " + prologue_context.encode() + b" " + name)
+    conn.start_handshake()
+    return conn, ed_pk
+
+
+def test_garbage_and_bad_handshakes_do_not_disturb_forwards(net, pair):
+    a, b = pair
+    backend = TCPServer(echo_handler)
+    a.ok("skynet", "srv", "start", "--ports", str(backend.port))
+    info = b.json("skynet", "start", "--pk", a.pk, "--remote", str(backend.port), "--local", "0", "--raw-tcp", "--dmsg")
+    port = info["local_port"]
+    # A long-lived connection that must survive everything below.
+    live = connect(port)
+    live.sendall(b"before")
+    assert live.recv(100) == b"before"
+    try:
+        relay_port = net.relay_port
+        relay_pk = json.loads((net.dir / "relay.key").read_text())["public_key"]
+
+        # 1. Random garbage, an unknown suite byte, an oversized/truncated frame.
+        send_and_wait_close(relay_port, os.urandom(5000))
+        send_and_wait_close(relay_port, b"\x07" + os.urandom(100))
+        send_and_wait_close(relay_port, b"\x01\xff\xff" + b"\x00" * 10)
+        send_and_wait_close(relay_port, b"\x01")  # then EOF mid-handshake
+
+        # 2. A well-formed handshake for the wrong relay key: refused.
+        conn, ed_pk = python_initiator(relay_pk, "relay-session", wrong_key=True)
+        msg = conn.write_message(ed_pk)
+        send_and_wait_close(relay_port, b"\x01" + struct.pack(">H", len(msg)) + msg)
+
+        # 3. A correct handshake from an independent implementation, then garbage inside the session.
+        conn, ed_pk = python_initiator(relay_pk, "relay-session")
+        msg = conn.write_message(ed_pk)
+        s = socket.create_connection(("127.0.0.1", relay_port), timeout=15)
+        s.sendall(b"\x01" + struct.pack(">H", len(msg)) + msg)
+        hdr = s.recv(2, socket.MSG_WAITALL)
+        assert len(hdr) == 2, "relay did not answer a valid handshake"
+        reply = s.recv(struct.unpack(">H", hdr)[0], socket.MSG_WAITALL)
+        conn.read_message(reply)
+        assert conn.handshake_finished
+        junk = conn.encrypt(b"\xff" * 40)  # authenticated, but not a valid mux frame
+        s.sendall(struct.pack(">H", len(junk)) + junk)
+        try:
+            while s.recv(65536):
+                pass
+        except (ConnectionResetError, socket.timeout):
+            pass
+        s.close()
+
+        # 4. Garbage on the visors' control API.
+        for v in (a, b):
+            host, p = v.rpc.split(":")
+            send_and_wait_close(int(p), b"\x00\x01 NOT HTTP\r\n\r\n" + os.urandom(1000))
+
+        # Everyone is alive and the forward still works, old connection and new ones.
+        assert net.relay.alive() and a.proc.alive() and b.proc.alive()
+        live.sendall(b"after")
+        assert live.recv(100) == b"after"
+        assert roundtrip(port, b"fresh connection") == b"fresh connection"
+        assert b.json("skynet", "status", info["name"])[0]["state"] == "running"
+    finally:
+        live.close()
+        b.cli("skynet", "stop", info["name"])
+        a.cli("skynet", "srv", "stop", f"skynet-{backend.port}")
+        backend.close()
+
+
+def test_daemons_refuse_bad_flags_with_one_line(net):
+    from harness import BIN
+    import subprocess
+    for args, needle in [
+        (["discovery", "--addr", "nope"], "invalid --addr"),
+        (["dmsg-server", "--addr", "127.0.0.1:99999"], "out of range"),
+        (["visor", "--config", str(net.dir / "missing.json")], "cannot read config"),
+    ]:
+        r = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert r.returncode != 0
+        err = r.stderr.strip()
+        assert needle in err and len(err.splitlines()) == 1, err
+
+
+def test_visor_refuses_corrupt_config(net):
+    from harness import BIN
+    import subprocess
+    bad = net.dir / "corrupt.json"
+    bad.write_text('{"version": 1, "public_key": "zz"}')
+    r = subprocess.run([BIN, "visor", "--config", str(bad)], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert r.returncode != 0
+    assert "invalid config" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_config_gen_writes_private_file(net):
+    path = net.dir / "private.json"
+    r = net.run_cli("config", "gen", "--out", str(path), "--discovery", net.discovery_url, rpc=None)
+    assert r.returncode == 0, r.stderr
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    again = net.run_cli("config", "gen", "--out", str(path), rpc=None)
+    assert again.returncode != 0 and "already exists" in again.stderr
+    key = net.dir / "relay.key"
+    assert oct(os.stat(key).st_mode & 0o777) == "0o600"
