@@ -19,7 +19,10 @@ public protocol MuxSessionDelegate: AnyObject {
 /// Memory: received data is buffered only up to the window each stream granted
 /// (``MuxConfiguration/initialWindow``); a peer sending beyond it is a protocol error. Outbound,
 /// a stream keeps what its writer wrote beyond the peer's window, and reports
-/// ``MuxStream/isWritable`` `false` meanwhile, as a NIO channel does.
+/// ``MuxStream/isWritable`` `false` meanwhile, as a NIO channel does. DATA is only written while
+/// the link is writable; control frames always are, but a peer that keeps provoking answers
+/// (PING, OPEN) without reading them gets its input paused (``MuxSession`` stops reading the
+/// link) until the link drains.
 ///
 /// Lifetime: the session retains its delegate and the link retains the session until the
 /// session closes (locally, by the peer, by a link error, or by the dead-peer timer).
@@ -90,6 +93,11 @@ public final class MuxSession: @unchecked Sendable {
     private var turnDepth = 0
     private var processingInbound = false
     private var inboundBacklog = CircularBuffer<ByteBuffer>()
+    /// Control frames (answers, window updates) go out even when the link is not writable, as
+    /// withholding them could deadlock two peers; past this many bytes we stop reading instead.
+    private static let unwritableOutputLimit = 256 * 1024
+    private var bytesWrittenWhileUnwritable = 0
+    private var inboundPaused = false
 
     private var pingTask: RepeatedTask?
     private var deadPeerTask: Scheduled<Void>?
@@ -217,6 +225,15 @@ public final class MuxSession: @unchecked Sendable {
         let buffer = self.out
         self.out = ByteBuffer()
         self.bytesOut &+= UInt64(buffer.readableBytes)
+        if !self.link.isWritable {
+            self.bytesWrittenWhileUnwritable += buffer.readableBytes
+            if self.bytesWrittenWhileUnwritable > Self.unwritableOutputLimit && !self.inboundPaused {
+                // A peer that makes us answer (PING, OPEN) while it does not read our answers
+                // could grow the link's buffer without bound: stop reading it until it drains.
+                self.inboundPaused = true
+                self.link.setReading(false)
+            }
+        }
         self.link.write(buffer)
         self.link.flush()
     }
@@ -238,17 +255,39 @@ public final class MuxSession: @unchecked Sendable {
         while !self.isClosed, self.link.isWritable, let stream = self.ready.popFirst() {
             stream.inReadyQueue = false
             guard stream.isRegistered else { continue }
-            self.out.reserveCapacity(minimumWritableBytes: MuxFrame.headerSize + min(maxFrame, stream.sendableBytes))
+            let frameSize = MuxFrame.headerSize + min(maxFrame, stream.sendableBytes)
+            if self.out.readableBytes > 0 && self.out.readableBytes + frameSize > self.coalesceLimit {
+                self.writeOut()
+                if !self.link.isWritable {
+                    stream.inReadyQueue = true
+                    self.ready.prepend(stream)
+                    break
+                }
+            }
+            if self.out.writableBytes < frameSize {
+                // Size a fresh buffer for the whole batch at once rather than growing it frame by frame.
+                let batch = self.out.readableBytes == 0 ? self.estimatedBatchSize(first: frameSize) : frameSize
+                self.out.reserveCapacity(minimumWritableBytes: batch)
+            }
             stream.emitFrame(into: &self.out, maxFramePayload: maxFrame)
             if stream.hasSendableFrame {
                 stream.inReadyQueue = true
                 self.ready.append(stream)
             }
             stream.afterSend()
-            if self.out.readableBytes >= self.coalesceLimit {
-                self.writeOut()
-            }
         }
+    }
+
+    /// Bytes the ready streams could emit now, up to ``coalesceLimit``.
+    private func estimatedBatchSize(first: Int) -> Int {
+        var total = first
+        let maxFrame = self.configuration.maxFramePayload
+        for stream in self.ready {
+            guard total < self.coalesceLimit else { break }
+            let bytes = stream.sendableBytes
+            total += bytes + MuxFrame.headerSize * (bytes / maxFrame + 1)
+        }
+        return min(total, self.coalesceLimit)
     }
 
     func writeWindowUpdate(streamID: UInt32, increment: UInt32) {
@@ -457,6 +496,13 @@ public final class MuxSession: @unchecked Sendable {
 
     fileprivate func linkWritabilityChanged(_ writable: Bool) {
         guard !self.isClosed else { return }
+        if writable {
+            self.bytesWrittenWhileUnwritable = 0
+            if self.inboundPaused {
+                self.inboundPaused = false
+                self.link.setReading(true)
+            }
+        }
         self.turn {
             if writable, !self.ready.isEmpty { self.drainRequested = true }
             for stream in self.streams.values { stream.updateWritability() }

@@ -56,7 +56,7 @@ import Testing
     @Test func partialFrameAtEOFIsTruncation() throws {
         let processor = NIOSingleStepByteToMessageProcessor(NoiseFrameDecoder())
         var input = stream([[UInt8](repeating: 1, count: 40)])
-        let partial = try #require(input.readSlice(length: 20))
+        let partial = input.readSlice(length: 20) ?? ByteBuffer()
         try processor.process(buffer: partial) { _ in Issue.record("no frame expected") }
         let error = #expect(throws: NoiseError.self) {
             try processor.finishProcessing(seenEOF: true) { _ in }

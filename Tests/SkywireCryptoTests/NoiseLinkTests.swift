@@ -288,7 +288,7 @@ import Testing
             // Valid suite byte half of the time, so the frame parser and handshake see garbage too.
             garbage.writeInteger(round % 2 == 0 ? UInt8(1 + round % 3) : UInt8.random(in: 0...255))
             garbage.writeBytes((0..<Int.random(in: 0...300)).map { _ in UInt8.random(in: 0...255) })
-            if round % 4 == 0 {  // a plausible length prefix
+            if round % 4 == 0, garbage.readableBytes >= 3 {  // a plausible length prefix
                 garbage.setInteger(UInt16(garbage.readableBytes - 3), at: 1)
             }
             rawA.write(garbage)

@@ -31,4 +31,14 @@ import Testing
         print("noise throughput \(suite.protocolName): seal+open of \(chunk)-byte messages "
             + "\(Int(mebibytes / seconds)) MiB/s (\(rounds) rounds)")
     }
+
+    /// The Ed25519 → X25519 conversion (with its subgroup check) runs once per handshake.
+    @Test func keyConversionCost() throws {
+        let keys = (0..<20).map { _ in KeyPair.generate().publicKey }
+        let clock = ContinuousClock()
+        let elapsed = try clock.measure {
+            for key in keys { _ = try key.x25519() }
+        }
+        print("PublicKey.x25519(): \(elapsed / keys.count) per conversion")
+    }
 }

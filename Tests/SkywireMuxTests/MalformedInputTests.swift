@@ -153,3 +153,33 @@ struct MalformedInputTests {
         }
     }
 }
+
+@Suite("Mux session against floods", .timeLimit(.minutes(1)))
+struct FloodTests {
+    @Test("a PING flood from a peer that does not read stops being read: our output stays bounded")
+    func pingFlood() async throws {
+        let loop = testLoop
+        let peer = try await onLoop(loop) {
+            let peer = RawPeer(loop: loop, role: .initiator, configuration: MalformedInputTests.configuration)
+            peer.session.start()  // the raw side is never started: it reads nothing
+            // 1.2 MB of PINGs (= 1.2 MB of PONGs if all were answered), in socket-read-sized chunks.
+            for chunk in 0..<60 {
+                var flood = ByteBuffer()
+                for i in 0..<1000 {
+                    flood.writeMuxHeader(.ping, streamID: 0, length: 8)
+                    flood.writeInteger(UInt64(chunk * 1000 + i))
+                }
+                peer.send(flood)
+            }
+            return peer
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        let (unread, open) = try await onLoop(loop) { (peer.raw.bufferedBytes, !peer.session.isClosed) }
+        #expect(open)
+        #expect(unread < 700 * 1024, "PONGs queued towards a peer that does not read: \(unread)")
+        // Once the peer reads, the session reads again and answers the rest.
+        try await onLoop(loop) { peer.rawEndpoint.attach(peer.raw) }
+        try await eventually(loop, "all PONGs") { peer.rawEndpoint.receivedCount == 60_000 * 20 }
+        try await onLoop(loop) { peer.session.close(error: nil) }
+    }
+}

@@ -59,7 +59,7 @@ struct DemoService: Service {
 
     private func runDemo(group: inout ThrowingTaskGroup<Void, any Error>) async throws {
         var quiet = self.logger
-        quiet.logLevel = ProcessInfo.processInfo.environment["SKYWIRE_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .warning
+        quiet.logLevel = ProcessInfo.processInfo.environment["SKYWIRE_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .error
 
         // 1. Discovery.
         let discoveryAddress = AsyncValue<SocketAddress>()
@@ -127,7 +127,7 @@ struct DemoService: Service {
         }
         guard let forward else { throw CLIError("demo forward did not come up: \(lastError.map { "\($0)" } ?? "timeout")") }
 
-        print("""
+        let banner = """
 
         Skywire demo is running (Ctrl-C to stop). Everything is on loopback:
           discovery   \(discoveryURL)
@@ -142,7 +142,8 @@ struct DemoService: Service {
           skywire cli skynet srv status --rpc \(rpcA)
           skywire cli visor info --rpc \(rpcB)
 
-        """)
+        """
+        FileHandle.standardOutput.write(Data(banner.utf8))
         try await group.next()
     }
 }

@@ -40,6 +40,7 @@ enum Hex {
     /// A short, printable rendering of arbitrary user input for error messages.
     static func quote(_ text: String, limit: Int = 80) -> String {
         let clipped = text.count > limit ? String(text.prefix(limit)) + "…" : text
-        return "\"" + clipped.unicodeScalars.map { $0.isASCII && $0.value >= 0x20 && $0.value < 0x7f ? String($0) : "?" }.joined() + "\""
+        let printable = clipped.unicodeScalars.map { (0x20..<0x7f).contains($0.value) ? String($0) : "?" }
+        return "\"" + printable.joined() + "\""
     }
 }

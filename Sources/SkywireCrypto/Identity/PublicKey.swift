@@ -62,6 +62,7 @@ public struct PublicKey: Hashable, Sendable, Codable, CustomStringConvertible, C
         lhs.rawBytes.lexicographicallyPrecedes(rhs.rawBytes)
     }
 
+    /// Decodes the hex text form; any other spelling is a `DecodingError`.
     public init(from decoder: any Decoder) throws {
         let container = try decoder.singleValueContainer()
         let text = try container.decode(String.self)
@@ -72,6 +73,7 @@ public struct PublicKey: Hashable, Sendable, Codable, CustomStringConvertible, C
         }
     }
 
+    /// Encodes as the hex text form.
     public func encode(to encoder: any Encoder) throws {
         var container = encoder.singleValueContainer()
         try container.encode(hex)

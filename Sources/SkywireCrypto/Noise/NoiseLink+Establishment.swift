@@ -71,6 +71,8 @@ private final class NoiseEstablishment: LinkDelegate {
     private let promise: EventLoopPromise<NoiseLink>
     private var timeoutTask: Scheduled<Void>?
     private var handshake: NoiseHandshake?
+    /// The initiator's expected responder static key (the X25519 form of the dialled identity).
+    private var expectedResponderStatic: [UInt8]?
     private var inbound = ByteBuffer()
     private var finished = false
 
@@ -106,6 +108,7 @@ private final class NoiseEstablishment: LinkDelegate {
             )
             let message = try handshake.writeMessage(payload: identity.publicKey.rawBytes + payload)
             self.handshake = handshake
+            expectedResponderStatic = handshake.remoteStatic.map { Array($0.rawRepresentation) }
             var out = ByteBufferAllocator().buffer(capacity: 1 + NoiseFrameDecoder.headerSize + message.count)
             out.writeInteger(suite.rawValue)
             out.writeInteger(UInt16(message.count))
@@ -151,8 +154,9 @@ private final class NoiseEstablishment: LinkDelegate {
             let payload = try handshake.readMessage(Array(frame.readableBytesView))
             // IK already guarantees this (the responder could not have completed otherwise);
             // checked anyway so the guarantee does not rest on one reading of the pattern.
-            let expected = try remote.x25519()
-            guard handshake.remoteStatic?.rawRepresentation == expected.rawRepresentation else {
+            guard let expected = expectedResponderStatic,
+                handshake.remoteStatic.map({ Array($0.rawRepresentation) }) == expected
+            else {
                 throw NoiseError(.remoteKeyMismatch, "responder is not \(remote.fingerprint)")
             }
             try succeed(handshake: &handshake, remoteKey: remote, remotePayload: payload)

@@ -37,6 +37,8 @@ public final class NoiseLink: Link {
 
     /// Plaintext written since the last flush.
     private var pendingOutbound = ByteBuffer()
+    /// `pendingOutbound` is a caller's buffer taken as is (so clearing it would copy-on-write).
+    private var pendingOutboundAdopted = false
     /// Plaintext decrypted but not yet delivered (before ``start()`` or while reading is paused).
     private var pendingInbound: ByteBuffer?
     private var pendingEOF = false
@@ -100,6 +102,7 @@ public final class NoiseLink: Link {
         guard !outputClosed, pendingClose == nil, data.readableBytes > 0 else { return }
         if pendingOutbound.readableBytes == 0 && data.readableBytes >= Self.adoptWriteThreshold {
             pendingOutbound = data
+            pendingOutboundAdopted = true
         } else {
             pendingOutbound.writeImmutableBuffer(data)
         }
@@ -181,8 +184,9 @@ public final class NoiseLink: Link {
             fail(error)
             return false
         }
-        if pendingOutbound.capacity > Self.retainedStagingCapacity {
+        if pendingOutboundAdopted || pendingOutbound.capacity > Self.retainedStagingCapacity {
             pendingOutbound = ByteBuffer()
+            pendingOutboundAdopted = false
         } else {
             pendingOutbound.clear()
         }

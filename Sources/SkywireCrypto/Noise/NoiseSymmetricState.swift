@@ -15,7 +15,10 @@ struct NoiseSymmetricState {
         self.suite = suite
         let name = Array(suite.protocolName.utf8)
         // Names of at most HASHLEN bytes are zero-padded, longer ones hashed.
-        let initial = name.count <= 32 ? name + [UInt8](repeating: 0, count: 32 - name.count) : Array(SHA256.hash(data: name))
+        let initial =
+            name.count <= 32
+            ? name + [UInt8](repeating: 0, count: 32 - name.count)
+            : Array(SHA256.hash(data: name))
         self.hash = initial
         self.chainingKey = initial
     }

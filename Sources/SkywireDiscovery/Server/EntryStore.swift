@@ -148,7 +148,10 @@ final class EntryStore: Sendable {
     }
 
     func close() async throws {
-        try await self.connection.close()
+        // Shutdown usually happens in a cancelled task, and SQLiteNIO refuses to start work in
+        // one; an unstructured task is not cancelled, so the file is always closed properly.
+        let connection = self.connection
+        try await Task { try await connection.close() }.value
     }
 
     private static func row(_ row: SQLiteRow) -> Row? {
