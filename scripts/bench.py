@@ -99,7 +99,6 @@ def main():
     net = harness.Network()
     procs = []
     try:
-        net.env["SKYWIRE_LOG"] = "warning"
         net.start_discovery()
         net.start_relay()
         a = net.start_visor("visor-a")

@@ -14,6 +14,10 @@ public final class ChannelLink: ChannelDuplexHandler, Link {
     public let eventLoop: any EventLoop
     public var delegate: (any LinkDelegate)?
 
+    /// Write-buffer marks for channels carrying Links: NIO's default (32/64 KiB) turns a channel
+    /// unwritable after one large frame, which stalls a multi-Gbit/s pipe on every write.
+    public static let waterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 256 * 1024, high: 1024 * 1024)
+
     private var context: ChannelHandlerContext?
     private var started = false
     private var reading = true

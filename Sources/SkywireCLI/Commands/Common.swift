@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import NIOPosix
 import SkywireVisor
 
 /// `--rpc`, shared by every `cli` command.
@@ -75,3 +76,11 @@ func parseListenAddress(_ text: String, flag: String) throws -> (String, Int) {
     try checkPort(port, allowZero: true)
     return (String(host), port)
 }
+
+/// The data-plane event loops of a daemon: `SKYWIRE_THREADS` threads (default: one per core).
+let daemonEventLoopGroup: MultiThreadedEventLoopGroup = {
+    if let text = ProcessInfo.processInfo.environment["SKYWIRE_THREADS"], let n = Int(text), n > 0 {
+        return MultiThreadedEventLoopGroup(numberOfThreads: n)
+    }
+    return MultiThreadedEventLoopGroup.singleton
+}()

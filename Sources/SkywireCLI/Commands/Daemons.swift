@@ -74,7 +74,7 @@ struct DmsgServerCommand: AsyncParsableCommand {
         let logger = makeLogger("skywire.dmsg-server")
         let relay = RelayServer(
             configuration: .init(host: host, port: port, identity: identity, discoveryURL: self.discovery, publicAddress: self.publicAddr),
-            group: MultiThreadedEventLoopGroup.singleton,
+            group: daemonEventLoopGroup,
             logger: logger
         )
         try await runServices([relay], logger: logger)
@@ -94,7 +94,7 @@ struct VisorCommand: AsyncParsableCommand {
         let config: VisorConfig
         do { config = try VisorConfig.load(path: self.config) } catch { throw CLIError("\(error)") }
         let logger = makeLogger("skywire.visor")
-        let visor = try Visor(config: config, logger: logger)
+        let visor = try Visor(config: config, group: daemonEventLoopGroup, logger: logger)
         try await runServices([visor], logger: logger)
     }
 }

@@ -43,7 +43,7 @@ public final class NoiseCipher {
         out.writeContiguousBytes(sealed.tag)
     }
 
-    /// Encrypts the bytes of a `ByteBuffer` view; see ``seal(_:into:)-(UnsafeRawBufferPointer,_)``.
+    /// Encrypts the bytes of a `ByteBuffer` view; as the `UnsafeRawBufferPointer` overload.
     public func seal(_ plaintext: ByteBufferView, into out: inout ByteBuffer) throws {
         try plaintext.withUnsafeBytes { try seal($0, into: &out) }
     }
@@ -67,7 +67,7 @@ public final class NoiseCipher {
         out.writeContiguousBytes(plaintext)
     }
 
-    /// Decrypts the bytes of a `ByteBuffer` view; see ``open(_:into:)-(UnsafeRawBufferPointer,_)``.
+    /// Decrypts the bytes of a `ByteBuffer` view; as the `UnsafeRawBufferPointer` overload.
     public func open(_ ciphertext: ByteBufferView, into out: inout ByteBuffer) throws {
         try ciphertext.withUnsafeBytes { try open($0, into: &out) }
     }

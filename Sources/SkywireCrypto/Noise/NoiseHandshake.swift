@@ -14,7 +14,7 @@ import Foundation
 /// does (it dials a public key). Drive it with ``writeMessage(payload:)`` / ``readMessage(_:)``
 /// in turn; once ``isComplete``, ``split()`` yields the transport ciphers. Any failure leaves the
 /// handshake failed for good: a retry needs a fresh handshake (and fresh ephemeral keys).
-public struct NoiseHandshake {
+public struct NoiseHandshake: Sendable {
     /// The largest Noise message (spec §3).
     public static let maxMessageSize = 65535
     /// Fixed bytes of the first message: e (32) + encrypted s (48) + payload tag (16).

@@ -21,9 +21,9 @@ public struct SessionSettings: Sendable {
 
     public init(
         identity: KeyPair,
-        suite: NoiseSuite = .chaChaPoly,
+        suite: NoiseSuite = .aesGCM,
         handshakeTimeout: TimeAmount = .seconds(10),
-        mux: MuxConfiguration = .init()
+        mux: MuxConfiguration = .init(initialWindow: 8 * 1024 * 1024)
     ) {
         self.identity = identity
         self.suite = suite
@@ -108,6 +108,7 @@ public enum SessionEstablishment {
     ) async throws -> Session {
         let channel = try await ClientBootstrap(group: group)
             .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(connectTimeout)
             .connect(host: host, port: port).get()

@@ -143,6 +143,7 @@ final class SkynetServer: StreamAcceptor {
         let localKey = self.localKey
         ClientBootstrap(group: session.eventLoop)
             .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(self.connectTimeout)
             .connect(host: "127.0.0.1", port: port)
