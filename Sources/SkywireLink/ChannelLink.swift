@@ -81,18 +81,35 @@ public final class ChannelLink: ChannelDuplexHandler, Link {
     public func closeOutput() {
         guard let context = self.context, !self.closed, !self.outputClosed else { return }
         self.outputClosed = true
-        context.flush()
-        if self.inputClosed {
-            context.close(promise: nil)
-        } else {
-            context.close(mode: .output, promise: nil)
+        self.afterPendingWrites(context) { context in
+            // NIO escalates an output close to a full close once input is shut down, and a full
+            // close drops writes still queued: so the shutdown waits for those writes.
+            if self.inputClosed {
+                context.close(promise: nil)
+            } else {
+                context.close(mode: .output, promise: nil)
+            }
         }
     }
 
     public func close(error: (any Error)?) {
-        guard !self.closed else { return }
+        guard !self.closed, let context = self.context else { return }
         if self.closeError == nil { self.closeError = error }
-        self.context?.close(promise: nil)
+        if error == nil {
+            // Orderly: what was written still goes out.
+            self.afterPendingWrites(context) { $0.close(promise: nil) }
+        } else {
+            context.close(promise: nil)
+        }
+    }
+
+    /// Runs `body` once every write queued so far has gone to the socket (or failed).
+    private func afterPendingWrites(_ context: ChannelHandlerContext, _ body: @escaping (ChannelHandlerContext) -> Void) {
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(self.wrapOutboundOut(ByteBuffer()), promise: promise)
+        promise.futureResult.assumeIsolated().whenComplete { _ in
+            body(context)
+        }
     }
 
     // MARK: ChannelHandler

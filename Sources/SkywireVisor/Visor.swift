@@ -75,22 +75,18 @@ public final class Visor: Service, Sendable {
                 ControlToken.remove(host: host, port: port)
             }
         }
-        do {
-            try await cancelWhenGracefulShutdown {
-                try await withThrowingDiscardingTaskGroup { group in
-                    group.addTask { try await app.run() }
-                    group.addTask { await dmsg.run() }
-                    group.addTask { try await publisher.run() }
-                    group.addTask {
-                        // Announce relay changes at once instead of waiting for the next refresh.
-                        for await _ in dmsg.relayChanges {
-                            _ = try? await publisher.publishNow()
-                        }
-                    }
+        // Each task ends by itself on graceful shutdown (the HTTP server and the publisher watch
+        // for it; the relay keeper is cancelled by it), so nothing is closed twice.
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask { try await app.run() }
+            group.addTask { try? await cancelWhenGracefulShutdown { await dmsg.run() } }
+            group.addTask { try await publisher.run() }
+            group.addTask {
+                // Announce relay changes at once instead of waiting for the next refresh.
+                for await _ in dmsg.relayChanges {
+                    _ = try? await publisher.publishNow()
                 }
             }
-        } catch is CancellationError {
-            // Graceful shutdown.
         }
         await self.shutdown()
         logger.info("visor stopped")

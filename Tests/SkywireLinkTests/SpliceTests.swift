@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import NIOPosix
 import SkywireLink
@@ -6,6 +7,7 @@ import Testing
 /// A TCP proxy built from two ChannelLinks and a LinkSplice, in front of an echo server that
 /// replies only after the client half-closes: proves bytes, back-pressure and half-close.
 @Suite struct SpliceTests {
+    static let size = Int(ProcessInfo.processInfo.environment["SPLICE_SIZE"] ?? "") ?? 4 * 1024 * 1024
     @Test func tcpProxyThroughSplicePreservesBytesAndHalfClose() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         defer { group.shutdownGracefully { _ in } }
@@ -44,14 +46,17 @@ import Testing
         let proxyPort = proxy.localAddress!.port!
 
         var payload = ByteBuffer()
-        for i in 0..<(4 * 1024 * 1024 / 4) { payload.writeInteger(UInt32(truncatingIfNeeded: i &* 2_654_435_761)) }
+        for i in 0..<(SpliceTests.size / 4) { payload.writeInteger(UInt32(truncatingIfNeeded: i &* 2_654_435_761)) }
         let expected = payload
 
         let client = try await ClientBootstrap(group: group)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .connect(host: "127.0.0.1", port: proxyPort) { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(
+                        wrappingChannelSynchronously: channel,
+                        configuration: .init(isOutboundHalfClosureEnabled: true)
+                    )
                 }
             }
         let received = try await client.executeThenClose { inbound, outbound in

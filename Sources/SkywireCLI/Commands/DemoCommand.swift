@@ -50,10 +50,9 @@ struct DemoService: Service {
     let logger: Logger
 
     func run() async throws {
-        try await cancelWhenGracefulShutdown {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                try await self.runDemo(group: &group)
-            }
+        // Every part watches for graceful shutdown itself (Ctrl-C), so the group just waits.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            try await self.runDemo(group: &group)
         }
     }
 
@@ -144,7 +143,7 @@ struct DemoService: Service {
 
         """
         FileHandle.standardOutput.write(Data(banner.utf8))
-        try await group.next()
+        try await group.waitForAll()
     }
 }
 

@@ -67,6 +67,7 @@ final class DmsgNetwork: Sendable {
         for client in self.home.withLock({ Array($0.values) }) + self.transient.withLock({ Array($0.values) }) {
             client.session.close()
         }
+        self.changes.finish()
     }
 
     private func connectMore(_ count: Int) async throws {

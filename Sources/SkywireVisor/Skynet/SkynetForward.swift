@@ -57,8 +57,6 @@ final class SkynetForward: Sendable {
         self.network = network
         self.manager = manager
         self.group = group
-        var logger = logger
-        logger[metadataKey: "instance"] = "\(name)"
         self.logger = logger
         self.mutable.withLock { $0.localPort = localPort }
     }
@@ -94,12 +92,12 @@ final class SkynetForward: Sendable {
             return false
         }
         if stoppedMeanwhile { try? await channel.close() }
-        self.logger.info("forward running", metadata: ["local": "127.0.0.1:\(port)", "remote.key": "\(self.remote.fingerprint)", "remote.port": "\(self.remotePort)"])
+        self.logger.info("forward running", metadata: ["instance": "\(self.name)", "local": "127.0.0.1:\(port)", "remote.key": "\(self.remote.fingerprint)", "remote.port": "\(self.remotePort)"])
     }
 
     private func fail(_ error: any Error) {
         self.mutable.withLock { $0.state = .errored("\(error)") }
-        self.logger.warning("forward failed", metadata: ["error": "\(error)"])
+        self.logger.warning("forward failed", metadata: ["instance": "\(self.name)", "error": "\(error)"])
     }
 
     /// Closes the listener and every connection of this forward.
