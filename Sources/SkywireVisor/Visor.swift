@@ -17,14 +17,18 @@ public final class Visor: Service, Sendable {
     let logger: Logger
     let discovery: DiscoveryClient
     let dmsg: DmsgNetwork
-    let sessions: SessionManager
+    let direct: DirectNetwork
+    let sessions: TransportManager
     let skynetServer: SkynetServer
     let skynetClients: SkynetClients
+    let persistent: PersistentTransports
     private let rpcBound = Mutex<String?>(nil)
     private let onReady: (@Sendable (String) -> Void)?
 
-    /// - Parameter onReady: called with the bound control address once the API is listening.
-    public init(config: VisorConfig, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger, onReady: (@Sendable (String) -> Void)? = nil) throws {
+    /// - Parameters:
+    ///   - configPath: where `config` came from; `tp add`/`tp rm` write the transport list back there.
+    ///   - onReady: called with the bound control address once the API is listening.
+    public init(config: VisorConfig, configPath: String? = nil, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger, onReady: (@Sendable (String) -> Void)? = nil) throws {
         self.config = config
         self.identity = try config.keyPair()
         self.group = group
@@ -36,11 +40,24 @@ public final class Visor: Service, Sendable {
             discovery: self.discovery, group: group, settings: settings,
             sessions: config.dmsg.sessions, preferred: config.dmsg.relays, logger: logger
         )
-        self.sessions = SessionManager(dmsg: self.dmsg, logger: logger)
+        var table: [PublicKey: String] = [:]
+        for (key, address) in config.stcp {
+            table[try PublicKey(hex: key)] = address
+        }
+        self.direct = DirectNetwork(
+            discovery: self.discovery, group: group, settings: settings,
+            listenAddress: config.stcpr, staticTable: table, logger: logger
+        )
+        self.sessions = TransportManager(
+            localKey: self.identity.publicKey, dmsg: self.dmsg, direct: self.direct,
+            idleTimeout: .seconds(config.transportIdleTimeout), logger: logger
+        )
         self.skynetServer = SkynetServer(localKey: self.identity.publicKey, logger: logger)
         self.skynetClients = SkynetClients(manager: self.sessions, group: group, logger: logger)
+        self.persistent = PersistentTransports(config: config, configPath: configPath, manager: self.sessions, logger: logger)
         let sessions = self.sessions
         self.dmsg.attach(acceptor: self.skynetServer) { session in sessions.register(session) }
+        self.direct.attach(acceptor: self.skynetServer) { session in sessions.register(session) }
     }
 
     /// The control API address once bound.
@@ -52,11 +69,14 @@ public final class Visor: Service, Sendable {
         }
         let identity = self.identity
         let dmsg = self.dmsg
+        let direct = self.direct
+        let sessions = self.sessions
+        let persistent = self.persistent
         let logger = self.logger
         let publisher = EntryPublisher<VisorEntry>(
             client: self.discovery, keyPair: identity, logger: logger
         ) {
-            VisorEntry(publicKey: identity.publicKey, relays: dmsg.homeRelays.map(\.publicKey), addresses: [])
+            VisorEntry(publicKey: identity.publicKey, relays: dmsg.homeRelays.map(\.publicKey), addresses: direct.publishedAddresses)
         }
         let control = ControlServer(host: rpcHost, port: rpcPort, visor: self, logger: logger)
         let app = control.makeApplication { [weak self] address in
@@ -80,11 +100,27 @@ public final class Visor: Service, Sendable {
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask { try await app.run() }
             group.addTask { try? await cancelWhenGracefulShutdown { await dmsg.run() } }
+            group.addTask { try await direct.run() }
             group.addTask { try await publisher.run() }
             group.addTask {
                 // Announce relay changes at once instead of waiting for the next refresh.
                 for await _ in dmsg.relayChanges {
                     _ = try? await publisher.publishNow()
+                }
+            }
+            group.addTask {
+                for await _ in direct.listening {
+                    _ = try? await publisher.publishNow()
+                }
+            }
+            group.addTask {
+                // Keeps `tp add` transports up and closes idle sessions.
+                try? await cancelWhenGracefulShutdown {
+                    while !Task.isCancelled {
+                        await persistent.tick()
+                        await sessions.reap { key, kind in persistent.wants(key, kind) }
+                        try await Task.sleep(for: .milliseconds(500))
+                    }
                 }
             }
         }
@@ -99,23 +135,30 @@ public final class Visor: Service, Sendable {
     }
 
     func info() async -> VisorInfo {
+        VisorInfo(
+            publicKey: self.identity.publicKey.hex,
+            rpc: self.rpcAddress ?? self.config.rpc,
+            discovery: self.config.discovery,
+            stcpr: self.direct.boundAddress,
+            relays: self.dmsg.homeRelays.map { .init(publicKey: $0.publicKey.hex, address: $0.address) },
+            sessions: await self.transportList(),
+            version: SkywireVersion.current
+        )
+    }
+
+    /// `tp ls`.
+    func transportList() async -> [SessionInfo] {
         var sessions: [SessionInfo] = []
         for session in self.sessions.all {
             let stats = await session.stats()
             sessions.append(SessionInfo(
                 id: session.id, type: session.kind.rawValue, remotePublicKey: session.remoteKey.hex,
                 initiator: session.isInitiator, since: session.since,
-                bytesIn: stats.bytesIn, bytesOut: stats.bytesOut, streams: stats.streams, rttMs: stats.rtt
+                bytesIn: stats.bytesIn, bytesOut: stats.bytesOut, streams: stats.streams, rttMs: stats.rtt,
+                persistent: self.persistent.wants(session.remoteKey, session.kind)
             ))
         }
-        return VisorInfo(
-            publicKey: self.identity.publicKey.hex,
-            rpc: self.rpcAddress ?? self.config.rpc,
-            discovery: self.config.discovery,
-            relays: self.dmsg.homeRelays.map { .init(publicKey: $0.publicKey.hex, address: $0.address) },
-            sessions: sessions.sorted { $0.id < $1.id },
-            version: SkywireVersion.current
-        )
+        return sessions.sorted { $0.id < $1.id }
     }
 }
 
@@ -142,5 +185,30 @@ extension Visor {
     /// `visor info`, for code that embeds a visor.
     public func currentInfo() async -> VisorInfo {
         await self.info()
+    }
+}
+
+extension Visor {
+    /// `tp add`.
+    func addTransport(_ request: AddTransportRequest) async throws -> SessionInfo {
+        let key: PublicKey
+        do { key = try PublicKey(hex: request.remotePublicKey) } catch { throw SkynetError.invalidArgument("\(error)") }
+        guard let kind = TransportKind(rawValue: request.type), kind != .sudph else {
+            throw SkynetError.invalidArgument("unknown transport type \"\(request.type)\" (stcpr, stcp or dmsg)")
+        }
+        guard key != self.identity.publicKey else { throw SkynetError.invalidArgument("that is this visor's own key") }
+        let session = try await self.persistent.add(key, kind: kind)
+        return await self.transportList().first { $0.id == session.id }
+            ?? SessionInfo(id: session.id, type: kind.rawValue, remotePublicKey: key.hex, initiator: session.isInitiator, since: session.since, bytesIn: 0, bytesOut: 0, streams: 0, rttMs: nil, persistent: true)
+    }
+
+    /// `tp rm ID`: closes the session and forgets it if it was persistent.
+    func removeTransport(_ id: String) async throws -> [SessionInfo] {
+        guard let number = UInt64(id), let session = self.sessions.all.first(where: { $0.id == number }) else {
+            throw SkynetError.noSuchTransport(id)
+        }
+        try self.persistent.remove(session.remoteKey, kind: session.kind)
+        session.close()
+        return await self.transportList().filter { $0.id != number }
     }
 }

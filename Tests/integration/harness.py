@@ -104,15 +104,15 @@ class Network:
         self.relay = p
         return p
 
-    def gen_config(self, name: str) -> Path:
+    def gen_config(self, name: str, *extra: str) -> Path:
         path = self.dir / f"{name}.json"
         r = self.run_cli("config", "gen", "--out", str(path), "--discovery", self.discovery_url, "--rpc", "127.0.0.1:0",
-                         rpc=None)
+                         *extra, rpc=None)
         assert r.returncode == 0, r.stderr
         return path
 
-    def start_visor(self, name: str, config: Path | None = None, wait_relay: bool = True) -> "Visor":
-        config = config or self.gen_config(name)
+    def start_visor(self, name: str, config: Path | None = None, wait_relay: bool = True, stcpr: bool = False) -> "Visor":
+        config = config or self.gen_config(name, *(["--stcpr", "127.0.0.1:0"] if stcpr else []))
         p = self.start(name, "visor", "--config", str(config))
         rpc = p.wait_log(r"rpc=(127\.0\.0\.1:\d+).*control API listening").group(1)
         v = Visor(self, p, rpc, config)
@@ -242,6 +242,35 @@ def free_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def bulk_both_ways(port: int, size: int, backend_result: dict, timeout: float = 120.0) -> bytes:
+    """Sends `size` random bytes to 127.0.0.1:port while receiving; returns what was received."""
+    import os as _os
+    up = _os.urandom(size)
+    s = connect(port, timeout=timeout)
+    sender = threading.Thread(target=lambda: (s.sendall(up), s.shutdown(socket.SHUT_WR)))
+    sender.start()
+    received = recv_all(s)
+    sender.join()
+    s.close()
+    backend_result["sent_sha"] = __import__("hashlib").sha256(up).hexdigest()
+    return received
+
+
+def sha_backend(size: int, result: dict):
+    """A TCP server handler that sends `size` random bytes and hashes what it receives."""
+    import hashlib as _h, os as _os
+    down = _os.urandom(size)
+    result["down_sha"] = _h.sha256(down).hexdigest()
+
+    def handler(conn):
+        sender = threading.Thread(target=lambda: (conn.sendall(down), conn.shutdown(socket.SHUT_WR)))
+        sender.start()
+        result["server_sha"] = _h.sha256(recv_all(conn)).hexdigest()
+        sender.join()
+
+    return handler
 
 
 def connect(port: int, timeout: float = 30.0) -> socket.socket:

@@ -135,8 +135,16 @@ def test_visor_not_running(net):
 def test_modes_not_available_yet_refuse_clearly(pair):
     a, b = pair
     expect_fail(b.cli("skynet", "start", "--pk", a.pk, "--remote", "80", "--local", "0"), "HTTP mode is not available yet")
-    expect_fail(b.cli("skynet", "start", "--pk", a.pk, "--remote", "80", "--local", "0", "--raw-tcp", "--skynet"),
-                "not available yet", "--dmsg")
+
+
+def test_skynet_without_direct_address_fails_with_reason(pair):
+    a, b = pair  # these visors have no stcpr listener
+    a.ok("skynet", "srv", "start", "--ports", "4804")
+    try:
+        r = b.cli("skynet", "start", "--pk", a.pk, "--remote", "4804", "--local", "0", "--raw-tcp", "--skynet")
+        expect_fail(r, "no direct transport", "publishes no direct (stcpr) address")
+    finally:
+        a.cli("skynet", "srv", "stop", "skynet-4804")
 
 
 def test_duplicate_name_and_exposed_port(pair):

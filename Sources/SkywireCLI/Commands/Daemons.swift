@@ -94,7 +94,7 @@ struct VisorCommand: AsyncParsableCommand {
         let config: VisorConfig
         do { config = try VisorConfig.load(path: self.config) } catch { throw CLIError("\(error)") }
         let logger = makeLogger("skywire.visor")
-        let visor = try Visor(config: config, group: daemonEventLoopGroup, logger: logger)
+        let visor = try Visor(config: config, configPath: self.config, group: daemonEventLoopGroup, logger: logger)
         try await runServices([visor], logger: logger)
     }
 }

@@ -45,6 +45,6 @@ struct CLICommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cli",
         abstract: "Control a local visor.",
-        subcommands: [ConfigCommand.self, VisorCLICommand.self, SkynetCommand.self]
+        subcommands: [ConfigCommand.self, VisorCLICommand.self, TransportCommand.self, SkynetCommand.self]
     )
 }

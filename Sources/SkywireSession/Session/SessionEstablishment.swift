@@ -49,6 +49,8 @@ public enum SessionEstablishment {
             remote: remote,
             suite: settings.suite,
             context: context,
+            // Tells the responder how it was reached (stcp and stcpr share one listener).
+            payload: Array(kind.rawValue.utf8),
             timeout: settings.handshakeTimeout
         ).assumeIsolated().map { noise in
             Self.makeSession(noise: noise, role: .initiator, kind: kind, settings: settings, acceptor: acceptor)
@@ -63,6 +65,7 @@ public enum SessionEstablishment {
         kind: TransportKind,
         settings: SessionSettings,
         acceptor: any StreamAcceptor,
+        allowedKinds: Set<TransportKind> = [],
         validate: @escaping (PublicKey, [UInt8]) -> Bool = { _, _ in true }
     ) -> EventLoopFuture<Session> {
         NoiseLink.respond(
@@ -72,7 +75,13 @@ public enum SessionEstablishment {
             timeout: settings.handshakeTimeout,
             validate: validate
         ).assumeIsolated().map { noise in
-            Self.makeSession(noise: noise, role: .responder, kind: kind, settings: settings, acceptor: acceptor)
+            // The initiator names the transport type; only the ones this listener serves count.
+            var actual = kind
+            if let named = TransportKind(rawValue: String(decoding: noise.remotePayload, as: UTF8.self)),
+               allowedKinds.contains(named) {
+                actual = named
+            }
+            return Self.makeSession(noise: noise, role: .responder, kind: actual, settings: settings, acceptor: acceptor)
         }.nonisolated()
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import SkywireCrypto
+import SkywireSession
 
 /// A visor's configuration file (JSON). Holds the secret key, so it is written with mode 0600.
 public struct VisorConfig: Codable, Sendable, Equatable {
@@ -16,10 +17,30 @@ public struct VisorConfig: Codable, Sendable, Equatable {
     /// to the config file's folder.
     public var stateDir: String
     public var dmsg: DmsgConfig
-    /// TCP listen address for stcpr (direct transports, not yet available).
+    /// TCP listen address for direct sessions (stcpr, and stcp dialed from other visors' static
+    /// tables); published in discovery. `nil` = no direct listener.
     public var stcpr: String?
     /// UDP listen address for sudph (not yet available).
     public var sudph: String?
+    /// Static table for stcp: remote key (hex) → `host:port` of that visor's TCP listener.
+    public var stcp: [String: String]
+    /// Transports added with `tp add`: kept up (re-dialed with backoff) across restarts.
+    public var transports: [PersistentTransport]
+    /// Seconds a non-persistent session with no streams stays open.
+    public var transportIdleTimeout: Int
+
+    /// One `tp add`.
+    public struct PersistentTransport: Codable, Sendable, Equatable, Hashable {
+        public var remotePublicKey: PublicKey
+        public var type: String
+
+        public init(remotePublicKey: PublicKey, type: String) {
+            self.remotePublicKey = remotePublicKey
+            self.type = type
+        }
+
+        enum CodingKeys: String, CodingKey { case remotePublicKey = "remote_pk", type }
+    }
 
     public struct DmsgConfig: Codable, Sendable, Equatable {
         /// How many relays to keep a session with.
@@ -37,7 +58,43 @@ public struct VisorConfig: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case version, publicKey = "public_key", secretKey = "secret_key", discovery, rpc
-        case stateDir = "state_dir", dmsg, stcpr, sudph
+        case stateDir = "state_dir", dmsg, stcpr, sudph, stcp, transports
+        case transportIdleTimeout = "transport_idle_timeout"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.version = try c.decode(Int.self, forKey: .version)
+        self.publicKey = try c.decode(PublicKey.self, forKey: .publicKey)
+        self.secretKey = try c.decode(String.self, forKey: .secretKey)
+        self.discovery = try c.decode(String.self, forKey: .discovery)
+        self.rpc = try c.decode(String.self, forKey: .rpc)
+        self.stateDir = try c.decode(String.self, forKey: .stateDir)
+        self.dmsg = try c.decodeIfPresent(DmsgConfig.self, forKey: .dmsg) ?? DmsgConfig()
+        self.stcpr = try c.decodeIfPresent(String.self, forKey: .stcpr)
+        self.sudph = try c.decodeIfPresent(String.self, forKey: .sudph)
+        self.stcp = try c.decodeIfPresent([String: String].self, forKey: .stcp) ?? [:]
+        self.transports = try c.decodeIfPresent([PersistentTransport].self, forKey: .transports) ?? []
+        self.transportIdleTimeout = try c.decodeIfPresent(Int.self, forKey: .transportIdleTimeout) ?? 300
+    }
+
+    public init(
+        version: Int, publicKey: PublicKey, secretKey: String, discovery: String, rpc: String,
+        stateDir: String, dmsg: DmsgConfig, stcpr: String?, sudph: String?,
+        stcp: [String: String] = [:], transports: [PersistentTransport] = [], transportIdleTimeout: Int = 300
+    ) {
+        self.version = version
+        self.publicKey = publicKey
+        self.secretKey = secretKey
+        self.discovery = discovery
+        self.rpc = rpc
+        self.stateDir = stateDir
+        self.dmsg = dmsg
+        self.stcpr = stcpr
+        self.sudph = sudph
+        self.stcp = stcp
+        self.transports = transports
+        self.transportIdleTimeout = transportIdleTimeout
     }
 
     public static let defaultDiscovery = "http://127.0.0.1:9090"
@@ -91,6 +148,21 @@ public struct VisorConfig: Codable, Sendable, Equatable {
         }
         guard URL(string: config.discovery)?.scheme?.hasPrefix("http") == true else {
             throw ConfigError("invalid config \(path): discovery \"\(config.discovery)\" is not an http(s) URL")
+        }
+        if let stcpr = config.stcpr, splitHostPort(stcpr) == nil {
+            throw ConfigError("invalid config \(path): stcpr \"\(stcpr)\" is not host:port")
+        }
+        for (key, address) in config.stcp {
+            do { _ = try PublicKey(hex: key) } catch { throw ConfigError("invalid config \(path): stcp: \(error)") }
+            guard splitHostPort(address) != nil else {
+                throw ConfigError("invalid config \(path): stcp address \"\(address)\" for \(key.prefix(8)) is not host:port")
+            }
+        }
+        for transport in config.transports where TransportKind(rawValue: transport.type) == nil || transport.type == "sudph" {
+            throw ConfigError("invalid config \(path): transports: unknown type \"\(transport.type)\"")
+        }
+        guard config.transportIdleTimeout >= 1 else {
+            throw ConfigError("invalid config \(path): transport_idle_timeout must be at least 1 second")
         }
         return config
     }

@@ -8,6 +8,8 @@ public struct VisorInfo: Codable, Sendable {
     public var publicKey: String
     public var rpc: String
     public var discovery: String
+    /// The direct-transport (stcpr/stcp) listener, `null` when none.
+    public var stcpr: String?
     /// Relays this visor has a live session with (and publishes).
     public var relays: [RelayInfo]
     public var sessions: [SessionInfo]
@@ -20,7 +22,7 @@ public struct VisorInfo: Codable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case publicKey = "public_key", rpc, discovery, relays, sessions, version
+        case publicKey = "public_key", rpc, discovery, stcpr, relays, sessions, version
     }
 }
 
@@ -35,10 +37,12 @@ public struct SessionInfo: Codable, Sendable {
     public var bytesOut: UInt64
     public var streams: Int
     public var rttMs: Double?
+    /// Added with `tp add`: kept up and restored at start.
+    public var persistent: Bool
 
     enum CodingKeys: String, CodingKey {
         case id, type, remotePublicKey = "remote_pk", initiator, since
-        case bytesIn = "bytes_in", bytesOut = "bytes_out", streams, rttMs = "rtt_ms"
+        case bytesIn = "bytes_in", bytesOut = "bytes_out", streams, rttMs = "rtt_ms", persistent
     }
 }
 
@@ -134,6 +138,19 @@ public struct ClientInstanceInfo: Codable, Sendable {
     }
 }
 
+/// `POST /v1/transports` (`tp add`).
+public struct AddTransportRequest: Codable, Sendable {
+    public var remotePublicKey: String
+    public var type: String
+
+    public init(remotePublicKey: String, type: String) {
+        self.remotePublicKey = remotePublicKey
+        self.type = type
+    }
+
+    enum CodingKeys: String, CodingKey { case remotePublicKey = "remote_pk", type }
+}
+
 /// `DELETE` answers: the names of the instances stopped.
 public struct StoppedResponse: Codable, Sendable {
     public var stopped: [String]
@@ -212,5 +229,6 @@ extension SessionInfo {
         try c.encode(self.bytesOut, forKey: .bytesOut)
         try c.encode(self.streams, forKey: .streams)
         try c.encode(self.rttMs, forKey: .rttMs)
+        try c.encode(self.persistent, forKey: .persistent)
     }
 }

@@ -56,6 +56,17 @@ struct ControlServer: Sendable {
             try ControlResponse.json(StoppedResponse(stopped: try await visor.skynetClients.stop(context.parameters.get("name") ?? "")))
         }
 
+        router.get("/v1/transports") { _, _ in
+            try ControlResponse.json(await visor.transportList())
+        }
+        router.post("/v1/transports") { request, _ in
+            let body: AddTransportRequest = try await ControlResponse.decode(request)
+            return try ControlResponse.json(try await visor.addTransport(body))
+        }
+        router.delete("/v1/transports/:id") { _, context in
+            try ControlResponse.json(try await visor.removeTransport(context.parameters.get("id") ?? ""))
+        }
+
         let logger = self.logger
         return Application(
             router: router,
@@ -150,7 +161,7 @@ extension SkynetError {
     var httpStatus: HTTPResponse.Status {
         switch self {
         case .invalidArgument, .httpModeUnavailable, .directUnavailable: return .badRequest
-        case .noSuchInstance: return .notFound
+        case .noSuchInstance, .noSuchTransport: return .notFound
         case .instanceExists, .portAlreadyExposed, .localPortBusy: return .conflict
         case .notWhitelisted: return .forbidden
         default: return .badGateway

@@ -6,11 +6,11 @@ import Synchronization
 /// The client instances (forwards) of a visor, by name.
 final class SkynetClients: Sendable {
     private let forwards = Mutex<[String: SkynetForward]>([:])
-    private let manager: SessionManager
+    private let manager: TransportManager
     private let group: any EventLoopGroup
     private let logger: Logger
 
-    init(manager: SessionManager, group: any EventLoopGroup, logger: Logger) {
+    init(manager: TransportManager, group: any EventLoopGroup, logger: Logger) {
         self.manager = manager
         self.group = group
         self.logger = logger
@@ -36,7 +36,6 @@ final class SkynetClients: Sendable {
         guard let network = NetworkChoice(rawValue: request.network) else {
             throw SkynetError.invalidArgument("unknown network \"\(request.network)\" (auto, skynet or dmsg)")
         }
-        if network == .skynet { throw SkynetError.directUnavailable }
         if let name = request.name { try validateInstanceName(name) }
         let provisional = request.name ?? (request.localPort != 0 ? "skynet-client-\(request.localPort)" : nil)
 

@@ -18,6 +18,9 @@ public enum SkynetError: Error, CustomStringConvertible, Sendable {
     case portAlreadyExposed(Int, String)
     case noSuchInstance(String)
     case invalidArgument(String)
+    case timedOut(Duration)
+    case noDirectTransport(PublicKey, String)
+    case noSuchTransport(String)
 
     public var description: String {
         switch self {
@@ -26,7 +29,7 @@ public enum SkynetError: Error, CustomStringConvertible, Sendable {
         case .relayUnknown(let key): return "relay \(key.hex) is unknown to discovery"
         case .noRelay(let url): return "no relay is registered in discovery at \(url)"
         case .discoveryFailed(let why): return why
-        case .directUnavailable: return "direct transports (--skynet) are not available yet; use --dmsg"
+        case .directUnavailable: return "direct transports are not available"
         case .httpModeUnavailable: return "HTTP mode is not available yet; use --raw-tcp"
         case .notExposed(_, _, let message): return message
         case .notWhitelisted(_, _, let message): return message
@@ -37,6 +40,9 @@ public enum SkynetError: Error, CustomStringConvertible, Sendable {
         case .portAlreadyExposed(let port, let name): return "port \(port) is already exposed by instance \(name)"
         case .noSuchInstance(let name): return "no instance named \(name)"
         case .invalidArgument(let why): return why
+        case .timedOut(let limit): return "timed out after \(limit)"
+        case .noDirectTransport(let key, let why): return "no direct transport to visor \(key.hex): \(why)"
+        case .noSuchTransport(let id): return "no transport with id \(id)"
         }
     }
 }

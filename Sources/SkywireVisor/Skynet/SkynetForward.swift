@@ -41,14 +41,15 @@ final class SkynetForward: Sendable {
     let since = Date()
     let counters = Counters()
 
-    private let manager: SessionManager
+    private let manager: TransportManager
     private let group: any EventLoopGroup
     private let logger: Logger
     private let mutable = Mutex<(state: State, listener: (any Channel)?, localPort: Int, transport: TransportKind?)>((.starting, nil, 0, nil))
+    private let upgrader = Mutex<Task<Void, Never>?>(nil)
     /// Accepted local connections, closed when the forward stops.
     private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
 
-    init(name: String, remote: PublicKey, remotePort: Int, localPort: Int, mode: String, network: NetworkChoice, manager: SessionManager, group: any EventLoopGroup, logger: Logger) {
+    init(name: String, remote: PublicKey, remotePort: Int, localPort: Int, mode: String, network: NetworkChoice, manager: TransportManager, group: any EventLoopGroup, logger: Logger) {
         self.nameBox = Mutex(name)
         self.remote = remote
         self.remotePort = remotePort
@@ -92,7 +93,33 @@ final class SkynetForward: Sendable {
             return false
         }
         if stoppedMeanwhile { try? await channel.close() }
+        if self.network == .auto { self.startUpgrader() }
         self.logger.info("forward running", metadata: ["instance": "\(self.name)", "local": "127.0.0.1:\(port)", "remote.key": "\(self.remote.fingerprint)", "remote.port": "\(self.remotePort)"])
+    }
+
+    /// In the default network, keeps trying a direct transport while new connections go over
+    /// the relay; once one is up, `handle` picks it for every new connection (existing ones
+    /// finish where they are). Backoff 1 s doubling to 30 s, with jitter; ends with the forward.
+    private func startUpgrader() {
+        let manager = self.manager
+        let remote = self.remote
+        let task = Task { [weak self] in
+            var backoff = Duration.seconds(1)
+            while !Task.isCancelled {
+                guard let self, self.state == .running else { return }
+                if manager.existing(remote, kinds: NetworkChoice.skynet.kinds) == nil {
+                    if (try? await manager.dialDirect(remote)) != nil {
+                        self.logger.info("forward moved to a direct transport", metadata: ["instance": "\(self.name)"])
+                        backoff = .seconds(1)
+                    } else {
+                        backoff = min(backoff * 2, .seconds(30))
+                    }
+                }
+                let jitter = Duration.milliseconds(Int.random(in: 0...500))
+                try? await Task.sleep(for: backoff + jitter)
+            }
+        }
+        self.upgrader.withLock { $0 = task }
     }
 
     private func fail(_ error: any Error) {
@@ -109,6 +136,7 @@ final class SkynetForward: Sendable {
             return listener
         }
         try? await listener?.close()
+        self.upgrader.withLock { $0?.cancel() }
         let open = self.connections.withLock { connections in
             let all = Array(connections.values)
             connections.removeAll()
@@ -206,7 +234,7 @@ final class SkynetForward: Sendable {
                 }
             }
         }
-        if let session = self.manager.existing(self.remote) {
+        if let session = self.manager.existing(self.remote, kinds: self.network.kinds) {
             open(session)
             return
         }
@@ -228,7 +256,7 @@ final class SkynetForward: Sendable {
         let snapshot = self.mutable.withLock { $0 }
         var error: String?
         if case .errored(let reason) = snapshot.state { error = reason }
-        let transport = self.manager.existing(self.remote)?.kind ?? nil
+        let transport = self.manager.existing(self.remote, kinds: self.network.kinds)?.kind
         return ClientInstanceInfo(
             name: self.name, remotePublicKey: self.remote.hex, remotePort: self.remotePort,
             localPort: snapshot.localPort, localAddress: "127.0.0.1:\(snapshot.localPort)",

@@ -1,0 +1,205 @@
+import Foundation
+import Logging
+import NIOCore
+import SkywireCrypto
+import SkywireSession
+import Synchronization
+
+/// Which paths `skynet start` may use.
+public enum NetworkChoice: String, Codable, Sendable {
+    /// Direct first (bounded by ``TransportManager/directFirstBound``), relay as fallback.
+    case auto
+    /// Direct transports only.
+    case skynet
+    /// Relay only.
+    case dmsg
+
+    /// The transport kinds a forward on this network may use, best first.
+    public var kinds: [TransportKind] {
+        switch self {
+        case .auto: return [.stcp, .stcpr, .sudph, .dmsg]
+        case .skynet: return [.stcp, .stcpr, .sudph]
+        case .dmsg: return [.dmsg]
+        }
+    }
+}
+
+/// The visor's sessions with other visors: at most one per (remote key, transport type), reused
+/// by every forward; dials deduplicated; idle ones closed; `tp add` ones kept up.
+public actor TransportManager {
+    struct Key: Hashable, Sendable {
+        var remote: PublicKey
+        var kind: TransportKind
+    }
+
+    /// How long the default network tries a direct transport before taking the relay.
+    public static let directFirstBound: Duration = .seconds(3)
+
+    private nonisolated let live = Mutex<[Key: Session]>([:])
+    /// Sessions that lost a simultaneous-dial tie-break: not used for new streams, closed once idle.
+    private nonisolated let draining = Mutex<[UInt64: Session]>([:])
+    private nonisolated let lastActive = Mutex<[UInt64: ContinuousClock.Instant]>([:])
+    private var dials: [Key: Task<Session, any Error>] = [:]
+    private let dmsg: DmsgNetwork
+    private let direct: DirectNetwork
+    private let localKey: PublicKey
+    private let idleTimeout: Duration
+    private let logger: Logger
+
+    init(localKey: PublicKey, dmsg: DmsgNetwork, direct: DirectNetwork, idleTimeout: Duration, logger: Logger) {
+        self.localKey = localKey
+        self.dmsg = dmsg
+        self.direct = direct
+        self.idleTimeout = idleTimeout
+        self.logger = logger
+    }
+
+    // MARK: lookups (no I/O; usable from event loops)
+
+    /// The best live session with `key` among `kinds` (in that order of preference).
+    public nonisolated func existing(_ key: PublicKey, kinds: [TransportKind] = NetworkChoice.auto.kinds) -> Session? {
+        self.live.withLock { live in
+            for kind in kinds {
+                if let session = live[Key(remote: key, kind: kind)] { return session }
+            }
+            return nil
+        }
+    }
+
+    /// Every live session (draining ones included).
+    public nonisolated var all: [Session] {
+        self.live.withLock { Array($0.values) } + self.draining.withLock { Array($0.values) }
+    }
+
+    // MARK: dialing
+
+    /// A live session with `key` on `network`, dialing one if needed.
+    public func session(to key: PublicKey, network: NetworkChoice) async throws -> Session {
+        if let session = self.existing(key, kinds: network.kinds) { return session }
+        switch network {
+        case .dmsg:
+            return try await self.dial(key, kind: .dmsg)
+        case .skynet:
+            return try await self.dialDirect(key)
+        case .auto:
+            do {
+                return try await withTimeout(Self.directFirstBound) { try await self.dialDirect(key) }
+            } catch {
+                self.logger.info("no direct transport, using the relay", metadata: ["peer.key": "\(key.fingerprint)", "reason": "\(error)"])
+                return try await self.dial(key, kind: .dmsg)
+            }
+        }
+    }
+
+    /// A direct session: stcp if the static table knows the key, else stcpr through discovery.
+    public func dialDirect(_ key: PublicKey) async throws -> Session {
+        if let session = self.existing(key, kinds: NetworkChoice.skynet.kinds) { return session }
+        let kind: TransportKind = self.direct.hasStaticAddress(key) ? .stcp : .stcpr
+        return try await self.dial(key, kind: kind)
+    }
+
+    /// Dials one transport type (deduplicating concurrent dials) and registers the session.
+    func dial(_ key: PublicKey, kind: TransportKind) async throws -> Session {
+        let mapKey = Key(remote: key, kind: kind)
+        if let session = self.live.withLock({ $0[mapKey] }) { return session }
+        if let pending = self.dials[mapKey] { return try await pending.value }
+        let dmsg = self.dmsg
+        let direct = self.direct
+        let task = Task { () throws -> Session in
+            switch kind {
+            case .dmsg: return try await dmsg.dial(key)
+            case .stcpr, .stcp: return try await direct.dial(key, kind: kind)
+            case .sudph: throw SkynetError.invalidArgument("sudph is not available yet")
+            }
+        }
+        self.dials[mapKey] = task
+        defer { self.dials[mapKey] = nil }
+        let session = try await task.value
+        return self.register(session)
+    }
+
+    // MARK: registry
+
+    /// Adds a session (dialed here or accepted from a peer) and returns the one to use.
+    ///
+    /// When both visors dial each other at the same moment each ends up with two sessions of the
+    /// same type. Both sides keep the one *initiated by the smaller key* and let the other drain
+    /// (no new streams; closed when its streams are done), so the two sides always agree.
+    @discardableResult
+    public nonisolated func register(_ session: Session) -> Session {
+        let key = Key(remote: session.remoteKey, kind: session.kind)
+        let localKey = self.localKey
+        func initiatorKey(_ s: Session) -> PublicKey { s.isInitiator ? localKey : s.remoteKey }
+        let (winner, loser) = self.live.withLock { live -> (Session, Session?) in
+            guard let current = live[key], current.id != session.id else {
+                live[key] = session
+                return (session, nil)
+            }
+            let keepNew = initiatorKey(session) < initiatorKey(current)
+                || (initiatorKey(session) == initiatorKey(current) && session.id > current.id)
+            if keepNew {
+                live[key] = session
+                return (session, current)
+            }
+            return (current, session)
+        }
+        self.lastActive.withLock { $0[session.id] = .now }
+        if let loser {
+            self.draining.withLock { $0[loser.id] = loser }
+            self.logger.info("duplicate session, draining one", metadata: ["peer.key": "\(session.remoteKey.fingerprint)", "kept": "\(winner.id)", "draining": "\(loser.id)"])
+        } else {
+            self.logger.info("session up", metadata: ["peer.key": "\(session.remoteKey.fingerprint)", "session.id": "\(session.id)", "transport": "\(session.kind.rawValue)"])
+        }
+        let logger = self.logger
+        session.closeFuture.whenComplete { [weak self] _ in
+            guard let self else { return }
+            self.live.withLock { live in
+                if live[key]?.id == session.id { live[key] = nil }
+            }
+            self.draining.withLock { _ = $0.removeValue(forKey: session.id) }
+            self.lastActive.withLock { _ = $0.removeValue(forKey: session.id) }
+            logger.info("session down", metadata: ["peer.key": "\(session.remoteKey.fingerprint)", "session.id": "\(session.id)", "transport": "\(session.kind.rawValue)"])
+        }
+        return winner
+    }
+
+    /// Closes draining sessions without streams, and sessions idle longer than the idle timeout
+    /// unless `keep` says they are wanted (persistent transports). Call periodically.
+    func reap(keep: @Sendable (PublicKey, TransportKind) -> Bool) async {
+        let now = ContinuousClock.Instant.now
+        for session in self.draining.withLock({ Array($0.values) }) where await session.stats().streams == 0 {
+            session.close()
+        }
+        for session in self.live.withLock({ Array($0.values) }) {
+            let streams = await session.stats().streams
+            if streams > 0 || keep(session.remoteKey, session.kind) {
+                self.lastActive.withLock { $0[session.id] = now }
+                continue
+            }
+            let since = self.lastActive.withLock { $0[session.id] } ?? now
+            if now - since >= self.idleTimeout {
+                self.logger.info("closing idle session", metadata: ["peer.key": "\(session.remoteKey.fingerprint)", "session.id": "\(session.id)"])
+                session.close()
+            }
+        }
+    }
+
+    /// Closes every session.
+    public nonisolated func closeAll() {
+        for session in self.all { session.close() }
+    }
+}
+
+/// Runs `body`, failing with `SkynetError.timedOut` after `limit`.
+func withTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: limit)
+            throw SkynetError.timedOut(limit)
+        }
+        guard let result = try await group.next() else { throw SkynetError.timedOut(limit) }
+        group.cancelAll()
+        return result
+    }
+}
