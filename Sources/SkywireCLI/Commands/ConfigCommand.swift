@@ -21,7 +21,7 @@ struct ConfigCommand: AsyncParsableCommand {
         @Option(help: "Control API address (loopback host:port; port 0 = ephemeral).")
         var rpc = VisorConfig.defaultRPC
 
-        @Option(help: "stcpr listen address (direct TCP transport; not available yet).")
+        @Option(help: "Direct transport (stcpr/stcp) TCP listen address, published in discovery (port 0 = ephemeral).")
         var stcpr: String?
 
         @Option(help: "sudph listen address (UDP hole punching; not available yet).")
@@ -81,6 +81,7 @@ struct VisorCLICommand: AsyncParsableCommand {
             print("public key: \(info.publicKey)")
             print("control:    \(info.rpc)")
             print("discovery:  \(info.discovery)")
+            print("stcpr:      \(info.stcpr ?? "off")")
             print("relays:     \(info.relays.isEmpty ? "none" : info.relays.map { "\($0.publicKey.prefix(8))@\($0.address)" }.joined(separator: ", "))")
             if info.sessions.isEmpty {
                 print("sessions:   none")
