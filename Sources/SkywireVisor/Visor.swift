@@ -22,6 +22,8 @@ public final class Visor: Service, Sendable {
     let skynetServer: SkynetServer
     let skynetClients: SkynetClients
     let persistent: PersistentTransports
+    let store: InstanceStore
+    let saver: StateSaver
     private let rpcBound = Mutex<String?>(nil)
     private let onReady: (@Sendable (String) -> Void)?
 
@@ -52,8 +54,13 @@ public final class Visor: Service, Sendable {
             localKey: self.identity.publicKey, dmsg: self.dmsg, direct: self.direct,
             idleTimeout: .seconds(config.transportIdleTimeout), logger: logger
         )
-        self.skynetServer = SkynetServer(localKey: self.identity.publicKey, logger: logger)
-        self.skynetClients = SkynetClients(manager: self.sessions, group: group, logger: logger)
+        let store = InstanceStore(stateDir: config.resolvedStateDir(configPath: configPath ?? "./visor.json"))
+        self.store = store
+        let saver = StateSaver(store: store, logger: logger)
+        self.saver = saver
+        self.skynetServer = SkynetServer(localKey: self.identity.publicKey, logger: logger) { saver.save() }
+        self.skynetClients = SkynetClients(manager: self.sessions, group: group, logger: logger) { saver.save() }
+        saver.attach(server: self.skynetServer, clients: self.skynetClients)
         self.persistent = PersistentTransports(config: config, configPath: configPath, manager: self.sessions, logger: logger)
         let sessions = self.sessions
         self.dmsg.attach(acceptor: self.skynetServer) { session in sessions.register(session) }
@@ -90,6 +97,7 @@ public final class Visor: Service, Sendable {
             return token
         }
         logger.info("visor starting", metadata: ["pk": "\(identity.publicKey.hex)", "discovery": "\(self.config.discovery)"])
+        await self.restoreInstances()
         defer {
             if let address = self.rpcAddress, let (host, port) = parseLoopbackHostPort(address) {
                 ControlToken.remove(host: host, port: port)
@@ -130,7 +138,9 @@ public final class Visor: Service, Sendable {
 
     /// Stops forwards and sessions (called on shutdown).
     func shutdown() async {
-        await self.skynetClients.stopAll()
+        // Close without forgetting: the state file keeps the instances for the next start.
+        self.saver.freeze()
+        await self.skynetClients.closeAll()
         self.sessions.closeAll()
     }
 
@@ -144,6 +154,30 @@ public final class Visor: Service, Sendable {
             sessions: await self.transportList(),
             version: SkywireVersion.current
         )
+    }
+
+    /// Brings back the instances of the state file. Unreadable lines are reported (file and
+    /// line) and skipped; everything else is restored.
+    private func restoreInstances() async {
+        let (saved, problems) = self.store.load()
+        for problem in problems {
+            self.logger.error("state file entry skipped", metadata: ["problem": "\(problem)"])
+        }
+        self.saver.suspend()
+        for instance in saved {
+            do {
+                switch instance {
+                case .server(let name, let ports, let whitelist):
+                    _ = try self.skynetServer.start(StartServerRequest(ports: ports, whitelist: whitelist, name: name))
+                case .client(let name, let pk, let remotePort, let localPort, let mode, let network):
+                    try await self.skynetClients.restore(name: name, remotePublicKey: pk, remotePort: remotePort, localPort: localPort, mode: mode, network: network)
+                }
+                self.logger.info("instance restored", metadata: ["instance": "\(instance.name)"])
+            } catch {
+                self.logger.error("state file entry not restored", metadata: ["file": "\(self.store.path)", "instance": "\(instance.name)", "error": "\(error)"])
+            }
+        }
+        self.saver.resume(saveNow: false)
     }
 
     /// `tp ls`.

@@ -97,9 +97,9 @@ class Network:
         port = _port_of(p.wait_log(r"127\.0\.0\.1:(\d+) .*discovery server listening"))
         self.discovery_url = f"http://127.0.0.1:{port}"
 
-    def start_relay(self, name: str = "relay", port: int = 0) -> Proc:
+    def start_relay(self, name: str = "relay", port: int = 0, key_name: str | None = None) -> Proc:
         p = self.start(name, "dmsg-server", "--addr", f"127.0.0.1:{port}", "--discovery", self.discovery_url,
-                       "--key-file", str(self.dir / f"{name}.key"))
+                       "--key-file", str(self.dir / f"{key_name or name}.key"))
         self.relay_port = _port_of(p.wait_log(r"address=127\.0\.0\.1:(\d+) .*relay listening"))
         self.relay = p
         return p

@@ -152,7 +152,10 @@ def test_duplicate_name_and_exposed_port(pair):
     a.ok("skynet", "srv", "start", "--ports", "4802")
     try:
         expect_fail(a.cli("skynet", "srv", "start", "--ports", "4802", "--name", "other"), "already exposed")
-        expect_fail(a.cli("skynet", "srv", "start", "--ports", "4803", "--name", "skynet-4802"), "already exists")
+        # The same name again replaces the instance's ports (and whitelist) in place.
+        replaced = a.json("skynet", "srv", "start", "--ports", "4803", "--name", "skynet-4802")
+        assert replaced["ports"] == [4803]
+        assert [i["ports"] for i in a.json("skynet", "srv", "status") if i["name"] == "skynet-4802"] == [[4803]]
     finally:
         a.cli("skynet", "srv", "stop", "skynet-4802")
     expect_fail(a.cli("skynet", "srv", "stop", "no-such"), "no instance named no-such")

@@ -73,8 +73,10 @@ public struct ServerInstanceInfo: Codable, Sendable {
     public var bytesIn: UInt64
     public var bytesOut: UInt64
     public var since: Date
+    public var uptimeSeconds: Int
 
     enum CodingKeys: String, CodingKey {
+        case uptimeSeconds = "uptime_seconds"
         case name, ports, whitelist, state
         case connectionsOpen = "connections_open", connectionsTotal = "connections_total", refused
         case bytesIn = "bytes_in", bytesOut = "bytes_out", since
@@ -128,8 +130,12 @@ public struct ClientInstanceInfo: Codable, Sendable {
     public var bytesIn: UInt64
     public var bytesOut: UInt64
     public var since: Date
+    public var uptimeSeconds: Int
+    /// Keepalive round trip of the session in use, milliseconds.
+    public var rttMs: Double?
 
     enum CodingKeys: String, CodingKey {
+        case uptimeSeconds = "uptime_seconds", rttMs = "rtt_ms"
         case name, remotePublicKey = "remote_pk", remotePort = "remote_port", localPort = "local_port"
         case localAddress = "local_address", mode, network, transport, state, error
         case connectionsOpen = "connections_open", connectionsTotal = "connections_total"
@@ -192,6 +198,7 @@ extension ServerInstanceInfo {
         try c.encode(self.bytesIn, forKey: .bytesIn)
         try c.encode(self.bytesOut, forKey: .bytesOut)
         try c.encode(self.since, forKey: .since)
+        try c.encode(self.uptimeSeconds, forKey: .uptimeSeconds)
     }
 }
 
@@ -214,6 +221,8 @@ extension ClientInstanceInfo {
         try c.encode(self.bytesIn, forKey: .bytesIn)
         try c.encode(self.bytesOut, forKey: .bytesOut)
         try c.encode(self.since, forKey: .since)
+        try c.encode(self.uptimeSeconds, forKey: .uptimeSeconds)
+        try c.encode(self.rttMs, forKey: .rttMs)
     }
 }
 

@@ -40,10 +40,10 @@ struct ControlServer: Sendable {
             try ControlResponse.json(StoppedResponse(stopped: try visor.skynetServer.stop(context.parameters.get("name") ?? "")))
         }
         router.get("/v1/skynet/clients") { _, _ in
-            try ControlResponse.json(try visor.skynetClients.list(nil))
+            try ControlResponse.json(try await visor.skynetClients.list(nil))
         }
         router.get("/v1/skynet/clients/:name") { _, context in
-            try ControlResponse.json(try visor.skynetClients.list(context.parameters.get("name") ?? ""))
+            try ControlResponse.json(try await visor.skynetClients.list(context.parameters.get("name") ?? ""))
         }
         router.post("/v1/skynet/clients") { request, _ in
             let body: StartClientRequest = try await ControlResponse.decode(request)

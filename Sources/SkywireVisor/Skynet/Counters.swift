@@ -20,3 +20,4 @@ final class Counters: Sendable {
         self.bytesOut.add(bytesOut, ordering: .relaxed)
     }
 }
+

@@ -9,11 +9,46 @@ final class SkynetClients: Sendable {
     private let manager: TransportManager
     private let group: any EventLoopGroup
     private let logger: Logger
+    /// Called after every successful start and every stop (the visor saves its state file).
+    let onChange: (@Sendable () -> Void)?
 
-    init(manager: TransportManager, group: any EventLoopGroup, logger: Logger) {
+    init(manager: TransportManager, group: any EventLoopGroup, logger: Logger, onChange: (@Sendable () -> Void)? = nil) {
         self.manager = manager
         self.group = group
         self.logger = logger
+        self.onChange = onChange
+    }
+
+    /// The running (or reconnecting) forwards as saved in the state file; failed starts are not kept.
+    var saved: [SavedInstance] {
+        self.forwards.withLock { forwards in
+            forwards.values.filter { forward in
+                switch forward.state {
+                case .running, .reconnecting: return true
+                default: return false
+                }
+            }.map(\.saved)
+        }
+    }
+
+    /// Restores a saved forward (visor start): listens at once and reaches the remote in the background.
+    func restore(name: String, remotePublicKey: String, remotePort: Int, localPort: Int, mode: String, network: String) async throws {
+        let remote: PublicKey
+        do { remote = try PublicKey(hex: remotePublicKey) } catch { throw SkynetError.invalidArgument("\(error)") }
+        guard let choice = NetworkChoice(rawValue: network), mode == "raw-tcp",
+              (1...65535).contains(remotePort), (1...65535).contains(localPort) else {
+            throw SkynetError.invalidArgument("saved forward \(name) has invalid settings")
+        }
+        try validateInstanceName(name)
+        let forward = SkynetForward(
+            name: name, remote: remote, remotePort: remotePort, localPort: localPort,
+            mode: mode, network: choice, manager: self.manager, group: self.group, logger: self.logger
+        )
+        try self.forwards.withLock { forwards in
+            if forwards[name] != nil { throw SkynetError.instanceExists(name) }
+            forwards[name] = forward
+        }
+        await forward.resume()
     }
 
     /// Starts a forward; returns once it listens and the remote accepted the port, or throws.
@@ -59,7 +94,8 @@ final class SkynetClients: Sendable {
         if let name = provisional {
             self.forwards.withLock { $0[name] = forward }
             try await forward.start()
-            return forward.info()
+            self.onChange?()
+            return await forward.info()
         }
         // Ephemeral local port: the name is known only after binding.
         try await forward.start()
@@ -74,7 +110,8 @@ final class SkynetClients: Sendable {
             await forward.stop()
             throw error
         }
-        return forward.info()
+        self.onChange?()
+        return await forward.info()
     }
 
     /// Stops `name`, or every client instance.
@@ -89,20 +126,24 @@ final class SkynetClients: Sendable {
             return all
         }
         for forward in stopped { await forward.stop() }
+        self.onChange?()
         return stopped.map(\.name).sorted()
     }
 
-    func list(_ name: String?) throws -> [ClientInstanceInfo] {
+    func list(_ name: String?) async throws -> [ClientInstanceInfo] {
         let all = self.forwards.withLock { Array($0.values) }
         if let name {
             guard let forward = all.first(where: { $0.name == name }) else { throw SkynetError.noSuchInstance(name) }
-            return [forward.info()]
+            return [await forward.info()]
         }
-        return all.map { $0.info() }.sorted { $0.name < $1.name }
+        var infos: [ClientInstanceInfo] = []
+        for forward in all { infos.append(await forward.info()) }
+        return infos.sorted { $0.name < $1.name }
     }
 
-    func stopAll() async {
-        _ = try? await self.stop(nil)
+    /// Shutdown: closes every forward without forgetting it (it is restored at the next start).
+    func closeAll() async {
+        for forward in self.forwards.withLock({ Array($0.values) }) { await forward.stop() }
     }
 }
 

@@ -14,6 +14,8 @@ final class SkynetForward: Sendable {
     enum State: Sendable, Equatable {
         case starting
         case running
+        /// Listening, but the remote is unreachable now; retrying with backoff.
+        case reconnecting(String)
         case errored(String)
         case stopped
 
@@ -21,6 +23,7 @@ final class SkynetForward: Sendable {
             switch self {
             case .starting: return "starting"
             case .running: return "running"
+            case .reconnecting: return "reconnecting"
             case .errored: return "errored"
             case .stopped: return "stopped"
             }
@@ -45,7 +48,7 @@ final class SkynetForward: Sendable {
     private let group: any EventLoopGroup
     private let logger: Logger
     private let mutable = Mutex<(state: State, listener: (any Channel)?, localPort: Int, transport: TransportKind?)>((.starting, nil, 0, nil))
-    private let upgrader = Mutex<Task<Void, Never>?>(nil)
+    private let keeper = Mutex<Task<Void, Never>?>(nil)
     /// Accepted local connections, closed when the forward stops.
     private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
 
@@ -93,33 +96,90 @@ final class SkynetForward: Sendable {
             return false
         }
         if stoppedMeanwhile { try? await channel.close() }
-        if self.network == .auto { self.startUpgrader() }
+        self.startKeeper()
         self.logger.info("forward running", metadata: ["instance": "\(self.name)", "local": "127.0.0.1:\(port)", "remote.key": "\(self.remote.fingerprint)", "remote.port": "\(self.remotePort)"])
     }
 
-    /// In the default network, keeps trying a direct transport while new connections go over
-    /// the relay; once one is up, `handle` picks it for every new connection (existing ones
-    /// finish where they are). Backoff 1 s doubling to 30 s, with jitter; ends with the forward.
-    private func startUpgrader() {
+    /// Keeps the forward's path up while it runs: when the session is gone the instance shows
+    /// `reconnecting` and re-dials with exponential backoff (1 s doubling to 30 s) and jitter;
+    /// the listener stays bound all along. In the default network it also keeps trying a direct
+    /// transport while new connections go over the relay; once one is up, new connections use it
+    /// (existing ones finish where they are).
+    private func startKeeper() {
         let manager = self.manager
         let remote = self.remote
+        let network = self.network
         let task = Task { [weak self] in
             var backoff = Duration.seconds(1)
+            var directBackoff = Duration.seconds(1)
+            var nextDirect = ContinuousClock.Instant.now
             while !Task.isCancelled {
-                guard let self, self.state == .running else { return }
-                if manager.existing(remote, kinds: NetworkChoice.skynet.kinds) == nil {
-                    if (try? await manager.dialDirect(remote)) != nil {
-                        self.logger.info("forward moved to a direct transport", metadata: ["instance": "\(self.name)"])
+                guard let self else { return }
+                let state = self.state
+                if state == .stopped { return }
+                if case .errored = state { return }
+                var delay = Duration.milliseconds(500)
+                if manager.existing(remote, kinds: network.kinds) == nil {
+                    do {
+                        _ = try await manager.session(to: remote, network: network)
+                        self.setState(.running)
                         backoff = .seconds(1)
-                    } else {
+                    } catch {
+                        self.setState(.reconnecting("\(error)"))
+                        delay = backoff
                         backoff = min(backoff * 2, .seconds(30))
                     }
+                } else if case .reconnecting = state {
+                    self.setState(.running)
                 }
-                let jitter = Duration.milliseconds(Int.random(in: 0...500))
-                try? await Task.sleep(for: backoff + jitter)
+                if network == .auto, manager.existing(remote, kinds: NetworkChoice.skynet.kinds) == nil, ContinuousClock.Instant.now >= nextDirect {
+                    if (try? await manager.dialDirect(remote)) != nil {
+                        self.logger.info("forward moved to a direct transport", metadata: ["instance": "\(self.name)"])
+                        directBackoff = .seconds(1)
+                    } else {
+                        nextDirect = .now + directBackoff
+                        directBackoff = min(directBackoff * 2, .seconds(30))
+                    }
+                }
+                let jitter = Duration.milliseconds(Int.random(in: 0...Int(delay.components.seconds * 200 + 100)))
+                try? await Task.sleep(for: delay + jitter)
             }
         }
-        self.upgrader.withLock { $0 = task }
+        self.keeper.withLock { $0 = task }
+    }
+
+    private func setState(_ new: State) {
+        let changed = self.mutable.withLock { state -> Bool in
+            guard state.state != .stopped, state.state != new else { return false }
+            state.state = new
+            return true
+        }
+        if changed {
+            self.logger.info("forward state", metadata: ["instance": "\(self.name)", "state": "\(new.label)"])
+        }
+    }
+
+    /// Restores a saved forward at visor start: binds at once (the port is this forward's), then
+    /// reaches the remote in the background, showing `reconnecting` until it can.
+    func resume() async {
+        let channel: any Channel
+        do {
+            channel = try await self.bind()
+        } catch {
+            self.fail(error)
+            return
+        }
+        self.mutable.withLock {
+            $0.listener = channel
+            $0.localPort = channel.localAddress?.port ?? self.requestedLocalPort
+            $0.state = .reconnecting("restored; reaching the remote visor")
+        }
+        self.startKeeper()
+    }
+
+    /// The record kept in the state file.
+    var saved: SavedInstance {
+        .client(name: self.name, remotePublicKey: self.remote.hex, remotePort: self.remotePort, localPort: self.localPort, mode: self.mode, network: self.network.rawValue)
     }
 
     private func fail(_ error: any Error) {
@@ -136,7 +196,7 @@ final class SkynetForward: Sendable {
             return listener
         }
         try? await listener?.close()
-        self.upgrader.withLock { $0?.cancel() }
+        self.keeper.withLock { $0?.cancel() }
         let open = self.connections.withLock { connections in
             let all = Array(connections.values)
             connections.removeAll()
@@ -252,11 +312,18 @@ final class SkynetForward: Sendable {
         }
     }
 
-    func info() -> ClientInstanceInfo {
+    func info() async -> ClientInstanceInfo {
+        let rtt = await self.manager.existing(self.remote, kinds: self.network.kinds)?.stats().rtt
+        return self.snapshotInfo(rtt: rtt)
+    }
+
+    private func snapshotInfo(rtt: Double?) -> ClientInstanceInfo {
         let snapshot = self.mutable.withLock { $0 }
         var error: String?
         if case .errored(let reason) = snapshot.state { error = reason }
-        let transport = self.manager.existing(self.remote, kinds: self.network.kinds)?.kind
+        if case .reconnecting(let reason) = snapshot.state { error = reason }
+        let session = self.manager.existing(self.remote, kinds: self.network.kinds)
+        let transport = session?.kind
         return ClientInstanceInfo(
             name: self.name, remotePublicKey: self.remote.hex, remotePort: self.remotePort,
             localPort: snapshot.localPort, localAddress: "127.0.0.1:\(snapshot.localPort)",
@@ -268,7 +335,9 @@ final class SkynetForward: Sendable {
             connectionsFailed: self.counters.failed.load(ordering: .relaxed),
             bytesIn: self.counters.bytesIn.load(ordering: .relaxed),
             bytesOut: self.counters.bytesOut.load(ordering: .relaxed),
-            since: self.since
+            since: self.since,
+            uptimeSeconds: Int(Date().timeIntervalSince(self.since)),
+            rttMs: rtt
         )
     }
 }

@@ -10,17 +10,38 @@ import Synchronization
 
 /// One `skynet srv start`: ports exposed together, with an optional whitelist.
 final class ServerInstance: Sendable {
+    /// One admitted connection: who it was admitted for, and its stream (to close it when the
+    /// whitelist no longer allows that key).
+    struct Admitted: Sendable {
+        var remote: PublicKey
+        var port: Int
+        var stream: NIOLoopBound<MuxStream>
+    }
+
     let name: String
     let ports: [Int]
     /// `nil` = open to every visor.
     let whitelist: Set<PublicKey>?
-    let since = Date()
-    let counters = Counters()
+    let since: Date
+    let counters: Counters
+    let admitted: Mutex<[UInt64: Admitted]>
 
-    init(name: String, ports: [Int], whitelist: Set<PublicKey>?) {
+    init(name: String, ports: [Int], whitelist: Set<PublicKey>?, replacing previous: ServerInstance? = nil) {
         self.name = name
         self.ports = ports
         self.whitelist = whitelist
+        self.since = previous?.since ?? Date()
+        self.counters = previous?.counters ?? Counters()
+        self.admitted = Mutex([:])
+    }
+
+    func allows(_ key: PublicKey, port: Int) -> Bool {
+        self.ports.contains(port) && (self.whitelist?.contains(key) ?? true)
+    }
+
+    /// The record kept in the state file.
+    var saved: SavedInstance {
+        .server(name: self.name, ports: self.ports, whitelist: self.whitelist.map { $0.map(\.hex).sorted() })
     }
 
     func info() -> ServerInstanceInfo {
@@ -33,7 +54,8 @@ final class ServerInstance: Sendable {
             refused: self.counters.refused.load(ordering: .relaxed),
             bytesIn: self.counters.bytesIn.load(ordering: .relaxed),
             bytesOut: self.counters.bytesOut.load(ordering: .relaxed),
-            since: self.since
+            since: self.since,
+            uptimeSeconds: Int(Date().timeIntervalSince(self.since))
         )
     }
 }
@@ -48,8 +70,12 @@ final class SkynetServer: StreamAcceptor {
     private let localKey: PublicKey
     private let logger: Logger
     private let connectTimeout: TimeAmount
+    private static let nextConnection = Atomic<UInt64>(1)
+    /// Called after every start/stop (the visor saves its state file).
+    let onChange: (@Sendable () -> Void)?
 
-    init(localKey: PublicKey, logger: Logger, connectTimeout: TimeAmount = .seconds(5)) {
+    init(localKey: PublicKey, logger: Logger, connectTimeout: TimeAmount = .seconds(5), onChange: (@Sendable () -> Void)? = nil) {
+        self.onChange = onChange
         self.localKey = localKey
         self.logger = logger
         self.connectTimeout = connectTimeout
@@ -71,22 +97,48 @@ final class SkynetServer: StreamAcceptor {
         }
         let name = request.name ?? "skynet-\(request.ports[0])"
         try validateInstanceName(name)
-        let instance = ServerInstance(name: name, ports: request.ports, whitelist: whitelist)
-        try self.state.withLock { state in
-            if state.instances[name] != nil { throw SkynetError.instanceExists(name) }
+        // The same name again replaces the instance (ports and whitelist change without a
+        // restart); connections the new rules no longer allow are closed.
+        let (instance, previous) = try self.state.withLock { state -> (ServerInstance, ServerInstance?) in
+            let previous = state.instances[name]
             for port in request.ports {
-                if let owner = state.byPort[port] { throw SkynetError.portAlreadyExposed(port, owner) }
+                if let owner = state.byPort[port], owner != name { throw SkynetError.portAlreadyExposed(port, owner) }
             }
+            let instance = ServerInstance(name: name, ports: request.ports, whitelist: whitelist, replacing: previous)
+            if let previous { for port in previous.ports { state.byPort[port] = nil } }
             state.instances[name] = instance
             for port in request.ports { state.byPort[port] = name }
+            return (instance, previous)
         }
-        self.logger.info("ports exposed", metadata: ["instance": "\(name)", "ports": "\(request.ports)", "whitelist": "\(whitelist.map { "\($0.count) keys" } ?? "open")"])
+        if let previous { self.transfer(from: previous, to: instance) }
+        self.logger.info(previous == nil ? "ports exposed" : "exposure replaced", metadata: ["instance": "\(name)", "ports": "\(request.ports)", "whitelist": "\(whitelist.map { "\($0.count) keys" } ?? "open")"])
+        self.onChange?()
         return instance.info()
+    }
+
+    /// Moves the connections the new instance still allows; closes the others.
+    private func transfer(from previous: ServerInstance, to instance: ServerInstance) {
+        let old = previous.admitted.withLock { admitted in
+            let all = admitted
+            admitted.removeAll()
+            return all
+        }
+        for (id, connection) in old {
+            if instance.allows(connection.remote, port: connection.port) {
+                instance.admitted.withLock { $0[id] = connection }
+            } else {
+                self.logger.info("closing connection no longer allowed", metadata: ["peer.key": "\(connection.remote.fingerprint)", "port": "\(connection.port)", "instance": "\(instance.name)"])
+                let stream = connection.stream
+                stream.eventLoop.execute {
+                    stream.value.close(error: MuxError.reset(code: SkynetRejectCode.notWhitelisted, message: "no longer whitelisted for port \(connection.port)"))
+                }
+            }
+        }
     }
 
     /// Stops `name`, or every server instance.
     func stop(_ name: String?) throws -> [String] {
-        try self.state.withLock { state in
+        let stopped = try self.state.withLock { state in
             let names: [String]
             if let name {
                 guard state.instances[name] != nil else { throw SkynetError.noSuchInstance(name) }
@@ -101,6 +153,13 @@ final class SkynetServer: StreamAcceptor {
             }
             return names
         }
+        self.onChange?()
+        return stopped
+    }
+
+    /// The instances as saved in the state file.
+    var saved: [SavedInstance] {
+        self.state.withLock { $0.instances.values.map(\.saved) }
     }
 
     func list(_ name: String?) throws -> [ServerInstanceInfo] {
@@ -110,6 +169,12 @@ final class SkynetServer: StreamAcceptor {
             return [instance.info()]
         }
         return instances.map { $0.info() }.sorted { $0.name < $1.name }
+    }
+
+    private func forget(connection id: UInt64) {
+        for instance in self.state.withLock({ Array($0.instances.values) }) {
+            instance.admitted.withLock { _ = $0.removeValue(forKey: id) }
+        }
     }
 
     private func instance(forPort port: Int) -> ServerInstance? {
@@ -157,7 +222,13 @@ final class SkynetServer: StreamAcceptor {
                         let counters = instance.counters
                         counters.connectionOpened()
                         let boundStream = NIOLoopBound(stream, eventLoop: stream.eventLoop)
-                        LinkSplice.splice(link, stream) { _ in
+                        let id = SkynetServer.nextConnection.wrappingAdd(1, ordering: .relaxed).oldValue
+                        let remote = session.remoteKey
+                        instance.admitted.withLock { $0[id] = .init(remote: remote, port: port, stream: boundStream) }
+                        LinkSplice.splice(link, stream) { [weak self] _ in
+                            // The instance may have been replaced meanwhile: forget it everywhere.
+                            instance.admitted.withLock { _ = $0.removeValue(forKey: id) }
+                            self?.forget(connection: id)
                             boundStream.eventLoop.execute {
                                 counters.connectionClosed(bytesIn: boundStream.value.bytesIn, bytesOut: boundStream.value.bytesOut)
                             }

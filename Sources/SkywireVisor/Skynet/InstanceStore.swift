@@ -1,0 +1,148 @@
+import Foundation
+import Logging
+import Synchronization
+
+/// An instance as kept in the state file, to be restored when the visor starts.
+enum SavedInstance: Equatable, Sendable {
+    case server(name: String, ports: [Int], whitelist: [String]?)
+    case client(name: String, remotePublicKey: String, remotePort: Int, localPort: Int, mode: String, network: String)
+
+    var name: String {
+        switch self {
+        case .server(let name, _, _), .client(let name, _, _, _, _, _): return name
+        }
+    }
+}
+
+extension SavedInstance: Codable {
+    private enum CodingKeys: String, CodingKey {
+        case kind, name, ports, whitelist
+        case remotePublicKey = "remote_pk", remotePort = "remote_port", localPort = "local_port", mode, network
+    }
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        switch try c.decode(String.self, forKey: .kind) {
+        case "server":
+            self = .server(
+                name: try c.decode(String.self, forKey: .name), ports: try c.decode([Int].self, forKey: .ports),
+                whitelist: try c.decodeIfPresent([String].self, forKey: .whitelist)
+            )
+        case "client":
+            self = .client(
+                name: try c.decode(String.self, forKey: .name),
+                remotePublicKey: try c.decode(String.self, forKey: .remotePublicKey),
+                remotePort: try c.decode(Int.self, forKey: .remotePort), localPort: try c.decode(Int.self, forKey: .localPort),
+                mode: try c.decode(String.self, forKey: .mode), network: try c.decode(String.self, forKey: .network)
+            )
+        case let other:
+            throw DecodingError.dataCorruptedError(forKey: .kind, in: c, debugDescription: "unknown kind \"\(other)\" (server or client)")
+        }
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        switch self {
+        case .server(let name, let ports, let whitelist):
+            try c.encode("server", forKey: .kind)
+            try c.encode(name, forKey: .name)
+            try c.encode(ports, forKey: .ports)
+            try c.encode(whitelist, forKey: .whitelist)
+        case .client(let name, let pk, let remotePort, let localPort, let mode, let network):
+            try c.encode("client", forKey: .kind)
+            try c.encode(name, forKey: .name)
+            try c.encode(pk, forKey: .remotePublicKey)
+            try c.encode(remotePort, forKey: .remotePort)
+            try c.encode(localPort, forKey: .localPort)
+            try c.encode(mode, forKey: .mode)
+            try c.encode(network, forKey: .network)
+        }
+    }
+}
+
+/// The visor's instances file: one JSON object per line (`skynet-instances.jsonl` in the state
+/// folder), so a damaged line costs that line only and an error can name it.
+struct InstanceStore: Sendable {
+    let path: String
+
+    init(stateDir: String) {
+        self.path = (stateDir as NSString).appendingPathComponent("skynet-instances.jsonl")
+    }
+
+    /// Reads what can be read; every unreadable line is reported as "FILE:LINE: reason".
+    func load() -> (instances: [SavedInstance], problems: [String]) {
+        guard let data = FileManager.default.contents(atPath: self.path) else { return ([], []) }
+        guard let text = String(data: data, encoding: .utf8) else {
+            return ([], ["\(self.path): not UTF-8 text"])
+        }
+        var instances: [SavedInstance] = []
+        var problems: [String] = []
+        var names = Set<String>()
+        for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let trimmed = line.trimmingCharacters(in: .whitespaces)
+            if trimmed.isEmpty { continue }
+            do {
+                let instance = try JSONDecoder().decode(SavedInstance.self, from: Data(trimmed.utf8))
+                guard names.insert(instance.name).inserted else {
+                    problems.append("\(self.path):\(index + 1): duplicate instance name \(instance.name)")
+                    continue
+                }
+                instances.append(instance)
+            } catch let error as DecodingError {
+                problems.append("\(self.path):\(index + 1): \(describe(error))")
+            } catch {
+                problems.append("\(self.path):\(index + 1): \(error)")
+            }
+        }
+        return (instances, problems)
+    }
+
+    /// Replaces the file with `instances` (atomically, owner-only).
+    func save(_ instances: [SavedInstance]) throws {
+        try FileManager.default.createDirectory(atPath: (self.path as NSString).deletingLastPathComponent, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        var lines = ""
+        for instance in instances.sorted(by: { $0.name < $1.name }) {
+            lines += String(decoding: try encoder.encode(instance), as: UTF8.self) + "\n"
+        }
+        try writePrivateFile(path: self.path, data: Data(lines.utf8))
+    }
+}
+
+/// Writes the state file after every change, from the live instances.
+final class StateSaver: Sendable {
+    private let store: InstanceStore
+    private let logger: Logger
+    private let parts = Mutex<(server: SkynetServer?, clients: SkynetClients?, suspended: Bool, frozen: Bool)>((nil, nil, false, false))
+
+    init(store: InstanceStore, logger: Logger) {
+        self.store = store
+        self.logger = logger
+    }
+
+    func attach(server: SkynetServer, clients: SkynetClients) {
+        self.parts.withLock { $0.server = server; $0.clients = clients }
+    }
+
+    /// While restoring: the file is the source, don't rewrite it half-way.
+    func suspend() { self.parts.withLock { $0.suspended = true } }
+
+    func resume(saveNow: Bool) {
+        self.parts.withLock { $0.suspended = false }
+        if saveNow { self.save() }
+    }
+
+    /// At shutdown: instances are closed but must stay in the file.
+    func freeze() { self.parts.withLock { $0.frozen = true } }
+
+    func save() {
+        let (server, clients, skip) = self.parts.withLock { ($0.server, $0.clients, $0.suspended || $0.frozen) }
+        guard !skip, let server, let clients else { return }
+        do {
+            try self.store.save(server.saved + clients.saved)
+        } catch {
+            self.logger.error("cannot write the state file", metadata: ["file": "\(self.store.path)", "error": "\(error)"])
+        }
+    }
+}

@@ -1,0 +1,117 @@
+"""Instances survive visor restarts; forwards come back by themselves after outages."""
+import json
+import socket
+import time
+
+from harness import TCPServer, connect, echo_handler, recv_all
+
+
+def roundtrip(port, payload, timeout=30):
+    s = connect(port, timeout=timeout)
+    s.sendall(payload)
+    s.shutdown(socket.SHUT_WR)
+    data = recv_all(s)
+    s.close()
+    return data
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except Exception as e:  # the visor may be restarting
+            last = e
+        time.sleep(0.3)
+    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
+
+
+def test_restarts_restore_servers_and_forwards(net):
+    a_cfg = net.gen_config("life-a")
+    b_cfg = net.gen_config("life-b")
+    a = net.start_visor("life-a", config=a_cfg)
+    b = net.start_visor("life-b", config=b_cfg)
+    backend = TCPServer(echo_handler)
+    try:
+        a.ok("skynet", "srv", "start", "--ports", str(backend.port), "--whitelist", b.pk)
+        info = b.json("skynet", "start", "--pk", a.pk, "--remote", str(backend.port), "--local", "0", "--raw-tcp", "--dmsg")
+        port = info["local_port"]
+        assert roundtrip(port, b"before") == b"before"
+
+        # Server visor restart: exposure and whitelist come back.
+        a.proc.stop()
+        a = net.start_visor("life-a2", config=a_cfg)
+        srv = a.json("skynet", "srv", "status")
+        assert [(i["name"], i["ports"], i["whitelist"]) for i in srv] == [(f"skynet-{backend.port}", [backend.port], [b.pk])]
+        # The forward on b notices and comes back by itself.
+        wait_for(lambda: roundtrip(port, b"after server restart") == b"after server restart", 60, "forward after server restart")
+
+        # Client visor restart: the forward is listening again on the same port, and works.
+        b.proc.stop()
+        b = net.start_visor("life-b2", config=b_cfg)
+        listed = b.json("skynet", "status")
+        assert [(i["name"], i["local_port"], i["remote_pk"], i["network"]) for i in listed] == [(info["name"], port, a.pk, "dmsg")]
+        wait_for(lambda: b.json("skynet", "status", info["name"])[0]["state"] == "running", 60, "running after client restart")
+        assert roundtrip(port, b"after client restart") == b"after client restart"
+
+        # stop removes it from the state file: not restored.
+        b.ok("skynet", "stop", info["name"])
+        b.proc.stop()
+        b = net.start_visor("life-b3", config=b_cfg)
+        assert b.json("skynet", "status") == []
+    finally:
+        backend.close()
+
+
+def test_relay_and_remote_restart_forward_comes_back(net):
+    a_cfg = net.gen_config("outage-a")
+    a = net.start_visor("outage-a", config=a_cfg)
+    b = net.start_visor("outage-b")
+    backend = TCPServer(echo_handler)
+    try:
+        a.ok("skynet", "srv", "start", "--ports", str(backend.port))
+        info = b.json("skynet", "start", "--pk", a.pk, "--remote", str(backend.port), "--local", "0", "--raw-tcp", "--dmsg")
+        port = info["local_port"]
+        assert roundtrip(port, b"x" * 100000) == b"x" * 100000
+        # Kill the relay: the forward shows reconnecting, its port stays bound.
+        relay_port = net.relay_port
+        net.relay.kill()
+        wait_for(lambda: b.json("skynet", "status", info["name"])[0]["state"] == "reconnecting", 20, "reconnecting")
+        s = socket.socket(); 
+        try:
+            s.bind(("127.0.0.1", port))
+            raise AssertionError("the forward's port was released during the outage")
+        except OSError:
+            pass
+        finally:
+            s.close()
+        # Relay back (same key and port), remote visor restarted too.
+        net.start_relay("relay-back", port=relay_port, key_name="relay")
+        a.proc.kill()
+        a = net.start_visor("outage-a2", config=a_cfg)
+        wait_for(lambda: b.json("skynet", "status", info["name"])[0]["state"] == "running", 90, "running again")
+        payload = bytes(range(256)) * 4096
+        wait_for(lambda: roundtrip(port, payload) == payload, 30, "byte-exact transfer after the outage")
+    finally:
+        backend.close()
+
+
+def test_corrupt_state_file_names_file_and_line(net):
+    cfg = net.gen_config("corrupt-state")
+    v = net.start_visor("corrupt-state", config=cfg)
+    v.ok("skynet", "srv", "start", "--ports", "4810")
+    v.ok("skynet", "srv", "start", "--ports", "4811")
+    v.proc.stop()
+    state = json.loads(cfg.read_text())["state_dir"]
+    path = cfg.parent / state / "skynet-instances.jsonl"
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2
+    path.write_text(lines[0] + "\n" + '{"kind": "server", "name": broken\n' + lines[1] + "\n")
+    v2 = net.start_visor("corrupt-state-2", config=cfg)
+    names = sorted(i["name"] for i in v2.json("skynet", "srv", "status"))
+    assert names == ["skynet-4810", "skynet-4811"]
+    log = v2.proc.log()
+    assert f"{path}:2:" in log, log[-2000:]
