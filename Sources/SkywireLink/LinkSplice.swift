@@ -20,6 +20,16 @@ public enum LinkSplice {
         onClose: (@Sendable ((any Error)?) -> Void)? = nil
     ) {
         let tracker = CloseTracker(onClose: onClose)
+        if boundA.eventLoop === boundB.eventLoop, boundA.eventLoop.inEventLoop {
+            // Same loop, and we are on it: no hops (this is the per-connection setup path).
+            boundA.value.delegate = SpliceHalf(partner: boundB, own: boundA, tracker: tracker)
+            boundB.value.delegate = SpliceHalf(partner: boundA, own: boundB, tracker: tracker)
+            boundB.value.start()
+            boundB.value.setReading(true)
+            boundA.value.start()
+            boundA.value.setReading(true)
+            return
+        }
         // Both delegates are installed before either side starts, so an early event on one side
         // always finds the partner's delegate in place.
         boundA.eventLoop.execute {

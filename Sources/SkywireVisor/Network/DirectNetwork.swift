@@ -116,7 +116,7 @@ final class DirectNetwork: Sendable {
     }
 
     /// Dials `key` over stcp (static table) or stcpr (discovery).
-    func dial(_ key: PublicKey, kind: TransportKind) async throws -> Session {
+    func dial(_ key: PublicKey, kind: TransportKind, loop: (any EventLoop)? = nil) async throws -> Session {
         let addresses: [String]
         if kind == .stcp {
             guard let address = self.staticTable[key] else {
@@ -141,7 +141,7 @@ final class DirectNetwork: Sendable {
             }
             do {
                 return try await SessionEstablishment.dialTCP(
-                    host: host, port: port, group: self.group, remote: key, context: SessionContext.visor,
+                    host: host, port: port, group: loop ?? self.group, remote: key, context: SessionContext.visor,
                     kind: kind, settings: self.settings, acceptor: acceptor, connectTimeout: Self.connectTimeout
                 )
             } catch {

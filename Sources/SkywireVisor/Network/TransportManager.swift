@@ -74,16 +74,19 @@ public actor TransportManager {
     // MARK: dialing
 
     /// A live session with `key` on `network`, dialing one if needed.
-    public func session(to key: PublicKey, network: NetworkChoice) async throws -> Session {
+    /// - Parameter loop: the event loop a new direct session should live on (the forward's
+    ///   connections' loop: then splicing them needs no thread hop). Relayed sessions live on
+    ///   their relay session's loop.
+    public func session(to key: PublicKey, network: NetworkChoice, loop: (any EventLoop)? = nil) async throws -> Session {
         if let session = self.existing(key, kinds: network.kinds) { return session }
         switch network {
         case .dmsg:
             return try await self.dial(key, kind: .dmsg)
         case .skynet:
-            return try await self.dialDirect(key)
+            return try await self.dialDirect(key, loop: loop)
         case .auto:
             do {
-                return try await withTimeout(Self.directFirstBound) { try await self.dialDirect(key) }
+                return try await withTimeout(Self.directFirstBound) { try await self.dialDirect(key, loop: loop) }
             } catch {
                 self.logger.info("no direct transport, using the relay", metadata: ["peer.key": "\(key.fingerprint)", "reason": "\(error)"])
                 return try await self.dial(key, kind: .dmsg)
@@ -92,14 +95,14 @@ public actor TransportManager {
     }
 
     /// A direct session: stcp if the static table knows the key, else stcpr through discovery.
-    public func dialDirect(_ key: PublicKey) async throws -> Session {
+    public func dialDirect(_ key: PublicKey, loop: (any EventLoop)? = nil) async throws -> Session {
         if let session = self.existing(key, kinds: NetworkChoice.skynet.kinds) { return session }
         let kind: TransportKind = self.direct.hasStaticAddress(key) ? .stcp : .stcpr
-        return try await self.dial(key, kind: kind)
+        return try await self.dial(key, kind: kind, loop: loop)
     }
 
     /// Dials one transport type (deduplicating concurrent dials) and registers the session.
-    func dial(_ key: PublicKey, kind: TransportKind) async throws -> Session {
+    func dial(_ key: PublicKey, kind: TransportKind, loop: (any EventLoop)? = nil) async throws -> Session {
         let mapKey = Key(remote: key, kind: kind)
         if let session = self.live.withLock({ $0[mapKey] }) { return session }
         if let pending = self.dials[mapKey] { return try await pending.value }
@@ -108,7 +111,7 @@ public actor TransportManager {
         let task = Task { () throws -> Session in
             switch kind {
             case .dmsg: return try await dmsg.dial(key)
-            case .stcpr, .stcp: return try await direct.dial(key, kind: kind)
+            case .stcpr, .stcp: return try await direct.dial(key, kind: kind, loop: loop)
             case .sudph: throw SkynetError.invalidArgument("sudph is not available yet")
             }
         }

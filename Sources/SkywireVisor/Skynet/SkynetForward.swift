@@ -46,6 +46,9 @@ final class SkynetForward: Sendable {
 
     private let manager: TransportManager
     private let group: any EventLoopGroup
+    /// Every accepted connection of this forward lives on this loop, and direct sessions this
+    /// forward dials are made on it too, so the data path needs no thread hops.
+    private let loop: any EventLoop
     private let logger: Logger
     private let mutable = Mutex<(state: State, listener: (any Channel)?, localPort: Int, transport: TransportKind?)>((.starting, nil, 0, nil))
     private let keeper = Mutex<Task<Void, Never>?>(nil)
@@ -61,6 +64,7 @@ final class SkynetForward: Sendable {
         self.network = network
         self.manager = manager
         self.group = group
+        self.loop = group.next()
         self.logger = logger
         self.mutable.withLock { $0.localPort = localPort }
     }
@@ -121,7 +125,7 @@ final class SkynetForward: Sendable {
                 var delay = Duration.milliseconds(500)
                 if manager.existing(remote, kinds: network.kinds) == nil {
                     do {
-                        _ = try await manager.session(to: remote, network: network)
+                        _ = try await manager.session(to: remote, network: network, loop: self.loop)
                         self.setState(.running)
                         backoff = .seconds(1)
                     } catch {
@@ -133,7 +137,7 @@ final class SkynetForward: Sendable {
                     self.setState(.running)
                 }
                 if network == .auto, manager.existing(remote, kinds: NetworkChoice.skynet.kinds) == nil, ContinuousClock.Instant.now >= nextDirect {
-                    if (try? await manager.dialDirect(remote)) != nil {
+                    if (try? await manager.dialDirect(remote, loop: self.loop)) != nil {
                         self.logger.info("forward moved to a direct transport", metadata: ["instance": "\(self.name)"])
                         directBackoff = .seconds(1)
                     } else {
@@ -221,7 +225,7 @@ final class SkynetForward: Sendable {
             }
         }
         do {
-            return try await ServerBootstrap(group: self.group)
+            return try await ServerBootstrap(group: self.group, childGroup: self.loop)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
@@ -238,7 +242,7 @@ final class SkynetForward: Sendable {
     }
 
     private func probe() async throws {
-        let session = try await self.manager.session(to: self.remote, network: self.network)
+        let session = try await self.manager.session(to: self.remote, network: self.network, loop: self.loop)
         self.mutable.withLock { $0.transport = session.kind }
         let header = SkynetHeader(port: UInt16(self.remotePort), probe: true).encode()
         let remote = self.remote
@@ -300,9 +304,10 @@ final class SkynetForward: Sendable {
         }
         let manager = self.manager
         let network = self.network
+        let loop = self.loop
         Task {
             do {
-                let session = try await manager.session(to: remote, network: network)
+                let session = try await manager.session(to: remote, network: network, loop: loop)
                 open(session)
             } catch {
                 counters.failed.add(1, ordering: .relaxed)
