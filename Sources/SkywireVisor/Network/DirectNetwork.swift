@@ -73,6 +73,8 @@ final class DirectNetwork: Sendable {
 
     /// Binds the listener (if configured) and serves until graceful shutdown.
     func run() async throws {
+        // Whoever waits for `listening` stops waiting when this ends.
+        defer { self.ready.finish() }
         guard let listen = self.listenAddress else { return }
         guard let (host, port) = splitHostPort(listen) else { throw ConfigError("stcpr \"\(listen)\" is not host:port") }
         let settings = self.settings
