@@ -37,7 +37,7 @@ struct SignedEntryTests {
         let signed = try SignedEntry.sign(entry, with: key)
         let message = Array("skywire-discovery/1 relay\n\(signed.payload)".utf8)
         #expect(SignedEntry.signedMessage(kind: .relay, payload: signed.payload) == message)
-        let signature = try #require(Hex.decode(signed.signature))
+        let signature = try #require(Hex.decode(signed.signature, byteCount: 64))
         #expect(key.publicKey.isValidSignature(signature, for: message))
     }
 

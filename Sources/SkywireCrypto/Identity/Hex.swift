@@ -1,9 +1,9 @@
 /// Lowercase hexadecimal, the only text form of keys (so one key has exactly one spelling,
 /// which matters when keys are compared as strings in whitelists and discovery).
-enum Hex {
+public enum Hex {
     private static let digits: [UInt8] = Array("0123456789abcdef".utf8)
 
-    static func encode(_ bytes: some Sequence<UInt8>) -> String {
+    public static func encode(_ bytes: some Sequence<UInt8>) -> String {
         var out = [UInt8]()
         out.reserveCapacity(bytes.underestimatedCount * 2)
         for byte in bytes {
@@ -15,7 +15,7 @@ enum Hex {
 
     /// Decodes exactly `byteCount` bytes from lowercase hex; `nil` for anything else
     /// (uppercase, wrong length, other characters).
-    static func decode(_ text: String, byteCount: Int) -> [UInt8]? {
+    public static func decode(_ text: String, byteCount: Int) -> [UInt8]? {
         let utf8 = Array(text.utf8)
         guard utf8.count == byteCount * 2 else { return nil }
         var out = [UInt8]()

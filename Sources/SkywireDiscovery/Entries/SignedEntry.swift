@@ -79,7 +79,7 @@ public struct SignedEntry: Codable, Sendable, Equatable {
         guard !self.signature.isEmpty else {
             throw DiscoveryEntryError(.missingSignature, "missing signature")
         }
-        guard let signatureBytes = Hex.decode(self.signature), signatureBytes.count == 64 else {
+        guard let signatureBytes = Hex.decode(self.signature, byteCount: 64) else {
             throw DiscoveryEntryError(
                 .malformedSignature,
                 "signature must be 128 lowercase hex characters, got \(self.signature.count) characters"
@@ -203,42 +203,5 @@ enum EntryCoding {
             line = String(line.prefix(limit)) + "…"
         }
         return line
-    }
-}
-
-/// Lowercase hex, the only form accepted for keys and signatures.
-enum Hex {
-    private static let digits = Array("0123456789abcdef".utf8)
-
-    static func encode(_ bytes: some Sequence<UInt8>) -> String {
-        var out = [UInt8]()
-        for byte in bytes {
-            out.append(digits[Int(byte >> 4)])
-            out.append(digits[Int(byte & 0x0f)])
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
-
-    /// Decodes lowercase hex; `nil` on odd length or any other character (uppercase included).
-    static func decode(_ text: String) -> [UInt8]? {
-        let utf8 = Array(text.utf8)
-        guard utf8.count % 2 == 0 else { return nil }
-        var out = [UInt8]()
-        out.reserveCapacity(utf8.count / 2)
-        var index = 0
-        while index < utf8.count {
-            guard let high = value(utf8[index]), let low = value(utf8[index + 1]) else { return nil }
-            out.append(high << 4 | low)
-            index += 2
-        }
-        return out
-    }
-
-    private static func value(_ digit: UInt8) -> UInt8? {
-        switch digit {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): digit - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): digit - UInt8(ascii: "a") + 10
-        default: nil
-        }
     }
 }
