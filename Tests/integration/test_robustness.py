@@ -147,3 +147,52 @@ def test_config_gen_writes_private_file(net):
     assert again.returncode != 0 and "already exists" in again.stderr
     key = net.dir / "relay.key"
     assert oct(os.stat(key).st_mode & 0o777) == "0o600"
+
+
+def test_hostile_peers_on_a_visors_direct_listener(net):
+    """Garbage, a wrong-key handshake and authenticated garbage on a visor's own TCP listener:
+    the visor stays up and its forwards keep working."""
+    a = net.start_visor("hostile-a", stcpr=True)
+    b = net.start_visor("hostile-b", stcpr=True)
+    backend = TCPServer(echo_handler)
+    try:
+        a.ok("skynet", "srv", "start", "--ports", str(backend.port))
+        info = b.json("skynet", "start", "--pk", a.pk, "--remote", str(backend.port), "--local", "0", "--raw-tcp", "--skynet")
+        port = info["local_port"]
+        live = connect(port)
+        live.sendall(b"before")
+        assert live.recv(100) == b"before"
+        host, direct_port = a.json("visor", "info")["stcpr"].split(":")
+        direct_port = int(direct_port)
+
+        send_and_wait_close(direct_port, os.urandom(5000))
+        send_and_wait_close(direct_port, b"\x01\xff\xff" + b"\x00" * 10)
+        # Handshake for another key: refused.
+        conn, ed_pk = python_initiator(a.pk, "visor-session", wrong_key=True)
+        msg = conn.write_message(ed_pk + b"stcpr")
+        send_and_wait_close(direct_port, b"\x01" + struct.pack(">H", len(msg)) + msg)
+        # A correct handshake (independent implementation), then an authenticated non-frame.
+        conn, ed_pk = python_initiator(a.pk, "visor-session")
+        msg = conn.write_message(ed_pk + b"stcpr")
+        s = socket.create_connection(("127.0.0.1", direct_port), timeout=15)
+        s.sendall(b"\x01" + struct.pack(">H", len(msg)) + msg)
+        hdr = s.recv(2, socket.MSG_WAITALL)
+        assert len(hdr) == 2, "visor did not answer a valid handshake"
+        conn.read_message(s.recv(struct.unpack(">H", hdr)[0], socket.MSG_WAITALL))
+        assert conn.handshake_finished
+        junk = conn.encrypt(b"\x01\x02\x00\x00\x00\x00\x00\x02\xff\xff\xff\xff")  # OPEN with a 4 GiB length
+        s.sendall(struct.pack(">H", len(junk)) + junk)
+        try:
+            while s.recv(65536):
+                pass
+        except (ConnectionResetError, socket.timeout):
+            pass
+        s.close()
+
+        assert a.proc.alive() and b.proc.alive()
+        live.sendall(b"after")
+        assert live.recv(100) == b"after"
+        assert roundtrip(port, b"fresh") == b"fresh"
+        live.close()
+    finally:
+        backend.close()
