@@ -79,6 +79,7 @@ public final class Visor: Service, Sendable {
         let direct = self.direct
         let sessions = self.sessions
         let persistent = self.persistent
+        let clients = self.skynetClients
         let logger = self.logger
         let publisher = EntryPublisher<VisorEntry>(
             client: self.discovery, keyPair: identity, logger: logger
@@ -106,7 +107,13 @@ public final class Visor: Service, Sendable {
         // Each task ends by itself on graceful shutdown (the HTTP server and the publisher watch
         // for it; the relay keeper is cancelled by it), so nothing is closed twice.
         try await withThrowingDiscardingTaskGroup { group in
-            group.addTask { try await app.run() }
+            group.addTask {
+                do {
+                    try await app.run()
+                } catch let error as IOError where error.errnoCode == EADDRINUSE {
+                    throw ConfigError("cannot listen for the control API on \(rpcHost):\(rpcPort): address already in use (is another visor running?)")
+                }
+            }
             group.addTask { try? await cancelWhenGracefulShutdown { await dmsg.run() } }
             group.addTask { try await direct.run() }
             group.addTask { try await publisher.run() }
@@ -126,7 +133,7 @@ public final class Visor: Service, Sendable {
                 try? await cancelWhenGracefulShutdown {
                     while !Task.isCancelled {
                         await persistent.tick()
-                        await sessions.reap { key, kind in persistent.wants(key, kind) }
+                        await sessions.reap { key, kind in persistent.wants(key, kind) || clients.wants(key) }
                         try await Task.sleep(for: .milliseconds(500))
                     }
                 }

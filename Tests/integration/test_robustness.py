@@ -196,3 +196,24 @@ def test_hostile_peers_on_a_visors_direct_listener(net):
         live.close()
     finally:
         backend.close()
+
+
+def test_visor_with_busy_control_port_exits_with_the_reason(net):
+    from harness import BIN
+    import subprocess
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    port = blocker.getsockname()[1]
+    try:
+        path = net.gen_config("busy-rpc")
+        config = json.loads(path.read_text())
+        config["rpc"] = f"127.0.0.1:{port}"
+        path.write_text(json.dumps(config))
+        r = subprocess.run([BIN, "visor", "--config", str(path)], capture_output=True, text=True, timeout=60,
+                           stdin=subprocess.DEVNULL, env=net.env)
+        assert r.returncode != 0
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and f"127.0.0.1:{port}" in last and "already in use" in last, r.stderr[-1000:]
+    finally:
+        blocker.close()

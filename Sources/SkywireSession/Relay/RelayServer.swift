@@ -101,7 +101,11 @@ public final class RelayServer: Service, Sendable {
                     group.addTask { try await publisher.run() }
                 }
                 group.addTask {
-                    try await channel.closeFuture.get()
+                    try await withTaskCancellationHandler {
+                        try await channel.closeFuture.get()
+                    } onCancel: {
+                        channel.close(promise: nil)
+                    }
                 }
             }
         } onGracefulShutdown: {

@@ -110,9 +110,14 @@ final class DirectNetwork: Sendable {
         self.bound.withLock { $0 = channel.localAddress }
         logger.info("direct transport listening", metadata: ["stcpr": "\(self.boundAddress ?? listen)"])
         self.ready.yield()
-        try await withGracefulShutdownHandler {
-            try await channel.closeFuture.get()
-        } onGracefulShutdown: {
+        // Ends on graceful shutdown and on cancellation (another part of the visor failed).
+        try await withTaskCancellationHandler {
+            try await withGracefulShutdownHandler {
+                try await channel.closeFuture.get()
+            } onGracefulShutdown: {
+                channel.close(promise: nil)
+            }
+        } onCancel: {
             channel.close(promise: nil)
         }
     }

@@ -19,6 +19,20 @@ final class SkynetClients: Sendable {
         self.onChange = onChange
     }
 
+    /// True when a forward that is up (or trying to be) goes to `key`: its session is not idle
+    /// even without streams, since the forward would re-dial at once.
+    func wants(_ key: PublicKey) -> Bool {
+        self.forwards.withLock { forwards in
+            forwards.values.contains { forward in
+                guard forward.remote == key else { return false }
+                switch forward.state {
+                case .running, .reconnecting, .starting: return true
+                default: return false
+                }
+            }
+        }
+    }
+
     /// The running (or reconnecting) forwards as saved in the state file; failed starts are not kept.
     var saved: [SavedInstance] {
         self.forwards.withLock { forwards in
