@@ -83,6 +83,8 @@ let package = Package(
             dependencies: [
                 "SkywireLink", "SkywireCrypto", "SkywireMux", "SkywireDiscovery", "SkywireSession",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),

@@ -24,6 +24,7 @@ public final class Visor: Service, Sendable {
     let persistent: PersistentTransports
     let store: InstanceStore
     let saver: StateSaver
+    let httpProxy: HTTPProxy
     private let rpcBound = Mutex<String?>(nil)
     private let onReady: (@Sendable (String) -> Void)?
 
@@ -58,7 +59,8 @@ public final class Visor: Service, Sendable {
         self.store = store
         let saver = StateSaver(store: store, logger: logger)
         self.saver = saver
-        self.skynetServer = SkynetServer(localKey: self.identity.publicKey, logger: logger) { saver.save() }
+        self.httpProxy = HTTPProxy(logger: logger)
+        self.skynetServer = SkynetServer(localKey: self.identity.publicKey, logger: logger, httpProxy: self.httpProxy) { saver.save() }
         self.skynetClients = SkynetClients(manager: self.sessions, group: group, logger: logger) { saver.save() }
         saver.attach(server: self.skynetServer, clients: self.skynetClients)
         self.persistent = PersistentTransports(config: config, configPath: configPath, manager: self.sessions, logger: logger)
@@ -116,6 +118,7 @@ public final class Visor: Service, Sendable {
             }
             group.addTask { try? await cancelWhenGracefulShutdown { await dmsg.run() } }
             group.addTask { try await direct.run() }
+            group.addTask { [httpProxy = self.httpProxy] in try await httpProxy.run() }
             group.addTask { try await publisher.run() }
             group.addTask {
                 // Announce relay changes at once instead of waiting for the next refresh.

@@ -132,11 +132,6 @@ def test_visor_not_running(net):
     expect_fail(r, "no visor running at 127.0.0.1:%d" % port)
 
 
-def test_modes_not_available_yet_refuse_clearly(pair):
-    a, b = pair
-    expect_fail(b.cli("skynet", "start", "--pk", a.pk, "--remote", "80", "--local", "0"), "HTTP mode is not available yet")
-
-
 def test_skynet_without_direct_address_fails_with_reason(pair):
     a, b = pair  # these visors have no stcpr listener
     a.ok("skynet", "srv", "start", "--ports", "4804")

@@ -49,7 +49,7 @@ final class SkynetClients: Sendable {
     func restore(name: String, remotePublicKey: String, remotePort: Int, localPort: Int, mode: String, network: String) async throws {
         let remote: PublicKey
         do { remote = try PublicKey(hex: remotePublicKey) } catch { throw SkynetError.invalidArgument("\(error)") }
-        guard let choice = NetworkChoice(rawValue: network), mode == "raw-tcp",
+        guard let choice = NetworkChoice(rawValue: network), mode == "raw-tcp" || mode == "http",
               (1...65535).contains(remotePort), (1...65535).contains(localPort) else {
             throw SkynetError.invalidArgument("saved forward \(name) has invalid settings")
         }
@@ -79,7 +79,7 @@ final class SkynetClients: Sendable {
         let mode: String
         switch request.mode {
         case "raw-tcp": mode = "raw-tcp"
-        case "http": throw SkynetError.httpModeUnavailable
+        case "http": mode = "http"
         default: throw SkynetError.invalidArgument("unknown mode \"\(request.mode)\" (raw-tcp or http)")
         }
         guard let network = NetworkChoice(rawValue: request.network) else {

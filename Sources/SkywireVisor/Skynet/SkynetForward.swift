@@ -244,7 +244,7 @@ final class SkynetForward: Sendable {
     private func probe() async throws {
         let session = try await self.manager.session(to: self.remote, network: self.network, loop: self.loop)
         self.mutable.withLock { $0.transport = session.kind }
-        let header = SkynetHeader(port: UInt16(self.remotePort), probe: true).encode()
+        let header = SkynetHeader(port: UInt16(self.remotePort), probe: true, http: self.mode == "http").encode()
         let remote = self.remote
         let remotePort = self.remotePort
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
@@ -273,7 +273,8 @@ final class SkynetForward: Sendable {
 
     /// One accepted local connection: find (or make) the session, open a stream, splice.
     private func handle(_ link: NIOLoopBound<any Link>, channel: any Channel) {
-        let header = SkynetHeader(port: UInt16(self.remotePort), probe: false).encode()
+        let http = self.mode == "http"
+        let header = SkynetHeader(port: UInt16(self.remotePort), probe: false, http: http).encode()
         let counters = self.counters
         let logger = self.logger
         let remote = self.remote
@@ -293,8 +294,9 @@ final class SkynetForward: Sendable {
                     }
                 case .failure(let error):
                     counters.failed.add(1, ordering: .relaxed)
-                    logger.info("connection refused by remote", metadata: ["error": "\(Self.mapOpenError(error, remote: remote, port: remotePort))"])
-                    channel.close(promise: nil)
+                    let reason = Self.mapOpenError(error, remote: remote, port: remotePort)
+                    logger.info("connection refused by remote", metadata: ["error": "\(reason)"])
+                    Self.refuse(link, http: http, remote: remote, reason: "\(reason)")
                 }
             }
         }
@@ -312,7 +314,20 @@ final class SkynetForward: Sendable {
             } catch {
                 counters.failed.add(1, ordering: .relaxed)
                 logger.info("no session for new connection", metadata: ["error": "\(error)"])
-                channel.close(promise: nil)
+                Self.refuse(link, http: http, remote: remote, reason: "\(error)")
+            }
+        }
+    }
+
+    /// Closes a local connection the tunnel can't serve; in HTTP mode with a 502 first.
+    private static func refuse(_ link: NIOLoopBound<any Link>, http: Bool, remote: PublicKey, reason: String) {
+        link.eventLoop.execute {
+            if http {
+                link.value.write(TunnelDownResponse.bytes(remote: remote.hex, reason: reason))
+                link.value.flush()
+                link.value.close(error: nil)
+            } else {
+                link.value.close(error: SkynetError.rejected(reason))
             }
         }
     }

@@ -3,7 +3,7 @@ import NIOCore
 /// The open header of a skynet stream on a visor↔visor session.
 ///
 /// ```
-/// 0x53 ('S') | version u8 (1) | flags u8 (bit 0: probe) | port u16
+/// 0x53 ('S') | version u8 (1) | flags u8 (bit 0: probe, bit 1: HTTP mode) | port u16
 /// ```
 /// A probe asks only "is this port exposed to me?": the server accepts or rejects it without
 /// connecting to the backend, and the client closes it at once. `skynet start` probes before it
@@ -11,20 +11,23 @@ import NIOCore
 public struct SkynetHeader: Equatable, Sendable {
     public var port: UInt16
     public var probe: Bool
+    /// The stream carries HTTP/1.1: the server visor runs it through its reverse proxy.
+    public var http: Bool
 
     static let magic: UInt8 = 0x53
     static let version: UInt8 = 1
 
-    public init(port: UInt16, probe: Bool) {
+    public init(port: UInt16, probe: Bool, http: Bool = false) {
         self.port = port
         self.probe = probe
+        self.http = http
     }
 
     public func encode() -> ByteBuffer {
         var buffer = ByteBuffer()
         buffer.writeInteger(Self.magic)
         buffer.writeInteger(Self.version)
-        buffer.writeInteger(UInt8(self.probe ? 1 : 0))
+        buffer.writeInteger(UInt8((self.probe ? 1 : 0) | (self.http ? 2 : 0)))
         buffer.writeInteger(self.port)
         return buffer
     }
@@ -36,12 +39,13 @@ public struct SkynetHeader: Equatable, Sendable {
               buffer.readInteger(as: UInt8.self) == Self.magic,
               buffer.readInteger(as: UInt8.self) == Self.version,
               let flags = buffer.readInteger(as: UInt8.self),
-              flags & ~1 == 0,
+              flags & ~3 == 0,
               let port = buffer.readInteger(as: UInt16.self),
               port != 0
         else { return nil }
         self.port = port
         self.probe = flags & 1 == 1
+        self.http = flags & 2 == 2
     }
 }
 

@@ -74,8 +74,12 @@ final class SkynetServer: StreamAcceptor {
     /// Called after every start/stop (the visor saves its state file).
     let onChange: (@Sendable () -> Void)?
 
-    init(localKey: PublicKey, logger: Logger, connectTimeout: TimeAmount = .seconds(5), onChange: (@Sendable () -> Void)? = nil) {
+    /// The reverse proxy HTTP-mode streams go through.
+    let httpProxy: HTTPProxy
+
+    init(localKey: PublicKey, logger: Logger, httpProxy: HTTPProxy, connectTimeout: TimeAmount = .seconds(5), onChange: (@Sendable () -> Void)? = nil) {
         self.onChange = onChange
+        self.httpProxy = httpProxy
         self.localKey = localKey
         self.logger = logger
         self.connectTimeout = connectTimeout
@@ -206,17 +210,33 @@ final class SkynetServer: StreamAcceptor {
         let boundRequest = NIOLoopBound(request, eventLoop: session.eventLoop)
         let logger = self.logger
         let localKey = self.localKey
+        // HTTP mode: the stream goes to the internal reverse proxy, which answers 502/504 itself
+        // when the backend is down or slow; raw mode: straight to the backend.
+        var target = port
+        if header.http {
+            guard let proxyPort = self.httpProxy.port else {
+                request.reject(code: SkynetRejectCode.backendUnavailable, message: "the HTTP proxy of visor \(localKey.hex) is not ready")
+                return
+            }
+            target = proxyPort
+        }
+        let proxy = header.http ? self.httpProxy : nil
+        let remoteHex = session.remoteKey.hex
         ClientBootstrap(group: session.eventLoop)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(self.connectTimeout)
-            .connect(host: "127.0.0.1", port: port)
+            .connect(host: "127.0.0.1", port: target)
             .whenComplete { result in
                 // The bootstrap's group is the session's loop, so this runs there.
                 switch result {
                 case .success(let channel):
                     do {
+                        // Before any byte flows: tell the proxy whose connection this is.
+                        let proxyPort = channel.localAddress?.port ?? 0
+                        proxy?.register(localPort: proxyPort, route: .init(remoteKey: remoteHex, backendPort: port))
+                        if let proxy { channel.closeFuture.whenComplete { _ in proxy.unregister(localPort: proxyPort) } }
                         let link = try ChannelLink.install(on: channel)
                         let stream = try boundRequest.value.accept()
                         let counters = instance.counters
