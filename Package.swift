@@ -130,6 +130,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "SkywireVisorTests",
+            dependencies: ["SkywireVisor", "SkywireCrypto", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "SkywireDiscoveryTests",
             dependencies: [
                 "SkywireDiscovery", "SkywireCrypto",
