@@ -162,12 +162,6 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None, w
     raise RuntimeError(f"{what or 'port'} {port} not accepting within {timeout:.0f}s")
 
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def first_line(text: str) -> str:
@@ -254,6 +248,7 @@ def connect_times(port: int, n: int) -> dict:
 # -- paths ------------------------------------------------------------------------------------
 def setup_ssh(tmp: Path, procs: Procs, iperf_port: int, echo_port: int) -> tuple[int, int]:
     """Own sshd on 127.0.0.1 and one `ssh -N -L` with two forwards; returns (iperf, echo) local ports."""
+    import harness  # already imported by main(), which set SKYWIRE_BIN first
     sshd, ssh, keygen = shutil.which("sshd") or "/usr/sbin/sshd", shutil.which("ssh"), shutil.which("ssh-keygen")
     if not (os.path.exists(sshd) and ssh and keygen):
         raise RuntimeError("OpenSSH client/server not installed")
@@ -270,8 +265,8 @@ def setup_ssh(tmp: Path, procs: Procs, iperf_port: int, echo_port: int) -> tuple
     os.chmod(d / "authorized_keys", 0o600)
 
     last = "not started"
-    for _ in range(3):  # a port picked by free_port() can be taken meanwhile: bounded retries
-        port = free_port()
+    for _ in range(3):  # a port picked by harness.free_port() can be taken meanwhile: bounded retries
+        port = harness.free_port()
         cfg = d / "sshd_config"
         cfg.write_text("\n".join([
             f"ListenAddress 127.0.0.1:{port}",
@@ -305,7 +300,7 @@ def setup_ssh(tmp: Path, procs: Procs, iperf_port: int, echo_port: int) -> tuple
         raise RuntimeError(last)
 
     for _ in range(3):
-        li, le = free_port(), free_port()
+        li, le = harness.free_port(), harness.free_port()
         log = open(d / f"ssh-{li}.log", "wb")
         c = procs.start("ssh", [
             ssh, "-N", "-F", "/dev/null", "-p", str(port), "-i", str(d / "client_ed25519"),
@@ -494,7 +489,7 @@ def main() -> None:
         built = datetime.fromtimestamp(src_bin.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
         # Services behind every path.
-        iperf_port = free_port()
+        iperf_port = harness.free_port()
         ip = procs.start("iperf3 -s", ["iperf3", "-s", "-B", "127.0.0.1", "-p", str(iperf_port)])
         echo = procs.start("echo server", [sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE, text=True)
         ready, _, _ = select.select([echo.stdout], [], [], SETUP_TIMEOUT)

@@ -276,3 +276,24 @@ def sha_backend(size: int, result: dict):
 def connect(port: int, timeout: float = 30.0) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     return s
+
+
+def roundtrip(port: int, payload: bytes, timeout: float = 30.0) -> bytes:
+    """Connects, sends `payload`, half-closes, returns everything received until EOF."""
+    s = connect(port, timeout=timeout)
+    s.sendall(payload)
+    s.shutdown(socket.SHUT_WR)
+    data = recv_all(s)
+    s.close()
+    return data
+
+
+def expect_fail(result, *needles) -> str:
+    """A CLI result that failed with one clear `error: …` line containing every needle."""
+    assert result.returncode != 0, f"expected failure, got success: {result.stdout}"
+    err = result.stderr.strip()
+    assert err.startswith("error: "), err
+    assert len(err.splitlines()) == 1, f"not one line: {err!r}"
+    for needle in needles:
+        assert needle in err, f"{needle!r} not in {err!r}"
+    return err

@@ -18,27 +18,12 @@ import nacl.signing
 import pytest
 from noise.connection import Keypair, NoiseConnection
 
-from harness import BIN, TCPServer, connect, echo_handler, free_port, recv_all
+from harness import BIN, TCPServer, connect, echo_handler, free_port, recv_all, expect_fail, roundtrip
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def expect_fail(result, *needles):
-    assert result.returncode != 0, f"expected failure, got success: {result.stdout}"
-    err = result.stderr.strip()
-    assert err.startswith("error: "), err
-    assert len(err.splitlines()) == 1, f"not one line: {err!r}"
-    for needle in needles:
-        assert needle in err, f"{needle!r} not in {err!r}"
-    return err
 
 
-def roundtrip(port: int, payload: bytes) -> bytes:
-    s = connect(port, timeout=15)
-    s.sendall(payload)
-    s.shutdown(socket.SHUT_WR)
-    data = recv_all(s)
-    s.close()
-    return data
 
 
 def closed_without_data(port: int, payload: bytes = b"hello", timeout: float = 15.0) -> bool:

@@ -1,14 +1,13 @@
 """Direct transports (stcpr, stcp), the transport manager and the network choice, with real processes."""
 import hashlib
 import json
-import os
 import socket
 import threading
 import time
 
 import pytest
 
-from harness import TCPServer, bulk_both_ways, connect, echo_handler, free_port, recv_all, sha_backend
+from harness import TCPServer, bulk_both_ways, connect, echo_handler, recv_all, sha_backend
 
 MiB = 1 << 20
 

@@ -1,21 +1,12 @@
 """The errors users hit: one clear line, non-zero exit, instance shown as errored."""
 import os
 import socket
-import time
 
 import pytest
 
-from harness import TCPServer, connect, echo_handler, free_port, recv_all
+from harness import TCPServer, connect, echo_handler, free_port, recv_all, expect_fail
 
 
-def expect_fail(result, *needles):
-    assert result.returncode != 0, f"expected failure, got success: {result.stdout}"
-    err = result.stderr.strip()
-    assert err.startswith("error: "), err
-    assert len(err.splitlines()) == 1, f"not one line: {err!r}"
-    for needle in needles:
-        assert needle in err, f"{needle!r} not in {err!r}"
-    return err
 
 
 def status_of(v, name):

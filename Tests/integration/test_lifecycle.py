@@ -3,16 +3,9 @@ import json
 import socket
 import time
 
-from harness import TCPServer, connect, echo_handler, recv_all
+from harness import TCPServer, echo_handler, roundtrip
 
 
-def roundtrip(port, payload, timeout=30):
-    s = connect(port, timeout=timeout)
-    s.sendall(payload)
-    s.shutdown(socket.SHUT_WR)
-    data = recv_all(s)
-    s.close()
-    return data
 
 
 def wait_for(predicate, timeout, what):

@@ -4,22 +4,14 @@ import json
 import os
 import socket
 import struct
-import time
 
 import nacl.bindings
 import nacl.signing
 from noise.connection import Keypair, NoiseConnection
 
-from harness import TCPServer, connect, echo_handler, recv_all
+from harness import TCPServer, connect, echo_handler, roundtrip
 
 
-def roundtrip(port: int, payload: bytes) -> bytes:
-    s = connect(port)
-    s.sendall(payload)
-    s.shutdown(socket.SHUT_WR)
-    data = recv_all(s)
-    s.close()
-    return data
 
 
 def send_and_wait_close(port: int, data: bytes, timeout: float = 15.0) -> None:

@@ -1,6 +1,5 @@
 """Skynet raw-TCP forwards through the relay, with real processes and the real CLI."""
 import hashlib
-import json
 import os
 import socket
 import threading
