@@ -228,7 +228,7 @@ final class SkynetForward: Sendable {
             return try await ServerBootstrap(group: self.group, childGroup: self.loop)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .childChannelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
+                .childChannelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelInitializer(accept)
                 .bind(host: "127.0.0.1", port: self.requestedLocalPort).get()
