@@ -211,3 +211,11 @@ def test_tunnel_down_is_502_naming_the_remote(net):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_upgrade_requests_get_a_clear_501(web):
+    _, _, port = web
+    r = httpx.get(f"http://127.0.0.1:{port}/ws", headers={"Connection": "Upgrade", "Upgrade": "websocket",
+                  "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}, timeout=30)
+    assert r.status_code == 501 and "--raw-tcp" in r.text
+    assert httpx.get(f"http://127.0.0.1:{port}/after-upgrade", timeout=30).status_code == 200

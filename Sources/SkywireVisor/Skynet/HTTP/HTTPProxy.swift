@@ -92,6 +92,14 @@ struct ProxyResponder: HTTPResponder {
         guard let route = self.proxy.route(for: context.peerPort) else {
             return Self.problem(.badGateway, "no tunnel for this connection\n")
         }
+        // Protocol switches (WebSocket) need a raw byte stream after the 101; this proxy does not
+        // do that yet, so say so instead of forwarding a request stripped of its Upgrade header.
+        if request.headers[.upgrade] != nil {
+            return Self.problem(
+                .notImplemented,
+                "skywire: protocol upgrades (WebSocket) are not supported in HTTP mode yet; forward this port with --raw-tcp\n"
+            )
+        }
         let backendHost = "127.0.0.1:\(route.backendPort)"
         var outbound = HTTPClientRequest(url: "http://\(backendHost)\(request.uri.description)")
         outbound.method = NIOHTTP1.HTTPMethod(rawValue: request.method.rawValue)
