@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import NIOPosix
+import SkywireSession
 import SkywireVisor
 
 /// `--rpc`, shared by every `cli` command.
@@ -60,21 +61,11 @@ func makeLogger(_ label: String) -> Logger {
 
 /// Splits a daemon's `--addr host:port`.
 func parseListenAddress(_ text: String, flag: String) throws -> (String, Int) {
-    var host: Substring
-    var portText: Substring
-    if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
-        host = text[text.index(after: text.startIndex)..<close]
-        let rest = text[text.index(after: close)...]
-        guard rest.hasPrefix(":") else { throw ValidationError("invalid \(flag) \"\(text)\": expected host:port") }
-        portText = rest.dropFirst()
-    } else {
-        guard let colon = text.lastIndex(of: ":") else { throw ValidationError("invalid \(flag) \"\(text)\": expected host:port") }
-        host = text[..<colon]
-        portText = text[text.index(after: colon)...]
+    if let (host, port) = splitHostPort(text) { return (host, port) }
+    if let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), !(0...65535).contains(port) {
+        throw ValidationError("port \(port) is out of range (0-65535)")
     }
-    guard !host.isEmpty, let port = Int(portText) else { throw ValidationError("invalid \(flag) \"\(text)\": expected host:port") }
-    try checkPort(port, allowZero: true)
-    return (String(host), port)
+    throw ValidationError("invalid \(flag) \"\(text)\": expected host:port")
 }
 
 /// The data-plane event loops of a daemon: `SKYWIRE_THREADS` threads (default: one per core).

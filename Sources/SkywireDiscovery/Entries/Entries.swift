@@ -171,11 +171,12 @@ enum EntryValidation {
 }
 
 /// A parsed `host:port`.
-struct HostPort: Equatable {
-    var host: String
-    var port: Int
+/// A parsed `host:port` (`[v6]:port` for IPv6): the one parser every part uses.
+public struct HostPort: Equatable, Sendable {
+    public var host: String
+    public var port: Int
 
-    init?(_ text: String, allowZeroPort: Bool = false) {
+    public init?(_ text: String, allowZeroPort: Bool = false) {
         let host: Substring
         let portText: Substring
         if text.hasPrefix("[") {

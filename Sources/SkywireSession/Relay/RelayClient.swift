@@ -115,16 +115,7 @@ struct IncomingAcceptor: StreamAcceptor {
     }
 }
 
-/// Splits "host:port" (IPv6 as "[::1]:port").
+/// Splits "host:port" (IPv6 as "[::1]:port"; port 0 allowed).
 public func splitHostPort(_ text: String) -> (String, Int)? {
-    if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
-        let host = String(text[text.index(after: text.startIndex)..<close])
-        let rest = text[text.index(after: close)...]
-        guard rest.hasPrefix(":"), let port = Int(rest.dropFirst()), (0...65535).contains(port) else { return nil }
-        return (host, port)
-    }
-    guard let colon = text.lastIndex(of: ":") else { return nil }
-    let host = String(text[..<colon])
-    guard !host.isEmpty, !host.contains(":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else { return nil }
-    return (host, port)
+    HostPort(text, allowZeroPort: true).map { ($0.host, $0.port) }
 }

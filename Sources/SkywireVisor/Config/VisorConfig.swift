@@ -231,21 +231,9 @@ public func writePrivateFile(path: String, data: Data) throws {
 
 /// Parses a loopback `host:port` (127.0.0.0/8, localhost or ::1).
 public func parseLoopbackHostPort(_ text: String) -> (host: String, port: Int)? {
-    var host: Substring
-    var portText: Substring
-    if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
-        host = text[text.index(after: text.startIndex)..<close]
-        let rest = text[text.index(after: close)...]
-        guard rest.hasPrefix(":") else { return nil }
-        portText = rest.dropFirst()
-    } else {
-        guard let colon = text.lastIndex(of: ":") else { return nil }
-        host = text[..<colon]
-        portText = text[text.index(after: colon)...]
-    }
-    guard let port = Int(portText), (0...65535).contains(port) else { return nil }
-    let h = String(host)
-    let isLoopback = h == "localhost" || h == "::1" || (h.hasPrefix("127.") && h.split(separator: ".").count == 4 && h.split(separator: ".").allSatisfy { UInt8($0) != nil })
-    guard isLoopback else { return nil }
-    return (h == "localhost" ? "127.0.0.1" : h, port)
+    let candidate = text.hasPrefix("localhost:") ? "127.0.0.1" + text.dropFirst("localhost".count) : Substring(text)
+    guard let (host, port) = splitHostPort(String(candidate)) else { return nil }
+    let octets = host.split(separator: ".", omittingEmptySubsequences: false)
+    let isLoopback = host == "::1" || (octets.count == 4 && octets[0] == "127" && octets.allSatisfy { UInt8($0) != nil })
+    return isLoopback ? (host, port) : nil
 }
