@@ -112,6 +112,14 @@ final class SpliceHalf: LinkDelegate {
     }
 
     func linkDidReceive(_ data: ByteBuffer) {
+        // The per-chunk path: on one loop, call directly (no closure, no hop).
+        if self.partner.eventLoop.inEventLoop {
+            let partner = self.partner.value
+            partner.write(data)
+            partner.flush()
+            if !partner.isWritable { self.own?.value.setReading(false) }
+            return
+        }
         let own = self.own
         self.onPartner { partner in
             partner.write(data)
@@ -128,9 +136,7 @@ final class SpliceHalf: LinkDelegate {
 
     func linkWritabilityChanged(_ writable: Bool) {
         // Our side drained (or filled): let the partner read (or stop it).
-        let partner = self.partner
-        let work: @Sendable (any Link) -> Void = { $0.setReading(writable) }
-        if partner.eventLoop.inEventLoop { work(partner.value) } else { partner.eventLoop.execute { work(partner.value) } }
+        self.onPartner { $0.setReading(writable) }
     }
 
     func linkDidClose(error: (any Error)?) {

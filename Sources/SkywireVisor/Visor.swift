@@ -225,11 +225,6 @@ extension Visor {
     public func stopForward(_ name: String?) async throws -> [String] {
         try await self.skynetClients.stop(name)
     }
-
-    /// `visor info`, for code that embeds a visor.
-    public func currentInfo() async -> VisorInfo {
-        await self.info()
-    }
 }
 
 extension Visor {

@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -297,3 +298,72 @@ def expect_fail(result, *needles) -> str:
     for needle in needles:
         assert needle in err, f"{needle!r} not in {err!r}"
     return err
+
+
+# -- an independent Noise peer (Python `noiseprotocol` + PyNaCl), speaking our framing ------------
+NOISE_NAME = b"Noise_IK_25519_ChaChaPoly_SHA256"
+SUITE_CHACHA = 0x01
+
+
+def noise_initiator(responder_ed_hex: str, context: str, seed: bytes | None = None):
+    """A Noise IK initiator whose static key is derived from the Ed25519 `seed` (random if none),
+    with our prologue; returns (connection, its Ed25519 public key)."""
+    import nacl.bindings
+    import nacl.signing
+    from noise.connection import Keypair, NoiseConnection
+    seed = seed or os.urandom(32)
+    ed_pk = bytes(nacl.signing.SigningKey(seed).verify_key)
+    x_sk = nacl.bindings.crypto_sign_ed25519_sk_to_curve25519(seed + ed_pk)
+    x_rs = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(bytes.fromhex(responder_ed_hex))
+    conn = NoiseConnection.from_name(NOISE_NAME)
+    conn.set_as_initiator()
+    conn.set_keypair_from_private_bytes(Keypair.STATIC, x_sk)
+    conn.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, x_rs)
+    conn.set_prologue(b"skywire/1 " + context.encode() + b" " + NOISE_NAME)
+    conn.start_handshake()
+    return conn, ed_pk
+
+
+def recv_exact(s: socket.socket, n: int) -> bytes:
+    """Up to n bytes: fewer only if the peer closed (or reset) first."""
+    out = b""
+    while len(out) < n:
+        try:
+            chunk = s.recv(n - len(out))
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def handshake(port: int, conn, payload: bytes, timeout: float = 15.0):
+    """Sends the suite byte and message 1 carrying `payload` (the claimed Ed25519 key first);
+    returns (socket, reply message or None if the responder closed without a full reply)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    msg = conn.write_message(payload)
+    s.sendall(bytes([SUITE_CHACHA]) + struct.pack(">H", len(msg)) + msg)
+    hdr = recv_exact(s, 2)
+    if len(hdr) < 2:
+        return s, None
+    n = struct.unpack(">H", hdr)[0]
+    body = recv_exact(s, n)
+    return s, (body if len(body) == n else None)
+
+
+def send_authenticated_garbage(port: int, conn, payload: bytes, plaintext: bytes) -> None:
+    """Completes a valid handshake, sends one authenticated message that is not a valid frame,
+    and waits for the responder to close."""
+    s, reply = handshake(port, conn, payload)
+    assert reply is not None, "the responder did not answer a valid handshake"
+    conn.read_message(reply)
+    assert conn.handshake_finished
+    junk = conn.encrypt(plaintext)
+    s.sendall(struct.pack(">H", len(junk)) + junk)
+    try:
+        while s.recv(65536):
+            pass
+    except (ConnectionResetError, socket.timeout):
+        pass
+    s.close()

@@ -13,12 +13,9 @@ import time
 import urllib.error
 import urllib.request
 
-import nacl.bindings
-import nacl.signing
 import pytest
-from noise.connection import Keypair, NoiseConnection
 
-from harness import BIN, TCPServer, connect, echo_handler, free_port, recv_all, expect_fail, roundtrip
+from harness import BIN, TCPServer, connect, echo_handler, free_port, recv_all, expect_fail, roundtrip, handshake, noise_initiator, recv_exact
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -95,53 +92,7 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 # -- Noise IK initiator (Python `noiseprotocol`), our framing --------------------------------------
-SUITE_CHACHA = 0x01
-NOISE_NAME = b"Noise_IK_25519_ChaChaPoly_SHA256"
-
-
-def noise_initiator(responder_ed_hex: str, context: str, seed: bytes):
-    """An initiator whose Noise static key is derived from the Ed25519 `seed`."""
-    ed_pk = bytes(nacl.signing.SigningKey(seed).verify_key)
-    x_sk = nacl.bindings.crypto_sign_ed25519_sk_to_curve25519(seed + ed_pk)
-    x_rs = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(bytes.fromhex(responder_ed_hex))
-    conn = NoiseConnection.from_name(NOISE_NAME)
-    conn.set_as_initiator()
-    conn.set_keypair_from_private_bytes(Keypair.STATIC, x_sk)
-    conn.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, x_rs)
-    conn.set_prologue(b"skywire/1 " + context.encode() + b" " + NOISE_NAME)
-    conn.start_handshake()
-    return conn, ed_pk
-
-
-def recv_exact(s: socket.socket, n: int) -> bytes:
-    """Up to n bytes: fewer only if the peer closed (or reset) first."""
-    out = b""
-    while len(out) < n:
-        try:
-            chunk = s.recv(n - len(out))
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    return out
-
-
-def handshake(port: int, conn: NoiseConnection, claimed_ed_pk: bytes, timeout: float = 15.0):
-    """Sends the suite byte and message 1 (payload = the claimed Ed25519 key); returns
-    (socket, reply message or None if the responder closed without a full reply)."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    msg = conn.write_message(claimed_ed_pk)
-    s.sendall(bytes([SUITE_CHACHA]) + struct.pack(">H", len(msg)) + msg)
-    hdr = recv_exact(s, 2)
-    if len(hdr) < 2:
-        return s, None
-    n = struct.unpack(">H", hdr)[0]
-    body = recv_exact(s, n)
-    return s, (body if len(body) == n else None)
-
-
-def mux_ping(s: socket.socket, conn: NoiseConnection, timeout: float = 10.0) -> bool:
+def mux_ping(s: socket.socket, conn, timeout: float = 10.0) -> bool:
     """Sends a mux PING inside the Noise session; True when the matching PONG comes back."""
     token = os.urandom(8)
     frame = struct.pack(">BBHII", 1, 6, 0, 0, 8) + token  # version 1, PING, stream 0

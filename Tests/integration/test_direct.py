@@ -19,6 +19,15 @@ def direct_pair(net):
     return a, b
 
 
+def visor_with_stcp_table(net, name, table):
+    """A visor whose config has `table` ({pk: host:port}) as its stcp static table."""
+    path = net.gen_config(name)
+    config = json.loads(path.read_text())
+    config["stcp"] = table
+    path.write_text(json.dumps(config))
+    return net.start_visor(name, config=path)
+
+
 def check_bulk(a, b, network_flag, expect_transport, size=64 * MiB):
     result = {}
     backend = TCPServer(sha_backend(size, result))
@@ -50,11 +59,7 @@ def test_stcpr_forward_64_mib_each_way(direct_pair):
 def test_stcp_forward_64_mib_each_way(net, direct_pair):
     a, _ = direct_pair
     # c knows a only through its static table: no discovery lookup for the address.
-    path = net.gen_config("stcp-c")
-    config = json.loads(path.read_text())
-    config["stcp"] = {a.pk: a.json("visor", "info")["stcpr"]}
-    path.write_text(json.dumps(config))
-    c = net.start_visor("stcp-c", config=path)
+    c = visor_with_stcp_table(net, "stcp-c", {a.pk: a.json("visor", "info")["stcpr"]})
     check_bulk(a, c, "--skynet", "stcp")
 
 
@@ -74,11 +79,7 @@ def test_default_network_prefers_direct(direct_pair):
 def test_wrong_key_at_address_is_refused(net, direct_pair):
     a, b = direct_pair
     # c's static table says a's key lives at b's address: the handshake with a's key must fail there.
-    path = net.gen_config("liar-table")
-    config = json.loads(path.read_text())
-    config["stcp"] = {a.pk: b.json("visor", "info")["stcpr"]}
-    path.write_text(json.dumps(config))
-    c = net.start_visor("liar-table", config=path)
+    c = visor_with_stcp_table(net, "liar-table", {a.pk: b.json("visor", "info")["stcpr"]})
     a.ok("skynet", "srv", "start", "--ports", "4805")
     try:
         r = c.cli("skynet", "start", "--pk", a.pk, "--remote", "4805", "--local", "0", "--raw-tcp", "--skynet")

@@ -5,11 +5,9 @@ import os
 import socket
 import struct
 
-import nacl.bindings
 import nacl.signing
-from noise.connection import Keypair, NoiseConnection
 
-from harness import TCPServer, connect, echo_handler, roundtrip
+from harness import TCPServer, connect, echo_handler, roundtrip, noise_initiator, send_authenticated_garbage
 
 
 
@@ -27,21 +25,9 @@ def send_and_wait_close(port: int, data: bytes, timeout: float = 15.0) -> None:
 
 
 def python_initiator(relay_pk_hex: str, prologue_context: str, wrong_key: bool = False):
-    """A Noise IK initiator written with the Python `noiseprotocol` package, using our framing."""
-    seed = os.urandom(32)
-    signing = nacl.signing.SigningKey(seed)
-    ed_pk = bytes(signing.verify_key)
-    x_sk = nacl.bindings.crypto_sign_ed25519_sk_to_curve25519(seed + ed_pk)
-    target = bytes.fromhex(relay_pk_hex) if not wrong_key else bytes(nacl.signing.SigningKey(os.urandom(32)).verify_key)
-    x_rs = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(target)
-    name = b"Noise_IK_25519_ChaChaPoly_SHA256"
-    conn = NoiseConnection.from_name(name)
-    conn.set_as_initiator()
-    conn.set_keypair_from_private_bytes(Keypair.STATIC, x_sk)
-    conn.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, x_rs)
-    conn.set_prologue(b"skywire/1 " + prologue_context.encode() + b" " + name)
-    conn.start_handshake()
-    return conn, ed_pk
+    """An independent Noise IK initiator aimed at `relay_pk_hex` (or, with `wrong_key`, at a random key)."""
+    target = relay_pk_hex if not wrong_key else bytes(nacl.signing.SigningKey(os.urandom(32)).verify_key).hex()
+    return noise_initiator(target, prologue_context)
 
 
 def test_garbage_and_bad_handshakes_do_not_disturb_forwards(net, pair):
@@ -71,22 +57,7 @@ def test_garbage_and_bad_handshakes_do_not_disturb_forwards(net, pair):
 
         # 3. A correct handshake from an independent implementation, then garbage inside the session.
         conn, ed_pk = python_initiator(relay_pk, "relay-session")
-        msg = conn.write_message(ed_pk)
-        s = socket.create_connection(("127.0.0.1", relay_port), timeout=15)
-        s.sendall(b"\x01" + struct.pack(">H", len(msg)) + msg)
-        hdr = s.recv(2, socket.MSG_WAITALL)
-        assert len(hdr) == 2, "relay did not answer a valid handshake"
-        reply = s.recv(struct.unpack(">H", hdr)[0], socket.MSG_WAITALL)
-        conn.read_message(reply)
-        assert conn.handshake_finished
-        junk = conn.encrypt(b"\xff" * 40)  # authenticated, but not a valid mux frame
-        s.sendall(struct.pack(">H", len(junk)) + junk)
-        try:
-            while s.recv(65536):
-                pass
-        except (ConnectionResetError, socket.timeout):
-            pass
-        s.close()
+        send_authenticated_garbage(relay_port, conn, ed_pk, b"\xff" * 40)  # not a valid mux frame
 
         # 4. Garbage on the visors' control API.
         for v in (a, b):
@@ -165,21 +136,8 @@ def test_hostile_peers_on_a_visors_direct_listener(net):
         send_and_wait_close(direct_port, b"\x01" + struct.pack(">H", len(msg)) + msg)
         # A correct handshake (independent implementation), then an authenticated non-frame.
         conn, ed_pk = python_initiator(a.pk, "visor-session")
-        msg = conn.write_message(ed_pk + b"stcpr")
-        s = socket.create_connection(("127.0.0.1", direct_port), timeout=15)
-        s.sendall(b"\x01" + struct.pack(">H", len(msg)) + msg)
-        hdr = s.recv(2, socket.MSG_WAITALL)
-        assert len(hdr) == 2, "visor did not answer a valid handshake"
-        conn.read_message(s.recv(struct.unpack(">H", hdr)[0], socket.MSG_WAITALL))
-        assert conn.handshake_finished
-        junk = conn.encrypt(b"\x01\x02\x00\x00\x00\x00\x00\x02\xff\xff\xff\xff")  # OPEN with a 4 GiB length
-        s.sendall(struct.pack(">H", len(junk)) + junk)
-        try:
-            while s.recv(65536):
-                pass
-        except (ConnectionResetError, socket.timeout):
-            pass
-        s.close()
+        # An OPEN frame header announcing a 4 GiB payload.
+        send_authenticated_garbage(direct_port, conn, ed_pk + b"stcpr", b"\x01\x02\x00\x00\x00\x00\x00\x02\xff\xff\xff\xff")
 
         assert a.proc.alive() and b.proc.alive()
         live.sendall(b"after")

@@ -47,6 +47,7 @@ def test_64_mib_each_way_sha256(pair):
         sender.join()
 
     backend = TCPServer(handler)
+    info = None
     try:
         a.ok("skynet", "srv", "start", "--ports", str(backend.port))
         info = b.json("skynet", "start", "--pk", a.pk, "--remote", str(backend.port), "--local", "0", "--raw-tcp", "--dmsg")
@@ -65,7 +66,8 @@ def test_64_mib_each_way_sha256(pair):
         status = b.json("skynet", "status", info["name"])[0]
         assert status["bytes_in"] >= size and status["bytes_out"] >= size
     finally:
-        b.cli("skynet", "stop", f"skynet-client-{info['local_port']}") if "info" in dir() else None
+        if info is not None:
+            b.cli("skynet", "stop", info["name"])
         a.cli("skynet", "srv", "stop", f"skynet-{backend.port}")
         backend.close()
 

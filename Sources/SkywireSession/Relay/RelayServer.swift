@@ -51,9 +51,6 @@ public final class RelayServer: Service, Sendable {
     /// The address the listener is bound to, once running.
     public var boundAddress: SocketAddress? { self.bound.withLock { $0 } }
 
-    /// Keys of the visors with a live session here.
-    public var connectedVisors: [PublicKey] { self.registry.withLock { Array($0.keys) } }
-
     public func run() async throws {
         let acceptor = RelayAcceptor(server: self)
         let settings = self.configuration.settings

@@ -67,17 +67,6 @@ public final class Session: Sendable, CustomStringConvertible {
         "\(self.kind.rawValue) session #\(self.id) with \(self.remoteKey.fingerprint)"
     }
 
-    /// Runs `body` on the session's loop with its mux.
-    public func onLoop<T: Sendable>(_ body: @escaping @Sendable (MuxSession) throws -> T) -> EventLoopFuture<T> {
-        let mux = self.mux
-        return self.eventLoop.submit { try body(mux.value) }
-    }
-
-    /// The mux; call only on ``eventLoop``.
-    public var muxOnLoop: MuxSession {
-        self.mux.value
-    }
-
     /// Opens a stream (on the session's loop) and hands it, still on that loop, to `body`.
     /// `body` receives the failure if the peer rejects or the session is gone.
     public func openStream(

@@ -160,7 +160,7 @@ enum ControlResponse {
 extension SkynetError {
     var httpStatus: HTTPResponse.Status {
         switch self {
-        case .invalidArgument, .httpModeUnavailable, .directUnavailable: return .badRequest
+        case .invalidArgument: return .badRequest
         case .noSuchInstance, .noSuchTransport: return .notFound
         case .instanceExists, .portAlreadyExposed, .localPortBusy: return .conflict
         case .notWhitelisted: return .forbidden

@@ -7,8 +7,6 @@ public enum SkynetError: Error, CustomStringConvertible, Sendable {
     case relayUnknown(PublicKey)
     case noRelay(String)
     case discoveryFailed(String)
-    case directUnavailable
-    case httpModeUnavailable
     case notExposed(port: Int, remote: PublicKey, message: String)
     case notWhitelisted(port: Int, remote: PublicKey, message: String)
     case rejected(String)
@@ -29,8 +27,6 @@ public enum SkynetError: Error, CustomStringConvertible, Sendable {
         case .relayUnknown(let key): return "relay \(key.hex) is unknown to discovery"
         case .noRelay(let url): return "no relay is registered in discovery at \(url)"
         case .discoveryFailed(let why): return why
-        case .directUnavailable: return "direct transports are not available"
-        case .httpModeUnavailable: return "HTTP mode is not available yet; use --raw-tcp"
         case .notExposed(_, _, let message): return message
         case .notWhitelisted(_, _, let message): return message
         case .rejected(let message): return message

@@ -50,7 +50,7 @@ final class SkynetForward: Sendable {
     /// forward dials are made on it too, so the data path needs no thread hops.
     private let loop: any EventLoop
     private let logger: Logger
-    private let mutable = Mutex<(state: State, listener: (any Channel)?, localPort: Int, transport: TransportKind?)>((.starting, nil, 0, nil))
+    private let mutable = Mutex<(state: State, listener: (any Channel)?, localPort: Int)>((.starting, nil, 0))
     private let keeper = Mutex<Task<Void, Never>?>(nil)
     /// Accepted local connections, closed when the forward stops.
     private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
@@ -243,7 +243,6 @@ final class SkynetForward: Sendable {
 
     private func probe() async throws {
         let session = try await self.manager.session(to: self.remote, network: self.network, loop: self.loop)
-        self.mutable.withLock { $0.transport = session.kind }
         let header = SkynetHeader(port: UInt16(self.remotePort), probe: true, http: self.mode == "http").encode()
         let remote = self.remote
         let remotePort = self.remotePort
@@ -280,7 +279,6 @@ final class SkynetForward: Sendable {
         let remote = self.remote
         let remotePort = self.remotePort
         let open: @Sendable (Session) -> Void = { [weak self] session in
-            self?.mutable.withLock { $0.transport = session.kind }
             session.openStream(header: header) { result in
                 switch result {
                 case .success(let stream):
