@@ -42,10 +42,14 @@ enum Python {
             .appendingPathComponent("skywire-python-\(UUID().uuidString).log").path
         FileManager.default.createFile(atPath: path, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        let reader = try FileHandle(forReadingFrom: URL(fileURLWithPath: path))
+        // Unlinked at once: the open handles keep it readable, and nothing is left behind even
+        // when a test fails before reading it.
+        try? FileManager.default.removeItem(atPath: path)
         return (handle, {
-            let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
-            try? FileManager.default.removeItem(atPath: path)
-            return text
+            try? reader.seek(toOffset: 0)
+            let data = (try? reader.readToEnd()) ?? Data()
+            return String(decoding: data, as: UTF8.self)
         })
     }
 }
