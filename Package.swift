@@ -20,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/vapor/sqlite-nio.git", from: "1.13.2"),
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
     ],
     targets: [
         // Layer 0: a duplex byte pipe abstraction (TCP channels, mux streams, encrypted links all are Links).
@@ -50,6 +51,16 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Layer 1b: a reliable, ordered, congestion-controlled byte stream over datagrams (sans-IO;
+        // sudph runs it inside authenticated UDP datagrams).
+        .target(
+            name: "SkywireReliable",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Service: the discovery registry (server and client) and its signed entries.
         .target(
             name: "SkywireDiscovery",
@@ -69,7 +80,7 @@ let package = Package(
         .target(
             name: "SkywireSession",
             dependencies: [
-                "SkywireLink", "SkywireCrypto", "SkywireMux", "SkywireDiscovery",
+                "SkywireLink", "SkywireCrypto", "SkywireMux", "SkywireDiscovery", "SkywireReliable",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -127,6 +138,21 @@ let package = Package(
         .testTarget(
             name: "SkywireMuxTests",
             dependencies: ["SkywireMux", "SkywireLink", .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOTestUtils", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "SkywireReliableTests",
+            dependencies: ["SkywireReliable", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "SkywireSessionTests",
+            dependencies: [
+                "SkywireSession", "SkywireCrypto", "SkywireReliable", "SkywireDiscovery",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -1,0 +1,6 @@
+import Testing
+@testable import SkywireReliable
+
+@Test func configurationExists() {
+    _ = ReliableConfiguration()
+}

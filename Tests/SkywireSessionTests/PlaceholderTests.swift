@@ -1,0 +1,6 @@
+import Testing
+@testable import SkywireSession
+
+@Test func sessionContextsDiffer() {
+    #expect(SessionContext.relay != SessionContext.visor)
+}
