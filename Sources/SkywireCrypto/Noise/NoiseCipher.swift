@@ -20,7 +20,7 @@ public final class NoiseCipher {
     /// The nonce the next message will use (= messages processed so far).
     public private(set) var nonce: UInt64
 
-    private let aead: NoiseAEAD
+    let aead: NoiseAEAD
     private static let noAssociatedData = [UInt8]()
 
     init(suite: NoiseSuite, key: [UInt8], nonce: UInt64 = 0) {

@@ -175,7 +175,7 @@ private final class NoiseEstablishment: LinkDelegate {
             var decoder = NoiseFrameDecoder(minimumFrameSize: NoiseHandshake.firstMessageOverhead)
             guard let frame = try decoder.decode(buffer: &inbound), var handshake else { return }
             let payload = try handshake.readMessage(Array(frame.readableBytesView))
-            let initiatorKey = try authenticatedInitiator(payload: payload, handshake: handshake)
+            let initiatorKey = try handshake.authenticatedInitiator(payload: payload)
             let initiatorPayload = Array(payload.dropFirst(PublicKey.byteCount))
             guard validate(initiatorKey, initiatorPayload) else {
                 throw NoiseError(.refused, "initiator \(initiatorKey.fingerprint) not accepted")
@@ -188,25 +188,6 @@ private final class NoiseEstablishment: LinkDelegate {
             link.flush()
             try succeed(handshake: &handshake, remoteKey: initiatorKey, remotePayload: initiatorPayload)
         }
-    }
-
-    /// The Ed25519 key the initiator claims (the first 32 payload bytes), accepted only if it
-    /// maps to the X25519 static key the handshake authenticated.
-    private func authenticatedInitiator(payload: [UInt8], handshake: NoiseHandshake) throws -> PublicKey {
-        guard payload.count >= PublicKey.byteCount else {
-            throw NoiseError(.malformedMessage, "initiator payload lacks its identity")
-        }
-        let claimed = try PublicKey(rawBytes: payload.prefix(PublicKey.byteCount))
-        let claimedX25519: Curve25519.KeyAgreement.PublicKey
-        do {
-            claimedX25519 = try claimed.x25519()
-        } catch {
-            throw NoiseError(.remoteKeyMismatch, "claimed identity is not a usable key: \(error)")
-        }
-        guard handshake.remoteStatic?.rawRepresentation == claimedX25519.rawRepresentation else {
-            throw NoiseError(.remoteKeyMismatch, "initiator's static key is not \(claimed.fingerprint)")
-        }
-        return claimed
     }
 
     private func succeed(handshake: inout NoiseHandshake, remoteKey: PublicKey, remotePayload: [UInt8]) throws {

@@ -92,10 +92,23 @@ public enum SessionEstablishment {
         settings: SessionSettings,
         acceptor: any StreamAcceptor
     ) -> Session {
-        let mux = MuxSession(link: noise, role: role, configuration: settings.mux)
+        makeSession(link: noise, remoteKey: noise.remoteKey, role: role, kind: kind, settings: settings, acceptor: acceptor)
+    }
+
+    /// Runs a mux over an authenticated, encrypted `link` (a NoiseLink, or a sudph connection
+    /// whose datagrams are sealed with the keys of its own Noise handshake).
+    static func makeSession(
+        link: any Link,
+        remoteKey: PublicKey,
+        role: MuxRole,
+        kind: TransportKind,
+        settings: SessionSettings,
+        acceptor: any StreamAcceptor
+    ) -> Session {
+        let mux = MuxSession(link: link, role: role, configuration: settings.mux)
         let adapter = AcceptorAdapter(acceptor: acceptor)
         mux.delegate = adapter
-        let session = Session(mux: mux, remoteKey: noise.remoteKey, kind: kind, isInitiator: role == .initiator)
+        let session = Session(mux: mux, remoteKey: remoteKey, kind: kind, isInitiator: role == .initiator)
         adapter.session = session
         // The adapter holds the session weakly; keep it alive as long as the mux is.
         mux.closeFuture.whenComplete { _ in _ = session }
