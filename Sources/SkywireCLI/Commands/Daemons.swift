@@ -11,7 +11,7 @@ import SkywireVisor
 struct DiscoveryCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "discovery",
-        abstract: "Run the discovery service (HTTP+JSON registry of signed relay and visor entries)."
+        abstract: "Run the discovery service (HTTP+JSON registry of signed relay and visor entries, sudph rendezvous on UDP)."
     )
 
     @Option(help: "Listen address host:port (port 0 = ephemeral).")
@@ -23,8 +23,14 @@ struct DiscoveryCommand: AsyncParsableCommand {
     @Option(name: .customLong("entry-ttl"), help: "Seconds an entry lives without a refresh.")
     var entryTTL = 60
 
+    @Option(help: "UDP address host:port of the sudph rendezvous (default: the --addr host and the port number HTTP bound).")
+    var rendezvous: String?
+
     func validate() throws {
         _ = try parseListenAddress(self.addr, flag: "--addr")
+        if let rendezvous = self.rendezvous {
+            _ = try parseListenAddress(rendezvous, flag: "--rendezvous")
+        }
         if self.db.hasPrefix("postgres://") || self.db.hasPrefix("postgresql://") {
             throw ValidationError("PostgreSQL storage is not available yet; use a SQLite file for --db")
         }
@@ -33,9 +39,21 @@ struct DiscoveryCommand: AsyncParsableCommand {
 
     func run() async throws {
         let (host, port) = try parseListenAddress(self.addr, flag: "--addr")
+        var rendezvous = RendezvousSettings()
+        if let text = self.rendezvous {
+            let (rendezvousHost, rendezvousPort) = try parseListenAddress(text, flag: "--rendezvous")
+            rendezvous.host = rendezvousHost
+            rendezvous.port = rendezvousPort
+        }
         let logger = makeLogger("skywire.discovery")
         let server = DiscoveryServer(
-            configuration: DiscoveryServerConfiguration(host: host, port: port, databasePath: self.db, entryTTL: .seconds(self.entryTTL)),
+            configuration: DiscoveryServerConfiguration(
+                host: host,
+                port: port,
+                databasePath: self.db,
+                entryTTL: .seconds(self.entryTTL),
+                rendezvous: rendezvous
+            ),
             logger: logger
         )
         try await runServices([server], logger: logger)

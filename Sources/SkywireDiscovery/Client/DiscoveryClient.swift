@@ -125,6 +125,41 @@ public struct DiscoveryClient: Sendable {
         try await self.lookup(VisorEntry.self, pk)
     }
 
+    /// Where this service's sudph rendezvous (``RendezvousServer``) listens: `GET /v1/rendezvous`
+    /// gives the UDP port; the host is the one in ``baseURL``, resolved (off the caller's thread).
+    ///
+    /// - Throws: ``DiscoveryError``: ``DiscoveryError/Kind/refused(status:)`` 404 when the
+    ///   service runs no rendezvous, ``DiscoveryError/Kind/invalidResponse`` for a port outside
+    ///   1...65535, ``DiscoveryError/Kind/unreachable`` when the host does not resolve.
+    public func rendezvousAddress() async throws(DiscoveryError) -> SocketAddress {
+        let path = "/v1/rendezvous"
+        let data = try await self.send(.GET, path, body: nil, notFoundIsNil: false) ?? Data()
+        let body = try self.decode(RendezvousBody.self, from: data, path: path)
+        guard (1...65535).contains(body.udpPort) else {
+            throw DiscoveryError(
+                kind: .invalidResponse,
+                message: "discovery at \(self.baseURL): GET \(path) returned udp_port \(body.udpPort), expected 1...65535"
+            )
+        }
+        guard var host = URL(string: self.baseURL)?.host, !host.isEmpty else {
+            throw DiscoveryError(kind: .unreachable, message: "discovery URL \(self.baseURL) has no host")
+        }
+        if host.hasPrefix("["), host.hasSuffix("]") {
+            host = String(host.dropFirst().dropLast())
+        }
+        let port = body.udpPort
+        do {
+            return try await NIOThreadPool.singleton.runIfActive { [host] in
+                try SocketAddress.makeAddressResolvingHost(host, port: port)
+            }
+        } catch {
+            throw DiscoveryError(
+                kind: .unreachable,
+                message: "cannot resolve the rendezvous host \(EntryValidation.quoted(host)) of discovery at \(self.baseURL): \(error)"
+            )
+        }
+    }
+
     /// Succeeds when the service answers `GET /health`.
     ///
     /// - Throws: ``DiscoveryError``.

@@ -37,11 +37,21 @@ struct StatusBody: Codable, Sendable {
     var status: String
 }
 
+/// `GET /v1/rendezvous`: where the sudph rendezvous listens (UDP, on the discovery host).
+struct RendezvousBody: Codable, Sendable {
+    var udpPort: Int
+
+    enum CodingKeys: String, CodingKey {
+        case udpPort = "udp_port"
+    }
+}
+
 /// The route handlers; each request is independent, state lives in the store.
 struct DiscoveryHandlers: Sendable {
     let store: EntryStore
     let configuration: DiscoveryServerConfiguration
     let logger: Logger
+    let rendezvous: RendezvousState
 
     func makeRouter() -> Router<BasicRequestContext> {
         let router = Router()
@@ -63,6 +73,9 @@ struct DiscoveryHandlers: Sendable {
         }
         router.get("/v1/visors/:pk") { _, context in
             try await self.fetch(VisorEntry.self, pk: context.parameters.get("pk") ?? "")
+        }
+        router.get("/v1/rendezvous") { _, _ in
+            try self.rendezvousInfo()
         }
         return router
     }
@@ -159,6 +172,16 @@ struct DiscoveryHandlers: Sendable {
         let rows = try await self.store.list(kind: Entry.kind, liveSince: self.liveSince())
         let entries: [Entry] = rows.compactMap { self.decodeStored($0) }
         return JSONResponse.make(.ok, entries)
+    }
+
+    func rendezvousInfo() throws -> Response {
+        guard self.configuration.rendezvous != nil else {
+            throw APIError(.notFound, "this discovery service runs no sudph rendezvous")
+        }
+        guard let port = self.rendezvous.address?.port else {
+            throw APIError(.serviceUnavailable, "the sudph rendezvous is not listening")
+        }
+        return JSONResponse.make(.ok, RendezvousBody(udpPort: port))
     }
 
     private func liveSince() -> Int64 {

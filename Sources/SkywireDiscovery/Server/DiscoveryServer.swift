@@ -1,9 +1,11 @@
 import Hummingbird
 import Logging
 import NIOCore
+import NIOPosix
 import ServiceLifecycle
 
-/// The discovery service: an HTTP+JSON registry of signed relay and visor entries, stored in SQLite.
+/// The discovery service: an HTTP+JSON registry of signed relay and visor entries, stored in SQLite,
+/// and (when configured) the sudph rendezvous on UDP.
 ///
 /// Routes (all JSON; every refusal is a 4xx with `{"error": "<one line>"}`):
 ///
@@ -12,6 +14,7 @@ import ServiceLifecycle
 /// | `POST /v1/relays`, `POST /v1/visors` | body: a ``SignedEntry``; 200 `{"status":"ok"}` |
 /// | `GET /v1/relays` | array of live ``RelayEntry`` |
 /// | `GET /v1/relays/{pk}`, `GET /v1/visors/{pk}` | one live entry, or 404 |
+/// | `GET /v1/rendezvous` | `{"udp_port": N}`: the sudph rendezvous (``RendezvousServer``) on the same host; 404 when none runs |
 /// | `GET /health` | `{"status":"ok"}` |
 ///
 /// Refusals: malformed JSON, bad key, bad hex, bad entry field or timestamp outside the allowed
@@ -25,14 +28,16 @@ public struct DiscoveryServer: Service {
     public let configuration: DiscoveryServerConfiguration
     private let logger: Logger
     private let onServerRunning: @Sendable (SocketAddress) async -> Void
+    private let rendezvousState = RendezvousState()
 
     /// Creates a server; nothing is bound or opened until ``run()``.
     ///
     /// - Parameters:
     ///   - configuration: address, database file, limits and clock.
     ///   - logger: where the server logs (startup, refusals at debug level, storage failures).
-    ///   - onServerRunning: called once the listener is bound, with the bound address: the way
-    ///     to learn the port when ``DiscoveryServerConfiguration/port`` is 0.
+    ///   - onServerRunning: called once the listener is bound (and the rendezvous, if
+    ///     configured), with the HTTP address: the way to learn the port when
+    ///     ``DiscoveryServerConfiguration/port`` is 0 (``rendezvousAddress`` is set by then).
     public init(
         configuration: DiscoveryServerConfiguration,
         logger: Logger,
@@ -43,24 +48,51 @@ public struct DiscoveryServer: Service {
         self.onServerRunning = onServerRunning
     }
 
-    /// Opens the database (creating tables), binds the listener and serves until cancelled or
-    /// gracefully shut down; then closes the database.
+    /// Opens the database (creating tables), binds the listener (then the rendezvous, if
+    /// configured) and serves until cancelled or gracefully shut down; then closes the database.
     ///
-    /// - Throws: when the database cannot be opened or the address cannot be bound.
+    /// - Throws: when the database cannot be opened or an address cannot be bound (a busy
+    ///   rendezvous port is a ``RendezvousError`` naming it).
     public func run() async throws {
         let configuration = self.configuration
         let logger = self.logger
         let store = try await EntryStore.open(path: configuration.databasePath, logger: logger)
         do {
-            let handlers = DiscoveryHandlers(store: store, configuration: configuration, logger: logger)
-            let onServerRunning = self.onServerRunning
+            // A rendezvous port known in advance is bound first: a busy one then fails the start
+            // before HTTP listens. The default (HTTP's port number) with HTTP on port 0 can only
+            // be bound once HTTP has its port.
+            if let settings = configuration.rendezvous, let port = settings.port ?? (configuration.port == 0 ? nil : configuration.port) {
+                try await self.startRendezvous(settings, port: port)
+            }
+            let handlers = DiscoveryHandlers(store: store, configuration: configuration, logger: logger, rendezvous: self.rendezvousState)
+            let (bound, boundContinuation) = AsyncStream.makeStream(of: SocketAddress.self)
             let app = Application(
                 router: handlers.makeRouter(),
                 server: .http1(configuration: .init(idleTimeout: .init(configuration.idleTimeout))),
                 configuration: .init(address: .hostname(configuration.host, port: configuration.port)),
                 services: [PurgeService(store: store, configuration: configuration, logger: logger)],
                 onServerRunning: { channel in
-                    guard let address = channel.localAddress else { return }
+                    if let address = channel.localAddress {
+                        boundContinuation.yield(address)
+                    }
+                    boundContinuation.finish()
+                },
+                logger: logger
+            )
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask {
+                    defer { boundContinuation.finish() }
+                    try await app.run()
+                }
+                tasks.addTask {
+                    // Once HTTP listens: the rendezvous if not yet started, then the "listening"
+                    // line, so whoever reads that line finds both up. A failure here leaves the
+                    // group with the error, which stops HTTP.
+                    var addresses = bound.makeAsyncIterator()
+                    guard let address = await addresses.next() else { return }
+                    if let settings = configuration.rendezvous, self.rendezvousState.address == nil {
+                        try await self.startRendezvous(settings, port: address.port ?? 0)
+                    }
                     logger.info(
                         "discovery server listening",
                         metadata: [
@@ -68,17 +100,37 @@ public struct DiscoveryServer: Service {
                             "discovery.database": "\(configuration.databasePath)",
                         ]
                     )
-                    await onServerRunning(address)
-                },
-                logger: logger
-            )
-            try await app.run()
+                    await self.onServerRunning(address)
+                }
+                try await tasks.waitForAll()
+            }
         } catch {
+            await self.rendezvousState.close()
             try? await store.close()
             throw error
         }
+        await self.rendezvousState.close()
         try await store.close()
         logger.info("discovery server stopped")
+    }
+
+    /// Starts the rendezvous and records it for `GET /v1/rendezvous` and shutdown.
+    private func startRendezvous(_ settings: RendezvousSettings, port: Int) async throws {
+        let server = try await RendezvousServer.start(
+            host: settings.host ?? self.configuration.host,
+            port: port,
+            group: MultiThreadedEventLoopGroup.singleton,
+            logger: self.logger,
+            refresh: settings.refresh,
+            expiry: TimeAmount(settings.expiry)
+        )
+        self.rendezvousState.set(server)
+    }
+
+    /// The rendezvous's bound UDP address while it runs (`nil` when none is configured, before
+    /// it listens and after shutdown).
+    public var rendezvousAddress: SocketAddress? {
+        self.rendezvousState.address
     }
 
     /// A server started by ``withRunningServer(configuration:logger:_:)``.
@@ -87,6 +139,8 @@ public struct DiscoveryServer: Service {
         public var address: SocketAddress
         /// `http://host:port` for ``DiscoveryClient``.
         public var baseURL: String
+        /// The rendezvous's UDP address, when ``DiscoveryServerConfiguration/rendezvous`` is set.
+        public var rendezvousAddress: SocketAddress?
     }
 
     /// Runs a server for the duration of `body` and shuts it down gracefully afterwards
@@ -116,7 +170,11 @@ public struct DiscoveryServer: Service {
                 try await tasks.waitForAll()
                 throw DiscoveryConfigurationError(message: "discovery server stopped before it was listening")
             }
-            let running = Running(address: address, baseURL: Self.baseURL(for: address, host: configuration.host))
+            let running = Running(
+                address: address,
+                baseURL: Self.baseURL(for: address, host: configuration.host),
+                rendezvousAddress: server.rendezvousAddress
+            )
             let result: Result<T, any Error>
             do {
                 result = .success(try await body(running))

@@ -21,6 +21,9 @@ public struct DiscoveryServerConfiguration: Sendable {
     public var idleTimeout: Duration
     /// The server's clock in unix seconds. Tests inject one to test expiry without sleeping.
     public var clock: @Sendable () -> Int64
+    /// The sudph rendezvous (UDP) run beside the HTTP listener, announced by `GET /v1/rendezvous`.
+    /// `nil` (the default) runs none, and that route answers 404.
+    public var rendezvous: RendezvousSettings?
 
     /// Creates a configuration.
     public init(
@@ -32,7 +35,8 @@ public struct DiscoveryServerConfiguration: Sendable {
         maxBodySize: Int = 16 * 1024,
         maxClockSkew: Duration = .seconds(300),
         idleTimeout: Duration = .seconds(30),
-        clock: @escaping @Sendable () -> Int64 = UnixTime.seconds
+        clock: @escaping @Sendable () -> Int64 = UnixTime.seconds,
+        rendezvous: RendezvousSettings? = nil
     ) {
         self.host = host
         self.port = port
@@ -43,6 +47,7 @@ public struct DiscoveryServerConfiguration: Sendable {
         self.maxClockSkew = maxClockSkew
         self.idleTimeout = idleTimeout
         self.clock = clock
+        self.rendezvous = rendezvous
     }
 
     /// Creates a configuration from a `host:port` string such as `127.0.0.1:9090` or `[::1]:0`.

@@ -1,0 +1,26 @@
+import NIOCore
+import Synchronization
+
+/// The running rendezvous of a ``DiscoveryServer``, shared by the server task (which starts and
+/// closes it) and the `GET /v1/rendezvous` route (which reads its port).
+final class RendezvousState: Sendable {
+    private let server = Mutex<RendezvousServer?>(nil)
+
+    /// The bound UDP address while a rendezvous runs.
+    var address: SocketAddress? {
+        self.server.withLock { $0?.localAddress }
+    }
+
+    func set(_ server: RendezvousServer) {
+        self.server.withLock { $0 = server }
+    }
+
+    /// Closes and forgets the rendezvous, if one runs.
+    func close() async {
+        let server = self.server.withLock { server in
+            defer { server = nil }
+            return server
+        }
+        await server?.close()
+    }
+}
