@@ -1,6 +1,0 @@
-import Testing
-@testable import SkywireReliable
-
-@Test func configurationExists() {
-    _ = ReliableConfiguration()
-}
