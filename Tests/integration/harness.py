@@ -2,6 +2,10 @@
 
 Every process is started here, tracked by PID and ended (SIGTERM, then SIGKILL) at cleanup,
 even when a test fails. Ports are ephemeral (0) and read back from the daemons' logs.
+
+Processes can also run inside a network namespace (`netns=NAME`: the command is prefixed with
+`ip netns exec NAME`), e.g. the hosts of natlab.NatLab; a visor's CLI then runs in the visor's
+namespace, where its control API's 127.0.0.1 is.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -20,18 +25,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = os.environ.get("SKYWIRE_BIN") or str(ROOT / ".build" / "debug" / "skywire")
+NETTOOL = str(Path(__file__).resolve().with_name("nettool.py"))
+
+
+def netns_prefix(netns: str | None) -> list[str]:
+    """`ip netns exec NAME` for a namespace, nothing for the current one."""
+    return ["ip", "netns", "exec", netns] if netns else []
 
 
 class Proc:
     """A daemon with its stderr captured to a file."""
 
-    def __init__(self, name: str, args: list[str], workdir: Path, env: dict[str, str]):
+    def __init__(self, name: str, args: list[str], workdir: Path, env: dict[str, str], netns: str | None = None):
         self.name = name
         self.args = args
+        self.netns = netns
         self.log_path = workdir / f"{name}.log"
         self._log = open(self.log_path, "wb")
         self.popen = subprocess.Popen(
-            [BIN, *args], stdout=self._log, stderr=subprocess.STDOUT, cwd=workdir, env=env,
+            [*netns_prefix(netns), BIN, *args], stdout=self._log, stderr=subprocess.STDOUT, cwd=workdir, env=env,
             stdin=subprocess.DEVNULL,
         )
         self.pid = self.popen.pid
@@ -88,20 +100,30 @@ class Network:
         self.relay_port = 0
 
     # -- processes -------------------------------------------------------------------------
-    def start(self, name: str, *args: str) -> Proc:
-        p = Proc(name, list(args), self.dir, self.env)
+    def env_for(self, netns: str | None) -> dict[str, str]:
+        """The environment for a process in `netns`: each namespace gets its own runtime folder,
+        since visors in two namespaces may bind the same 127.0.0.1 port (same token file name)."""
+        if not netns:
+            return self.env
+        return {**self.env, "SKYWIRE_RUNTIME_DIR": str(self.dir / f"run-{netns}")}
+
+    def start(self, name: str, *args: str, netns: str | None = None) -> Proc:
+        p = Proc(name, list(args), self.dir, self.env_for(netns), netns=netns)
         self.procs.append(p)
         return p
 
-    def start_discovery(self) -> None:
-        p = self.start("discovery", "discovery", "--addr", "127.0.0.1:0", "--db", str(self.dir / "discovery.sqlite"))
-        port = _port_of(p.wait_log(r"127\.0\.0\.1:(\d+) .*discovery server listening"))
-        self.discovery_url = f"http://127.0.0.1:{port}"
+    def start_discovery(self, host: str = "127.0.0.1", netns: str | None = None) -> None:
+        """Discovery on `host`:ephemeral (inside `netns` if given); sets `discovery_url`."""
+        p = self.start("discovery", "discovery", "--addr", f"{host}:0", "--db", str(self.dir / "discovery.sqlite"),
+                       netns=netns)
+        port = _port_of(p.wait_log(re.escape(host) + r":(\d+) .*discovery server listening"))
+        self.discovery_url = f"http://{host}:{port}"
 
-    def start_relay(self, name: str = "relay", port: int = 0, key_name: str | None = None) -> Proc:
-        p = self.start(name, "dmsg-server", "--addr", f"127.0.0.1:{port}", "--discovery", self.discovery_url,
-                       "--key-file", str(self.dir / f"{key_name or name}.key"))
-        self.relay_port = _port_of(p.wait_log(r"address=127\.0\.0\.1:(\d+) .*relay listening"))
+    def start_relay(self, name: str = "relay", port: int = 0, key_name: str | None = None,
+                    host: str = "127.0.0.1", netns: str | None = None) -> Proc:
+        p = self.start(name, "dmsg-server", "--addr", f"{host}:{port}", "--discovery", self.discovery_url,
+                       "--key-file", str(self.dir / f"{key_name or name}.key"), netns=netns)
+        self.relay_port = _port_of(p.wait_log(r"address=" + re.escape(host) + r":(\d+) .*relay listening"))
         self.relay = p
         return p
 
@@ -112,22 +134,25 @@ class Network:
         assert r.returncode == 0, r.stderr
         return path
 
-    def start_visor(self, name: str, config: Path | None = None, wait_relay: bool = True, stcpr: bool = False) -> "Visor":
+    def start_visor(self, name: str, config: Path | None = None, wait_relay: bool = True, stcpr: bool = False,
+                    netns: str | None = None) -> "Visor":
+        """A visor (inside `netns` if given: its CLI calls then run there too)."""
         config = config or self.gen_config(name, *(["--stcpr", "127.0.0.1:0"] if stcpr else []))
-        p = self.start(name, "visor", "--config", str(config))
+        p = self.start(name, "visor", "--config", str(config), netns=netns)
         rpc = p.wait_log(r"rpc=(127\.0\.0\.1:\d+).*control API listening").group(1)
-        v = Visor(self, p, rpc, config)
+        v = Visor(self, p, rpc, config, netns=netns)
         if wait_relay:
             v.wait_relay()
         return v
 
     # -- CLI -------------------------------------------------------------------------------
-    def run_cli(self, *args: str, rpc: str | None, timeout: float = 90.0) -> subprocess.CompletedProcess:
-        cmd = [BIN, "cli", *args]
+    def run_cli(self, *args: str, rpc: str | None, timeout: float = 90.0,
+                netns: str | None = None) -> subprocess.CompletedProcess:
+        cmd = [*netns_prefix(netns), BIN, "cli", *args]
         if rpc is not None:
             cmd += ["--rpc", rpc]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=self.env, cwd=self.dir,
-                              stdin=subprocess.DEVNULL)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=self.env_for(netns),
+                              cwd=self.dir, stdin=subprocess.DEVNULL)
 
     def close(self) -> None:
         for p in reversed(self.procs):
@@ -140,15 +165,16 @@ class Network:
 
 
 class Visor:
-    def __init__(self, net: Network, proc: Proc, rpc: str, config: Path):
+    def __init__(self, net: Network, proc: Proc, rpc: str, config: Path, netns: str | None = None):
         self.net = net
         self.proc = proc
         self.rpc = rpc
         self.config = config
+        self.netns = netns
         self._pk: str | None = None
 
     def cli(self, *args: str, timeout: float = 90.0) -> subprocess.CompletedProcess:
-        return self.net.run_cli(*args, rpc=self.rpc, timeout=timeout)
+        return self.net.run_cli(*args, rpc=self.rpc, timeout=timeout, netns=self.netns)
 
     def ok(self, *args: str) -> str:
         r = self.cli(*args)
@@ -287,6 +313,69 @@ def roundtrip(port: int, payload: bytes, timeout: float = 30.0) -> bytes:
     data = recv_all(s)
     s.close()
     return data
+
+
+# -- the same SHA-256-checked bulk transfer, run by nettool.py (in a namespace or here) ---------
+class NsShaBackend:
+    """`nettool.py tcp-sha-server` on `host`:ephemeral inside `netns` (here if None): for each of
+    up to `count` connections it sends `size` random bytes while hashing what arrives. Use as a
+    context manager (or call `close()`): the process is ended by PID even when a test fails."""
+
+    def __init__(self, size: int, netns: str | None = None, host: str = "127.0.0.1", count: int = 1,
+                 lifetime: float = 600.0):
+        self.popen = subprocess.Popen(
+            [*netns_prefix(netns), sys.executable, NETTOOL, "tcp-sha-server", "--host", host, "--size", str(size),
+             "--count", str(count), "--lifetime", str(lifetime)],
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        line = self.popen.stdout.readline().split()
+        if line[:1] != ["listening"]:
+            self.close()
+            raise AssertionError(f"tcp-sha-server did not start in {netns}: {line}")
+        self.port = int(line[1])
+
+    def result(self, timeout: float = 300.0) -> dict:
+        """The next finished connection's `{sent_sha, recv_sha, recv_bytes, errors}`."""
+        box: list = []
+        t = threading.Thread(target=lambda: box.append(self.popen.stdout.readline()), daemon=True)
+        t.start()
+        t.join(timeout)
+        assert box and box[0], f"tcp-sha-server gave no result within {timeout}s"
+        return json.loads(box[0])
+
+    def close(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        self.popen.stdout.close()
+
+    def __enter__(self) -> "NsShaBackend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def ns_bulk_both_ways(port: int, size: int, netns: str | None = None, host: str = "127.0.0.1",
+                      timeout: float = 300.0) -> dict:
+    """`nettool.py tcp-sha-client` inside `netns`: sends `size` random bytes to host:port while
+    receiving; returns `{sent_sha, recv_sha, recv_bytes, errors}`."""
+    r = subprocess.run([*netns_prefix(netns), sys.executable, NETTOOL, "tcp-sha-client", "--host", host,
+                        "--port", str(port), "--size", str(size), "--timeout", str(timeout)],
+                       capture_output=True, text=True, timeout=timeout + 30, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, f"tcp-sha-client failed ({r.returncode}): {r.stderr[-2000:]}"
+    return json.loads(r.stdout)
+
+
+def check_sha_both_ways(client: dict, server: dict, size: int) -> None:
+    """Both directions arrived whole and unchanged."""
+    assert client["errors"] == [] and server["errors"] == [], (client["errors"], server["errors"])
+    assert client["recv_bytes"] == size and server["recv_bytes"] == size, (client["recv_bytes"], server["recv_bytes"])
+    assert client["recv_sha"] == server["sent_sha"], "server→client bytes differ"
+    assert server["recv_sha"] == client["sent_sha"], "client→server bytes differ"
 
 
 def expect_fail(result, *needles) -> str:
