@@ -18,6 +18,7 @@ public final class Visor: Service, Sendable {
     let discovery: DiscoveryClient
     let dmsg: DmsgNetwork
     let direct: DirectNetwork
+    let sudph: SudphNetwork
     let sessions: TransportManager
     let skynetServer: SkynetServer
     let skynetClients: SkynetClients
@@ -51,8 +52,12 @@ public final class Visor: Service, Sendable {
             discovery: self.discovery, group: group, settings: settings,
             listenAddress: config.stcpr, staticTable: table, logger: logger
         )
+        self.sudph = SudphNetwork(
+            discovery: self.discovery, group: group, settings: settings,
+            listenAddress: config.sudph, logger: logger
+        )
         self.sessions = TransportManager(
-            localKey: self.identity.publicKey, dmsg: self.dmsg, direct: self.direct,
+            localKey: self.identity.publicKey, dmsg: self.dmsg, direct: self.direct, sudph: self.sudph,
             idleTimeout: .seconds(config.transportIdleTimeout), logger: logger
         )
         let store = InstanceStore(stateDir: config.resolvedStateDir(configPath: configPath ?? "./visor.json"))
@@ -67,6 +72,7 @@ public final class Visor: Service, Sendable {
         let sessions = self.sessions
         self.dmsg.attach(acceptor: self.skynetServer) { session in sessions.register(session) }
         self.direct.attach(acceptor: self.skynetServer) { session in sessions.register(session) }
+        self.sudph.attach(acceptor: self.skynetServer) { session in sessions.register(session) }
     }
 
     /// The control API address once bound.
@@ -79,6 +85,7 @@ public final class Visor: Service, Sendable {
         let identity = self.identity
         let dmsg = self.dmsg
         let direct = self.direct
+        let sudph = self.sudph
         let sessions = self.sessions
         let persistent = self.persistent
         let clients = self.skynetClients
@@ -118,6 +125,7 @@ public final class Visor: Service, Sendable {
             }
             group.addTask { try? await cancelWhenGracefulShutdown { await dmsg.run() } }
             group.addTask { try await direct.run() }
+            group.addTask { try await sudph.run() }
             group.addTask { [httpProxy = self.httpProxy] in try await httpProxy.run() }
             group.addTask { try await publisher.run() }
             group.addTask {
@@ -160,6 +168,8 @@ public final class Visor: Service, Sendable {
             rpc: self.rpcAddress ?? self.config.rpc,
             discovery: self.config.discovery,
             stcpr: self.direct.boundAddress,
+            sudph: self.sudph.boundAddress,
+            sudphPublic: self.sudph.publicAddress,
             relays: self.dmsg.homeRelays.map { .init(publicKey: $0.publicKey.hex, address: $0.address) },
             sessions: await self.transportList(),
             version: SkywireVersion.current
@@ -177,8 +187,8 @@ public final class Visor: Service, Sendable {
         for instance in saved {
             do {
                 switch instance {
-                case .server(let name, let ports, let whitelist):
-                    _ = try self.skynetServer.start(StartServerRequest(ports: ports, whitelist: whitelist, name: name))
+                case .server(let name, let ports, let whitelist, let backendTimeout, let preserveHost):
+                    _ = try self.skynetServer.start(StartServerRequest(ports: ports, whitelist: whitelist, name: name, backendTimeout: backendTimeout, preserveHost: preserveHost))
                 case .client(let name, let pk, let remotePort, let localPort, let mode, let network):
                     try await self.skynetClients.restore(name: name, remotePublicKey: pk, remotePort: remotePort, localPort: localPort, mode: mode, network: network)
                 }
@@ -232,8 +242,8 @@ extension Visor {
     func addTransport(_ request: AddTransportRequest) async throws -> SessionInfo {
         let key: PublicKey
         do { key = try PublicKey(hex: request.remotePublicKey) } catch { throw SkynetError.invalidArgument("\(error)") }
-        guard let kind = TransportKind(rawValue: request.type), kind != .sudph else {
-            throw SkynetError.invalidArgument("unknown transport type \"\(request.type)\" (stcpr, stcp or dmsg)")
+        guard let kind = TransportKind(rawValue: request.type) else {
+            throw SkynetError.invalidArgument("unknown transport type \"\(request.type)\" (stcpr, stcp, sudph or dmsg)")
         }
         guard key != self.identity.publicKey else { throw SkynetError.invalidArgument("that is this visor's own key") }
         let session = try await self.persistent.add(key, kind: kind)

@@ -54,14 +54,78 @@ struct ProxyHeadersTests {
         #expect(out[.accept] == "*/*")
     }
 
+    @Test func expectIsAnsweredNotForwarded() {
+        let out = ProxyHeaders.request(fields([("Expect", "100-continue"), ("Accept", "*/*")]), originalHost: nil, clientAddress: "127.0.0.1", remoteKey: "k")
+        #expect(out[.expect] == nil && out[.accept] == "*/*")
+    }
+
+    @Test func upgradeDetection() {
+        #expect(ProxyHeaders.isUpgrade(fields([("Connection", "keep-alive, Upgrade"), ("Upgrade", "websocket")])))
+        #expect(!ProxyHeaders.isUpgrade(fields([("Upgrade", "websocket")])))          // no Connection token
+        #expect(!ProxyHeaders.isUpgrade(fields([("Connection", "upgrade")])))         // no Upgrade field
+        #expect(ProxyHeaders.wantsClose(fields([("Connection", "Close")])))
+        #expect(!ProxyHeaders.wantsClose(fields([("Connection", "keep-alive")])))
+    }
+
+    @Test func upgradeRequestKeepsTheSwitchAndAppliesTheRules() {
+        let input = fields([
+            ("Connection", "Upgrade, X-Private"), ("Upgrade", "websocket"), ("X-Private", "1"),
+            ("Sec-WebSocket-Key", "abc"), ("X-Skywire-Remote-PK", "forged"),
+        ])
+        let out = ProxyHeaders.upgradeRequest(input, originalHost: "127.0.0.1:9000", clientAddress: "127.0.0.1", remoteKey: "real")
+        #expect(out[.upgrade] == "websocket")
+        #expect(out[values: .connection] == ["upgrade"])
+        #expect(out[HTTPField.Name("X-Private")!] == nil)
+        #expect(out[HTTPField.Name("Sec-WebSocket-Key")!] == "abc")
+        #expect(out[values: ProxyHeaders.remoteKeyField] == ["real"])
+        #expect(out[ProxyHeaders.forwardedHost] == "127.0.0.1:9000")
+    }
+
+    @Test func switchingResponseKeepsTheSwitch() {
+        let out = ProxyHeaders.switchingResponse(fields([
+            ("Connection", "Upgrade, X-Hop"), ("X-Hop", "1"), ("Upgrade", "websocket"), ("Sec-WebSocket-Accept", "xyz"),
+        ]))
+        #expect(out[.upgrade] == "websocket" && out[values: .connection] == ["upgrade"])
+        #expect(out[HTTPField.Name("X-Hop")!] == nil && out[HTTPField.Name("Sec-WebSocket-Accept")!] == "xyz")
+    }
+
     @Test func responseRules() {
         let out = ProxyHeaders.response(fields([("Connection", "close, X-Hop"), ("X-Hop", "1"), ("Transfer-Encoding", "chunked"), ("Content-Type", "text/plain")]))
         #expect(out.map { $0.name.canonicalName } == ["content-type"])
     }
 }
 
+@Suite("HTTP-mode server options")
+struct ProxyOptionsTests {
+    @Test func defaultsAndValidation() throws {
+        let defaults = try ProxyOptions(backendTimeout: nil, preserveHost: nil)
+        #expect(defaults.backendTimeout == 30 && !defaults.preserveHost)
+        let set = try ProxyOptions(backendTimeout: 1.5, preserveHost: true)
+        #expect(set.backendTimeout == 1.5 && set.preserveHost && set.backendTimeAmount == .milliseconds(1500))
+        for bad in [0, -1, 0.05, 86_401, .nan, .infinity] as [Double] {
+            #expect(throws: SkynetError.self) { try ProxyOptions(backendTimeout: bad, preserveHost: nil) }
+        }
+    }
+}
+
 @Suite("Instance state file")
 struct InstanceStoreTests {
+    @Test func serverOptionsAreSavedAndOldLinesStillLoad() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("skywire-state-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let store = InstanceStore(stateDir: dir)
+        let withOptions = SavedInstance.server(name: "web", ports: [8080], whitelist: nil, backendTimeout: 2.5, preserveHost: true)
+        try store.save([withOptions])
+        let text = try String(contentsOfFile: store.path, encoding: .utf8)
+        #expect(text.contains(#""backend_timeout":2.5"#) && text.contains(#""preserve_host":true"#))
+        #expect(store.load().instances == [withOptions])
+        // A line written before the options existed.
+        try #"{"kind":"server","name":"old","ports":[8081],"whitelist":null}"#.write(toFile: store.path, atomically: true, encoding: .utf8)
+        let (instances, problems) = store.load()
+        #expect(problems.isEmpty)
+        #expect(instances == [.server(name: "old", ports: [8081], whitelist: nil, backendTimeout: nil, preserveHost: nil)])
+    }
+
     @Test func readsGoodLinesAndNamesBadOnes() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("skywire-state-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: dir) }

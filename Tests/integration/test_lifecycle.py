@@ -29,7 +29,7 @@ def test_restarts_restore_servers_and_forwards(net):
     b = net.start_visor("life-b", config=b_cfg)
     backend = TCPServer(echo_handler)
     try:
-        a.ok("skynet", "srv", "start", "--ports", str(backend.port), "--whitelist", b.pk)
+        a.ok("skynet", "srv", "start", "--ports", str(backend.port), "--whitelist", b.pk, "--backend-timeout", "7.5", "--preserve-host")
         info = b.json("skynet", "start", "--pk", a.pk, "--remote", str(backend.port), "--local", "0", "--raw-tcp", "--dmsg")
         port = info["local_port"]
         assert roundtrip(port, b"before") == b"before"
@@ -39,6 +39,7 @@ def test_restarts_restore_servers_and_forwards(net):
         a = net.start_visor("life-a2", config=a_cfg)
         srv = a.json("skynet", "srv", "status")
         assert [(i["name"], i["ports"], i["whitelist"]) for i in srv] == [(f"skynet-{backend.port}", [backend.port], [b.pk])]
+        assert (srv[0]["backend_timeout"], srv[0]["preserve_host"]) == (7.5, True)  # HTTP options too
         # The forward on b notices and comes back by itself.
         wait_for(lambda: roundtrip(port, b"after server restart") == b"after server restart", 60, "forward after server restart")
 

@@ -77,7 +77,7 @@ struct SkynetCommand: AsyncParsableCommand {
                 rows.append([
                     i.name, i.state, i.mode, i.network, i.transport ?? "-", i.localAddress,
                     "\(i.remotePublicKey.prefix(8))…:\(i.remotePort)", "\(i.connectionsOpen)", "\(i.connectionsTotal)",
-                    "\(i.bytesIn)", "\(i.bytesOut)", i.error ?? "",
+                    "\(i.bytesIn)", "\(i.bytesOut)", i.error ?? i.directError.map { "direct: \($0)" } ?? "",
                 ])
             }
             printTable(rows)
@@ -97,6 +97,10 @@ struct SkynetCommand: AsyncParsableCommand {
         @Option(help: "Comma-separated local ports, e.g. 8080,3000.") var ports: String
         @Option(help: "Comma-separated public keys allowed to connect (default: every visor).") var whitelist: String?
         @Option(help: "Instance name (default skynet-<first port>).") var name: String?
+        @Option(name: .customLong("backend-timeout"), help: ArgumentHelp("HTTP mode: seconds to wait for the service's answer before a 504 (default 30).", valueName: "seconds"))
+        var backendTimeout: String?
+        @Flag(name: .customLong("preserve-host"), help: "HTTP mode: send the client's Host header to the service instead of its own address.")
+        var preserveHost = false
         @Flag(help: "JSON output.") var json = false
 
         func validate() throws {
@@ -104,6 +108,19 @@ struct SkynetCommand: AsyncParsableCommand {
             for key in self.whitelistKeys {
                 do { _ = try PublicKey(hex: key) } catch { throw ValidationError("whitelist: \(error)") }
             }
+            _ = try self.parsedBackendTimeout()
+        }
+
+        /// `--backend-timeout`: a number of seconds, 0.1 to 86400.
+        func parsedBackendTimeout() throws -> Double? {
+            guard let text = self.backendTimeout else { return nil }
+            guard let seconds = Double(text.trimmingCharacters(in: .whitespaces)), seconds.isFinite else {
+                throw ValidationError("invalid --backend-timeout \"\(text)\": expected a number of seconds")
+            }
+            guard (0.1...86_400).contains(seconds) else {
+                throw ValidationError("--backend-timeout \(text) is out of range (0.1-86400 seconds)")
+            }
+            return seconds
         }
 
         var whitelistKeys: [String] {
@@ -111,10 +128,13 @@ struct SkynetCommand: AsyncParsableCommand {
         }
 
         func run() async throws {
-            let request = StartServerRequest(ports: try parsePorts(self.ports), whitelist: self.whitelistKeys.isEmpty ? nil : self.whitelistKeys, name: self.name)
+            let request = StartServerRequest(
+                ports: try parsePorts(self.ports), whitelist: self.whitelistKeys.isEmpty ? nil : self.whitelistKeys, name: self.name,
+                backendTimeout: try self.parsedBackendTimeout(), preserveHost: self.preserveHost
+            )
             let info: ServerInstanceInfo = try await self.rpc.client().post("/v1/skynet/servers", request)
             if self.json { try printJSON(info); return }
-            print("\(info.name): exposing \(info.ports.map(String.init).joined(separator: ",")) to \(info.whitelist.map { "\($0.count) whitelisted visor(s)" } ?? "every visor")")
+            print("\(info.name): exposing \(info.ports.map(String.init).joined(separator: ",")) to \(info.whitelist.map { "\($0.count) whitelisted visor(s)" } ?? "every visor") (HTTP: backend timeout \(formatSeconds(info.backendTimeout))\(info.preserveHost ? ", Host preserved" : ""))")
         }
     }
 
@@ -141,17 +161,23 @@ struct SkynetCommand: AsyncParsableCommand {
             let list: [ServerInstanceInfo] = try await self.rpc.client().get(path)
             if self.json { try printJSON(list); return }
             if list.isEmpty { print("no server instances"); return }
-            var rows = [["NAME", "STATE", "PORTS", "WHITELIST", "CONNS", "TOTAL", "REFUSED", "IN", "OUT"]]
+            var rows = [["NAME", "STATE", "PORTS", "WHITELIST", "TIMEOUT", "HOST", "CONNS", "TOTAL", "REFUSED", "IN", "OUT"]]
             for i in list {
                 rows.append([
                     i.name, i.state, i.ports.map(String.init).joined(separator: ","),
                     i.whitelist.map { "\($0.count) key(s)" } ?? "open (any visor)",
+                    formatSeconds(i.backendTimeout), i.preserveHost ? "preserved" : "rewritten",
                     "\(i.connectionsOpen)", "\(i.connectionsTotal)", "\(i.refused)", "\(i.bytesIn)", "\(i.bytesOut)",
                 ])
             }
             printTable(rows)
         }
     }
+}
+
+/// "30s", "1.5s".
+func formatSeconds(_ value: Double) -> String {
+    value == value.rounded() && abs(value) < 1e15 ? "\(Int(value))s" : "\(value)s"
 }
 
 func pathEscape(_ text: String) -> String {

@@ -10,6 +10,10 @@ public struct VisorInfo: Codable, Sendable {
     public var discovery: String
     /// The direct-transport (stcpr/stcp) listener, `null` when none.
     public var stcpr: String?
+    /// The sudph UDP socket's local address, `null` when sudph is off.
+    public var sudph: String?
+    /// The sudph endpoint as discovery's rendezvous sees it (after NAT), once bound there.
+    public var sudphPublic: String?
     /// Relays this visor has a live session with (and publishes).
     public var relays: [RelayInfo]
     public var sessions: [SessionInfo]
@@ -22,7 +26,7 @@ public struct VisorInfo: Codable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case publicKey = "public_key", rpc, discovery, stcpr, relays, sessions, version
+        case publicKey = "public_key", rpc, discovery, stcpr, sudph, sudphPublic = "sudph_public", relays, sessions, version
     }
 }
 
@@ -52,11 +56,21 @@ public struct StartServerRequest: Codable, Sendable {
     /// Keys allowed to connect; `nil` or empty = every visor.
     public var whitelist: [String]?
     public var name: String?
+    /// HTTP mode: seconds to wait for the backend's answer before a 504; `nil` = 30.
+    public var backendTimeout: Double?
+    /// HTTP mode: send the client's `Host` to the backend instead of its own address; `nil` = false.
+    public var preserveHost: Bool?
 
-    public init(ports: [Int], whitelist: [String]?, name: String?) {
+    public init(ports: [Int], whitelist: [String]?, name: String?, backendTimeout: Double? = nil, preserveHost: Bool? = nil) {
         self.ports = ports
         self.whitelist = whitelist
         self.name = name
+        self.backendTimeout = backendTimeout
+        self.preserveHost = preserveHost
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case ports, whitelist, name, backendTimeout = "backend_timeout", preserveHost = "preserve_host"
     }
 }
 
@@ -74,9 +88,13 @@ public struct ServerInstanceInfo: Codable, Sendable {
     public var bytesOut: UInt64
     public var since: Date
     public var uptimeSeconds: Int
+    /// HTTP mode: seconds to wait for the backend's answer before a 504.
+    public var backendTimeout: Double
+    /// HTTP mode: whether the client's `Host` goes to the backend unchanged.
+    public var preserveHost: Bool
 
     enum CodingKeys: String, CodingKey {
-        case uptimeSeconds = "uptime_seconds"
+        case uptimeSeconds = "uptime_seconds", backendTimeout = "backend_timeout", preserveHost = "preserve_host"
         case name, ports, whitelist, state
         case connectionsOpen = "connections_open", connectionsTotal = "connections_total", refused
         case bytesIn = "bytes_in", bytesOut = "bytes_out", since
@@ -124,6 +142,8 @@ public struct ClientInstanceInfo: Codable, Sendable {
     public var state: String
     /// Why the instance is errored.
     public var error: String?
+    /// Why no direct transport is in use, when the default network fell back to the relay.
+    public var directError: String?
     public var connectionsOpen: Int
     public var connectionsTotal: Int
     public var connectionsFailed: Int
@@ -138,6 +158,7 @@ public struct ClientInstanceInfo: Codable, Sendable {
         case uptimeSeconds = "uptime_seconds", rttMs = "rtt_ms"
         case name, remotePublicKey = "remote_pk", remotePort = "remote_port", localPort = "local_port"
         case localAddress = "local_address", mode, network, transport, state, error
+        case directError = "direct_error"
         case connectionsOpen = "connections_open", connectionsTotal = "connections_total"
         case connectionsFailed = "connections_failed"
         case bytesIn = "bytes_in", bytesOut = "bytes_out", since
@@ -199,6 +220,8 @@ extension ServerInstanceInfo {
         try c.encode(self.bytesOut, forKey: .bytesOut)
         try c.encode(self.since, forKey: .since)
         try c.encode(self.uptimeSeconds, forKey: .uptimeSeconds)
+        try c.encode(self.backendTimeout, forKey: .backendTimeout)
+        try c.encode(self.preserveHost, forKey: .preserveHost)
     }
 }
 

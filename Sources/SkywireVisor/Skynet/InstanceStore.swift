@@ -4,19 +4,21 @@ import Synchronization
 
 /// An instance as kept in the state file, to be restored when the visor starts.
 enum SavedInstance: Equatable, Sendable {
-    case server(name: String, ports: [Int], whitelist: [String]?)
+    /// `backendTimeout`/`preserveHost`: HTTP-mode options; `nil` (lines written before they
+    /// existed) means the defaults.
+    case server(name: String, ports: [Int], whitelist: [String]?, backendTimeout: Double? = nil, preserveHost: Bool? = nil)
     case client(name: String, remotePublicKey: String, remotePort: Int, localPort: Int, mode: String, network: String)
 
     var name: String {
         switch self {
-        case .server(let name, _, _), .client(let name, _, _, _, _, _): return name
+        case .server(let name, _, _, _, _), .client(let name, _, _, _, _, _): return name
         }
     }
 }
 
 extension SavedInstance: Codable {
     private enum CodingKeys: String, CodingKey {
-        case kind, name, ports, whitelist
+        case kind, name, ports, whitelist, backendTimeout = "backend_timeout", preserveHost = "preserve_host"
         case remotePublicKey = "remote_pk", remotePort = "remote_port", localPort = "local_port", mode, network
     }
 
@@ -26,7 +28,9 @@ extension SavedInstance: Codable {
         case "server":
             self = .server(
                 name: try c.decode(String.self, forKey: .name), ports: try c.decode([Int].self, forKey: .ports),
-                whitelist: try c.decodeIfPresent([String].self, forKey: .whitelist)
+                whitelist: try c.decodeIfPresent([String].self, forKey: .whitelist),
+                backendTimeout: try c.decodeIfPresent(Double.self, forKey: .backendTimeout),
+                preserveHost: try c.decodeIfPresent(Bool.self, forKey: .preserveHost)
             )
         case "client":
             self = .client(
@@ -43,11 +47,13 @@ extension SavedInstance: Codable {
     func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         switch self {
-        case .server(let name, let ports, let whitelist):
+        case .server(let name, let ports, let whitelist, let backendTimeout, let preserveHost):
             try c.encode("server", forKey: .kind)
             try c.encode(name, forKey: .name)
             try c.encode(ports, forKey: .ports)
             try c.encode(whitelist, forKey: .whitelist)
+            try c.encode(backendTimeout, forKey: .backendTimeout)
+            try c.encode(preserveHost, forKey: .preserveHost)
         case .client(let name, let pk, let remotePort, let localPort, let mode, let network):
             try c.encode("client", forKey: .kind)
             try c.encode(name, forKey: .name)

@@ -22,14 +22,17 @@ final class ServerInstance: Sendable {
     let ports: [Int]
     /// `nil` = open to every visor.
     let whitelist: Set<PublicKey>?
+    /// HTTP mode: backend timeout and `Host` handling, for connections admitted from now on.
+    let options: ProxyOptions
     let since: Date
     let counters: Counters
     let admitted: Mutex<[UInt64: Admitted]>
 
-    init(name: String, ports: [Int], whitelist: Set<PublicKey>?, replacing previous: ServerInstance? = nil) {
+    init(name: String, ports: [Int], whitelist: Set<PublicKey>?, options: ProxyOptions = .init(), replacing previous: ServerInstance? = nil) {
         self.name = name
         self.ports = ports
         self.whitelist = whitelist
+        self.options = options
         self.since = previous?.since ?? Date()
         self.counters = previous?.counters ?? Counters()
         self.admitted = Mutex([:])
@@ -41,7 +44,10 @@ final class ServerInstance: Sendable {
 
     /// The record kept in the state file.
     var saved: SavedInstance {
-        .server(name: self.name, ports: self.ports, whitelist: self.whitelist.map { $0.map(\.hex).sorted() })
+        .server(
+            name: self.name, ports: self.ports, whitelist: self.whitelist.map { $0.map(\.hex).sorted() },
+            backendTimeout: self.options.backendTimeout, preserveHost: self.options.preserveHost
+        )
     }
 
     func info() -> ServerInstanceInfo {
@@ -55,7 +61,9 @@ final class ServerInstance: Sendable {
             bytesIn: self.counters.bytesIn.load(ordering: .relaxed),
             bytesOut: self.counters.bytesOut.load(ordering: .relaxed),
             since: self.since,
-            uptimeSeconds: Int(Date().timeIntervalSince(self.since))
+            uptimeSeconds: Int(Date().timeIntervalSince(self.since)),
+            backendTimeout: self.options.backendTimeout,
+            preserveHost: self.options.preserveHost
         )
     }
 }
@@ -99,6 +107,7 @@ final class SkynetServer: StreamAcceptor {
                 do { return try PublicKey(hex: text) } catch { throw SkynetError.invalidArgument("whitelist: \(error)") }
             })
         }
+        let options = try ProxyOptions(backendTimeout: request.backendTimeout, preserveHost: request.preserveHost)
         let name = request.name ?? "skynet-\(request.ports[0])"
         try validateInstanceName(name)
         // The same name again replaces the instance (ports and whitelist change without a
@@ -108,7 +117,7 @@ final class SkynetServer: StreamAcceptor {
             for port in request.ports {
                 if let owner = state.byPort[port], owner != name { throw SkynetError.portAlreadyExposed(port, owner) }
             }
-            let instance = ServerInstance(name: name, ports: request.ports, whitelist: whitelist, replacing: previous)
+            let instance = ServerInstance(name: name, ports: request.ports, whitelist: whitelist, options: options, replacing: previous)
             if let previous { for port in previous.ports { state.byPort[port] = nil } }
             state.instances[name] = instance
             for port in request.ports { state.byPort[port] = name }
@@ -235,7 +244,7 @@ final class SkynetServer: StreamAcceptor {
                     do {
                         // Before any byte flows: tell the proxy whose connection this is.
                         let proxyPort = channel.localAddress?.port ?? 0
-                        proxy?.register(localPort: proxyPort, route: .init(remoteKey: remoteHex, backendPort: port))
+                        proxy?.register(localPort: proxyPort, route: .init(remoteKey: remoteHex, backendPort: port, options: instance.options))
                         if let proxy { channel.closeFuture.whenComplete { _ in proxy.unregister(localPort: proxyPort) } }
                         let link = try ChannelLink.install(on: channel)
                         let stream = try boundRequest.value.accept()

@@ -2,44 +2,67 @@ import AsyncHTTPClient
 import Foundation
 import HTTPTypes
 import Hummingbird
+import HummingbirdCore
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 import Synchronization
 
-/// The server visor's half of HTTP mode: a reverse proxy (Hummingbird in front, AsyncHTTPClient
-/// to the backend) on an internal loopback port.
+/// The HTTP-mode settings of a server instance (`skynet srv start --backend-timeout
+/// --preserve-host`).
+struct ProxyOptions: Equatable, Sendable {
+    static let defaultBackendTimeout: Double = 30
+    /// Accepted `--backend-timeout` values, in seconds.
+    static let backendTimeoutRange: ClosedRange<Double> = 0.1...86_400
+
+    /// Longest wait for the backend's answer (and between two reads of its body) before a 504.
+    var backendTimeout: Double = ProxyOptions.defaultBackendTimeout
+    /// Send the client's `Host` to the backend instead of the backend's own address.
+    var preserveHost = false
+
+    init() {}
+
+    /// Checks values that came from the control API or the state file (`nil` = the default).
+    init(backendTimeout: Double?, preserveHost: Bool?) throws {
+        if let backendTimeout {
+            guard backendTimeout.isFinite, Self.backendTimeoutRange.contains(backendTimeout) else {
+                throw SkynetError.invalidArgument(
+                    "backend timeout \(backendTimeout) is out of range (\(Self.backendTimeoutRange.lowerBound)-\(Int(Self.backendTimeoutRange.upperBound)) seconds)"
+                )
+            }
+            self.backendTimeout = backendTimeout
+        }
+        self.preserveHost = preserveHost ?? false
+    }
+
+    var backendTimeAmount: TimeAmount { .nanoseconds(Int64(self.backendTimeout * 1e9)) }
+}
+
+/// The server visor's half of HTTP mode: a reverse proxy on an internal loopback port.
 ///
 /// An HTTP-mode stream is spliced to a fresh connection to this proxy instead of to the backend;
-/// before any byte flows, the connection's local port is registered with the authenticated key
-/// and the backend port, and the proxy looks the request's peer port up. So HTTP is parsed by
-/// NIOHTTP1 (never by hand), requests and responses stream with back-pressure in both
-/// directions, keep-alive and pipelining work per client connection, and the header rules are in
-/// ``ProxyHeaders``.
+/// before any byte flows, the connection's local port is registered with the authenticated key,
+/// the backend port and the instance's options, and the proxy looks the connection's peer port
+/// up. HTTP is parsed by NIOHTTP1 (never by hand); HummingbirdCore runs the listener and the
+/// request/response types, ``ProxyChannel`` the per-connection loop, AsyncHTTPClient talks to
+/// the backend (``ProxyForwarder``) except for protocol switches (``ProxyUpgrade``), which get a
+/// raw connection of their own. The header rules are in ``ProxyHeaders``.
 final class HTTPProxy: Sendable {
     struct Route: Sendable {
         var remoteKey: String
         var backendPort: Int
+        var options: ProxyOptions = .init()
     }
 
     private let routes = Mutex<[Int: Route]>([:])
     private let bound = Mutex<Int?>(nil)
-    private let logger: Logger
-    private let client: HTTPClient
-    private let ready: AsyncStream<Int>.Continuation
-    private let readyStream: AsyncStream<Int>
+    /// One client per backend timeout in use (AsyncHTTPClient's read timeout is per client).
+    private let clients = Mutex<(byTimeout: [Int64: HTTPClient], closed: Bool)>(([:], false))
+    let logger: Logger
 
-    /// - Parameter backendTimeout: longest wait for the backend's answer before a 504.
-    init(logger: Logger, backendTimeout: TimeAmount = .seconds(30)) {
+    init(logger: Logger) {
         self.logger = logger
-        var configuration = HTTPClient.Configuration(
-            redirectConfiguration: .disallow,
-            timeout: .init(connect: .seconds(5), read: backendTimeout)
-        )
-        configuration.connectionPool.retryConnectionEstablishment = false
-        configuration.decompression = .disabled
-        self.client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
-        (self.readyStream, self.ready) = AsyncStream.makeStream(of: Int.self, bufferingPolicy: .bufferingNewest(1))
     }
 
     /// The internal port, once listening.
@@ -47,62 +70,64 @@ final class HTTPProxy: Sendable {
 
     func register(localPort: Int, route: Route) { self.routes.withLock { $0[localPort] = route } }
     func unregister(localPort: Int) { self.routes.withLock { _ = $0.removeValue(forKey: localPort) } }
-    fileprivate func route(for peerPort: Int?) -> Route? {
+    func route(for peerPort: Int?) -> Route? {
         guard let peerPort else { return nil }
         return self.routes.withLock { $0[peerPort] }
     }
 
+    /// The backend client for `timeout`; `nil` once the proxy has shut down.
+    func client(timeout: TimeAmount) -> HTTPClient? {
+        self.clients.withLock { state in
+            guard !state.closed else { return nil }
+            if let client = state.byTimeout[timeout.nanoseconds] { return client }
+            var configuration = HTTPClient.Configuration(
+                redirectConfiguration: .disallow,
+                timeout: .init(connect: .seconds(5), read: timeout)
+            )
+            configuration.connectionPool.retryConnectionEstablishment = false
+            configuration.decompression = .disabled
+            let client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
+            state.byTimeout[timeout.nanoseconds] = client
+            return client
+        }
+    }
+
     /// Serves until graceful shutdown.
     func run() async throws {
-        let ready = self.ready
-        let app = Application(
-            responder: ProxyResponder(proxy: self, client: self.client, logger: self.logger),
-            configuration: .init(address: .hostname("127.0.0.1", port: 0), serverName: "skywire-visor"),
+        let server = ProxyChannel(proxy: self).server(
+            configuration: .init(address: .hostname("127.0.0.1", port: 0)),
             onServerRunning: { [self] channel in
-                if let port = channel.localAddress?.port {
-                    self.bound.withLock { $0 = port }
-                    ready.yield(port)
-                }
+                if let port = channel.localAddress?.port { self.bound.withLock { $0 = port } }
             },
+            eventLoopGroup: MultiThreadedEventLoopGroup.singleton,
             logger: self.logger
         )
-        try await app.run()
-        try? await self.client.shutdown()
+        defer {
+            let clients = self.clients.withLock { state in
+                state.closed = true
+                return Array(state.byTimeout.values)
+            }
+            for client in clients { client.shutdown { _ in } }
+        }
+        try await server.run()
     }
 }
 
-/// The per-request context: which tunnel connection the request came through.
-struct ProxyContext: RequestContext {
-    var coreContext: CoreRequestContextStorage
-    let peerPort: Int?
-
-    init(source: ApplicationRequestContextSource) {
-        self.coreContext = .init(source: source)
-        self.peerPort = source.channel.remoteAddress?.port
-    }
-}
-
-struct ProxyResponder: HTTPResponder {
-    typealias Context = ProxyContext
+/// Forwards ordinary requests to the backend with AsyncHTTPClient and builds the response.
+struct ProxyForwarder: Sendable {
     let proxy: HTTPProxy
-    let client: HTTPClient
     let logger: Logger
 
-    func respond(to request: Request, context: ProxyContext) async throws -> Response {
-        guard let route = self.proxy.route(for: context.peerPort) else {
-            return Self.problem(.badGateway, "no tunnel for this connection\n")
-        }
-        // Protocol switches (WebSocket) need a raw byte stream after the 101; this proxy does not
-        // do that yet, so say so instead of forwarding a request stripped of its Upgrade header.
-        if request.headers[.upgrade] != nil {
-            return Self.problem(
-                .notImplemented,
-                "skywire: protocol upgrades (WebSocket) are not supported in HTTP mode yet; forward this port with --raw-tcp\n"
-            )
-        }
+    func respond(to request: Request, route: HTTPProxy.Route) async -> Response {
         let backendHost = "127.0.0.1:\(route.backendPort)"
-        var outbound = HTTPClientRequest(url: "http://\(backendHost)\(request.uri.description)")
+        guard let client = self.proxy.client(timeout: route.options.backendTimeAmount) else {
+            return ProxyProblem.response(.serviceUnavailable, "skywire: the visor is shutting down\n")
+        }
+        var outbound = HTTPClientRequest(url: "http://\(backendHost)\(request.head.path ?? "/")")
         outbound.method = NIOHTTP1.HTTPMethod(rawValue: request.method.rawValue)
+        if route.options.preserveHost, let host = request.head.authority {
+            outbound.headers.add(name: "Host", value: host)
+        }
         let fields = ProxyHeaders.request(
             request.headers, originalHost: request.head.authority, clientAddress: "127.0.0.1", remoteKey: route.remoteKey
         )
@@ -114,32 +139,42 @@ struct ProxyResponder: HTTPResponder {
         }
         let response: HTTPClientResponse
         do {
-            response = try await self.client.execute(outbound, timeout: .hours(24))
+            // The deadline only bounds the wait for the response head; the backend timeout is
+            // the client's read timeout (idle time once the request is sent), so a long upload
+            // or download is never cut.
+            response = try await client.execute(outbound, timeout: .hours(24))
         } catch let error as HTTPClientError where error == .readTimeout || error == .deadlineExceeded {
-            return Self.problem(.gatewayTimeout, "backend 127.0.0.1:\(route.backendPort) did not answer in time\n")
+            return ProxyProblem.response(.gatewayTimeout, "skywire: backend \(backendHost) did not answer within \(ProxyProblem.seconds(route.options.backendTimeout))\n")
         } catch {
             self.logger.info("backend unavailable", metadata: ["port": "\(route.backendPort)", "error": "\(error)"])
-            return Self.problem(.badGateway, "backend 127.0.0.1:\(route.backendPort) is unreachable (\(Self.short(error)))\n")
+            return ProxyProblem.response(.badGateway, "skywire: backend \(backendHost) is unreachable (\(ProxyProblem.short(error)))\n")
         }
         var headers = HTTPFields()
-        for header in response.headers { if let name = HTTPField.Name(header.name) { headers.append(HTTPField(name: name, value: header.value)) } }
+        for header in response.headers {
+            if let name = HTTPField.Name(header.name) { headers.append(HTTPField(name: name, value: header.value)) }
+        }
         headers = ProxyHeaders.response(headers)
         let status = HTTPResponse.Status(code: Int(response.status.code), reasonPhrase: response.status.reasonPhrase)
         return Response(status: status, headers: headers, body: ResponseBody(asyncSequence: response.body))
     }
+}
 
-    static func problem(_ status: HTTPResponse.Status, _ text: String) -> Response {
-        Response(
-            status: status,
-            headers: [.contentType: "text/plain; charset=utf-8"],
-            body: .init(byteBuffer: ByteBuffer(string: text))
-        )
+/// The proxy's own answers: a status with a short plain-text body.
+enum ProxyProblem {
+    static func response(_ status: HTTPResponse.Status, _ text: String, close: Bool = false) -> Response {
+        var headers: HTTPFields = [.contentType: "text/plain; charset=utf-8"]
+        if close { headers[.connection] = "close" }
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: text)))
     }
 
     static func short(_ error: any Error) -> String {
         let text = "\(error)"
         if text.contains("connectionRefused") || text.contains("Connection refused") { return "connection refused" }
         return text
+    }
+
+    static func seconds(_ value: Double) -> String {
+        value == value.rounded() ? "\(Int(value)) s" : "\(value) s"
     }
 }
 

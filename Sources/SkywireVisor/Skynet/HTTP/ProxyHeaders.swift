@@ -8,7 +8,10 @@ import HTTPTypes
 /// * `Host` becomes the backend's address;
 /// * `X-Forwarded-For`, `X-Forwarded-Host`, `X-Forwarded-Proto` are appended;
 /// * `X-Skywire-Remote-PK` is removed whatever the client sent, then set to the key the Noise
-///   handshake authenticated — so a backend can trust it.
+///   handshake authenticated — so a backend can trust it;
+/// * `Expect` is not forwarded: the proxy answers `100-continue` itself;
+/// * a protocol switch (`Connection: Upgrade`) keeps `Upgrade` and `Connection: upgrade` on the
+///   request and on the backend's 101 answer, since that is what the proxy relays.
 enum ProxyHeaders {
     static let remoteKeyField = HTTPField.Name("X-Skywire-Remote-PK")!
     static let forwardedFor = HTTPField.Name("X-Forwarded-For")!
@@ -22,12 +25,7 @@ enum ProxyHeaders {
 
     /// Removes hop-by-hop fields, including those `Connection` names.
     static func withoutHopByHop(_ fields: HTTPFields) -> HTTPFields {
-        var named = hopByHop
-        for value in fields[values: .connection] {
-            for token in value.split(separator: ",") {
-                named.insert(token.trimmingCharacters(in: .whitespaces).lowercased())
-            }
-        }
+        let named = hopByHop.union(connectionTokens(fields))
         var out = HTTPFields()
         for field in fields where !named.contains(field.name.canonicalName) {
             out.append(field)
@@ -43,6 +41,7 @@ enum ProxyHeaders {
     ) -> HTTPFields {
         var out = withoutHopByHop(fields)
         out[values: remoteKeyField] = []
+        out[values: .expect] = []
         let previousFor = out[forwardedFor]
         out[forwardedFor] = previousFor.map { "\($0), \(clientAddress)" } ?? clientAddress
         if let originalHost, out[forwardedHost] == nil { out[forwardedHost] = originalHost }
@@ -54,5 +53,47 @@ enum ProxyHeaders {
     /// The response fields sent back to the client.
     static func response(_ fields: HTTPFields) -> HTTPFields {
         withoutHopByHop(fields)
+    }
+
+    /// Whether a request asks for a protocol switch: an `Upgrade` field and the `upgrade` token
+    /// in `Connection` (what NIOHTTP1's parser, llhttp, also requires).
+    static func isUpgrade(_ fields: HTTPFields) -> Bool {
+        fields[.upgrade] != nil && connectionTokens(fields).contains("upgrade")
+    }
+
+    /// Whether the client asked to close the connection after this request.
+    static func wantsClose(_ fields: HTTPFields) -> Bool {
+        connectionTokens(fields).contains("close")
+    }
+
+    /// The lowercased tokens of every `Connection` field.
+    static func connectionTokens(_ fields: HTTPFields) -> Set<String> {
+        var tokens = Set<String>()
+        for value in fields[values: .connection] {
+            for token in value.split(separator: ",") {
+                tokens.insert(token.trimmingCharacters(in: .whitespaces).lowercased())
+            }
+        }
+        return tokens
+    }
+
+    /// The fields of an upgrade request sent to the backend: the request rules, then the
+    /// client's `Upgrade` value with `Connection: upgrade`.
+    static func upgradeRequest(
+        _ fields: HTTPFields, originalHost: String?, clientAddress: String, remoteKey: String
+    ) -> HTTPFields {
+        var out = request(fields, originalHost: originalHost, clientAddress: clientAddress, remoteKey: remoteKey)
+        out[values: .upgrade] = fields[values: .upgrade]
+        out[.connection] = "upgrade"
+        return out
+    }
+
+    /// The fields of the backend's `101 Switching Protocols` relayed to the client: the response
+    /// rules, then the backend's `Upgrade` value with `Connection: upgrade`.
+    static func switchingResponse(_ fields: HTTPFields) -> HTTPFields {
+        var out = response(fields)
+        out[values: .upgrade] = fields[values: .upgrade]
+        out[.connection] = "upgrade"
+        return out
     }
 }
