@@ -43,9 +43,10 @@ struct RTTEstimator {
         self.smoothed + max(4 * self.variance, timerGranularity) + maxAckDelay
     }
 
-    /// RFC 9002 §6.1.2: max(kTimeThreshold · max(smoothed_rtt, latest_rtt), kGranularity), kTimeThreshold = 9/8.
-    var lossDelay: Int64 {
-        max(max(self.smoothed, self.latest) * 9 / 8, timerGranularity)
+    /// RFC 9002 §6.1.2: max(kTimeThreshold · max(smoothed_rtt, latest_rtt), kGranularity).
+    /// kTimeThreshold is `eighths`/8: 9/8 as in the RFC, more after spurious losses.
+    func lossDelay(eighths: Int64) -> Int64 {
+        max(max(self.smoothed, self.latest) * eighths / 8, timerGranularity)
     }
 }
 

@@ -58,19 +58,32 @@ public final class ReliableConnection {
         }
     }
 
-    /// RFC 9002 §6.1.1 kPacketThreshold.
-    private static let packetThreshold: UInt64 = 3
+    /// RFC 9002 §6.1.1 kPacketThreshold (the initial reordering threshold).
+    private static let initialPacketThreshold: UInt64 = 3
+    /// RFC 9002 §6.1.2 kTimeThreshold, in eighths (9/8).
+    private static let initialTimeThresholdEighths: Int64 = 9
     /// Probes sent per probe timeout (RFC 9002 §6.2.4 allows up to two).
     private static let probesPerTimeout = 2
 
-    /// Sent packets in packet-number order; acknowledged/lost ones leave from the front.
+    /// Packets in flight in packet-number order, with acknowledged ones among them until they
+    /// reach the front. Lost ones move to `lostPackets`.
     private var sentPackets: Deque<SentPacket> = []
-    private var nextPacketNumber: UInt64 = 0
+    /// Packets declared lost, in packet-number order, kept for a few PTOs: an ACK that still
+    /// arrives for one reveals a spurious loss (reordering) and credits its data.
+    private var lostPackets: Deque<SentPacket> = []
+    var nextPacketNumber: UInt64 = 0
     private var largestAcked: UInt64?
+    /// The largest acknowledged number at the last loss scan: every packet still in flight
+    /// below it is within `packetThreshold` of it, so the next scan starts there.
+    private var lastLossScanLargest: UInt64?
     /// RFC 9002 §A.3 loss_time: when the earliest packet below the largest acknowledged will be
     /// declared lost by the time threshold.
     private var lossTime: NIODeadline?
     private var ptoCount = 0
+    /// Reordering thresholds; RFC 9002 §6.1 lets them grow when a loss proves spurious (a packet
+    /// declared lost is acknowledged after all), so a path that reorders stops causing them.
+    private var packetThreshold = ReliableConnection.initialPacketThreshold
+    private var timeThresholdEighths = ReliableConnection.initialTimeThresholdEighths
     private var lastAckElicitingSentTime: NIODeadline?
     private var ackElicitingInFlight = 0
     private var probesPending = 0
@@ -101,6 +114,10 @@ public final class ReliableConnection {
     private var ackDeadline: NIODeadline?
     /// A packet arrived since our last ACK frame.
     private var receivedSinceAck = false
+    /// Our packets that carried an ACK frame, with that frame's largest acknowledged number.
+    /// Once the peer acknowledges such a packet, it has seen that frame, and we stop reporting
+    /// packet numbers up to its largest (RFC 9000 §13.2.4): ACK frames stay short under loss.
+    private var sentAckFrames: Deque<(packetNumber: UInt64, largestAcked: UInt64)> = []
 
     // MARK: Liveness and counters
 
@@ -272,31 +289,32 @@ public final class ReliableConnection {
         }
     }
 
-    /// Index of the first tracked packet whose number is >= `packetNumber`.
-    private func sentIndex(atLeast packetNumber: UInt64) -> Int {
+    /// Index of the first packet in `packets` whose number is >= `packetNumber`.
+    private static func index(in packets: Deque<SentPacket>, atLeast packetNumber: UInt64) -> Int {
         var low = 0
-        var high = self.sentPackets.count
+        var high = packets.count
         while low < high {
             let mid = (low + high) / 2
-            if self.sentPackets[mid].packetNumber < packetNumber { low = mid + 1 } else { high = mid }
+            if packets[mid].packetNumber < packetNumber { low = mid + 1 } else { high = mid }
         }
         return low
     }
 
     /// RFC 9002 §A.7 OnAckReceived.
     private func onAck(_ ack: AckFrame, now: NIODeadline) {
-        let largestIncreased = self.largestAcked.map { ack.largest > $0 } ?? true
+        let previousLargest = self.largestAcked
+        let largestIncreased = previousLargest.map { ack.largest > $0 } ?? true
         if largestIncreased { self.largestAcked = ack.largest }
+        var spuriousDistance: UInt64?
         // RFC 9002 §7.8: a sender that did not fill its window must not grow it.
         let appLimited = self.congestion.bytesInFlight < self.congestion.window / 2
         var newlyAcked = false
         var rttSample: Int64?
         for range in ack.ranges {
-            var index = self.sentIndex(atLeast: range.lowerBound)
+            var index = Self.index(in: self.sentPackets, atLeast: range.lowerBound)
             while index < self.sentPackets.count, self.sentPackets[index].packetNumber <= range.upperBound {
                 let packet = self.sentPackets[index]
-                switch packet.state {
-                case .inFlight:
+                if packet.state == .inFlight {
                     newlyAcked = true
                     if packet.packetNumber == ack.largest {
                         rttSample = (now - packet.timeSent).nanoseconds
@@ -304,13 +322,23 @@ public final class ReliableConnection {
                     self.ackElicitingInFlight -= 1
                     self.congestion.onAcked(bytes: packet.size, timeSent: packet.timeSent, appLimited: appLimited)
                     self.onDelivered(packet)
-                case .lost:
-                    // Declared lost too early; its data did arrive. Nothing to undo in the window.
-                    self.onDelivered(packet)
-                case .acked:
-                    break
+                    self.sentPackets[index].state = .acked
                 }
-                self.sentPackets[index].state = .acked
+                index += 1
+            }
+            guard !self.lostPackets.isEmpty else { continue }
+            index = Self.index(in: self.lostPackets, atLeast: range.lowerBound)
+            while index < self.lostPackets.count, self.lostPackets[index].packetNumber <= range.upperBound {
+                let packet = self.lostPackets[index]
+                if packet.state == .lost {
+                    // Declared lost too early; its data did arrive. Nothing to undo in the window,
+                    // but the path reorders more than the thresholds allowed for.
+                    self.onDelivered(packet)
+                    if let previous = previousLargest, previous > packet.packetNumber {
+                        spuriousDistance = max(spuriousDistance ?? 0, previous - packet.packetNumber)
+                    }
+                    self.lostPackets[index].state = .acked
+                }
                 index += 1
             }
         }
@@ -320,11 +348,29 @@ public final class ReliableConnection {
                 sample: sample, ackDelay: delay, maxAckDelay: self.configuration.maxAckDelay.nanoseconds, now: now
             )
         }
+        if let distance = spuriousDistance {
+            self.packetThreshold = min(max(self.packetThreshold, distance + 1), 64)
+            self.timeThresholdEighths = min(self.timeThresholdEighths + 1, 16)
+        }
+        self.onAckFrameDelivered(largestAckedByPeer: ack.largest)
         if newlyAcked { self.ptoCount = 0 }
         if newlyAcked || largestIncreased {
             self.detectLostPackets(now: now)
         }
-        self.dropResolvedPackets()
+        self.dropResolvedPackets(now: now)
+    }
+
+    /// The peer acknowledged packets up to `largest`: if that one carried an ACK frame, stop
+    /// reporting what that frame reported.
+    private func onAckFrameDelivered(largestAckedByPeer largest: UInt64) {
+        var threshold: UInt64?
+        while let first = self.sentAckFrames.first, first.packetNumber <= largest {
+            if first.packetNumber == largest { threshold = first.largestAcked }
+            self.sentAckFrames.removeFirst()
+        }
+        if let threshold {
+            self.received.removeAll(below: threshold + 1)
+        }
     }
 
     private func onDelivered(_ packet: SentPacket) {
@@ -335,9 +381,16 @@ public final class ReliableConnection {
         if packet.hasFIN { self.sendStream.onFINAcked() }
     }
 
-    private func dropResolvedPackets() {
+    /// Forgets acknowledged packets at the front, and lost ones once an ACK for them can no
+    /// longer be expected (kept until then to notice spurious losses, and to credit their data).
+    private func dropResolvedPackets(now: NIODeadline) {
+        let keepLost = 3 * self.rtt.probeTimeout(maxAckDelay: self.configuration.maxAckDelay.nanoseconds)
+        let lostBefore = now - .nanoseconds(keepLost)
         while let first = self.sentPackets.first, first.state != .inFlight {
             self.sentPackets.removeFirst()
+        }
+        while let first = self.lostPackets.first, first.state == .acked || first.timeSent <= lostBefore {
+            self.lostPackets.removeFirst()
         }
     }
 
@@ -345,24 +398,27 @@ public final class ReliableConnection {
     private func detectLostPackets(now: NIODeadline) {
         self.lossTime = nil
         guard let largestAcked = self.largestAcked else { return }
-        let lossDelay = self.rtt.lossDelay
+        let lossDelay = self.rtt.lossDelay(eighths: self.timeThresholdEighths)
         let lostSendTime = now - .nanoseconds(lossDelay)
         let persistentDuration = self.rtt.probeTimeout(maxAckDelay: self.configuration.maxAckDelay.nanoseconds)
             * NewReno.persistentCongestionThreshold
         var largestLostTimeSent: NIODeadline?
         var runStart: NIODeadline?
         var persistent = false
-        var index = 0
+        let threshold = self.packetThreshold
+        var index = self.lastLossScanLargest.map {
+            Self.index(in: self.sentPackets, atLeast: $0 >= threshold ? $0 - threshold + 1 : 0)
+        } ?? 0
+        self.lastLossScanLargest = largestAcked
         while index < self.sentPackets.count, self.sentPackets[index].packetNumber <= largestAcked {
             let packet = self.sentPackets[index]
             switch packet.state {
-            case .acked:
+            case .acked, .lost:
                 runStart = nil
-            case .lost:
-                break
             case .inFlight:
-                if packet.timeSent <= lostSendTime || largestAcked >= packet.packetNumber + Self.packetThreshold {
+                if packet.timeSent <= lostSendTime || largestAcked >= packet.packetNumber + threshold {
                     self.declareLost(at: index)
+                    index -= 1  // removed from sentPackets
                     largestLostTimeSent = max(largestLostTimeSent ?? packet.timeSent, packet.timeSent)
                     if let firstSample = self.rtt.firstSampleTime, packet.timeSent > firstSample {
                         if let start = runStart {
@@ -385,9 +441,16 @@ public final class ReliableConnection {
         }
     }
 
+    /// Moves the packet at `index` from `sentPackets` to `lostPackets` and requeues its content.
     private func declareLost(at index: Int) {
-        let packet = self.sentPackets[index]
-        self.sentPackets[index].state = .lost
+        var packet = self.sentPackets.remove(at: index)
+        packet.state = .lost
+        if let last = self.lostPackets.last, last.packetNumber > packet.packetNumber {
+            self.lostPackets.insert(packet, at: Self.index(in: self.lostPackets, atLeast: packet.packetNumber))
+        } else {
+            self.lostPackets.append(packet)
+        }
+        if self.lostPackets.count > 1 << 16 { self.lostPackets.removeFirst() }
         self.packetsLost += 1
         self.ackElicitingInFlight -= 1
         self.congestion.onRemoved(bytes: packet.size)
@@ -441,8 +504,9 @@ public final class ReliableConnection {
         guard mayElicit || self.ackNow else { return nil }
 
         var packet = self.allocator.buffer(capacity: self.configuration.maxPacketSize)
+        var ackLargest: UInt64?
+        if self.receivedSinceAck { ackLargest = self.writeAck(into: &packet, now: now) }
         let wroteAck = self.receivedSinceAck
-        if wroteAck { self.writeAck(into: &packet, now: now) }
         var record = SentPacket()
         var ackEliciting = false
         if mayElicit {
@@ -471,6 +535,9 @@ public final class ReliableConnection {
                 self.pacer.onSent(bytes: size)
             }
         }
+        if let ackLargest {
+            self.sentAckFrames.append((packetNumber, ackLargest))
+        }
         if wroteAck {
             self.ackNow = false
             self.ackDeadline = nil
@@ -482,10 +549,11 @@ public final class ReliableConnection {
         return (packetNumber, packet)
     }
 
-    /// Writes an ACK frame with the most recent ranges (descending), as many as fit in half a packet.
-    private func writeAck(into packet: inout ByteBuffer, now: NIODeadline) {
+    /// Writes an ACK frame with the most recent ranges (descending), as many as fit in half a
+    /// packet; returns its largest acknowledged packet number.
+    private func writeAck(into packet: inout ByteBuffer, now: NIODeadline) -> UInt64? {
         let ranges = self.received.ranges
-        guard let last = ranges.last else { return }
+        guard let last = ranges.last else { return nil }
         let fitting = 1 + (self.configuration.maxPacketSize / 2 - 33) / 16
         let count = min(ranges.count, self.configuration.maxAckRanges, fitting)
         let delay = max((now - self.largestReceivedTime).nanoseconds / 1000, 0)
@@ -501,6 +569,7 @@ public final class ReliableConnection {
             packet.writeVarInt(UInt64(range.count - 1))
             previousSmallest = range.lowerBound
         }
+        return last.upperBound - 1
     }
 
     /// Writes MAX_DATA, retransmissions, new data and FIN as they fit; returns whether anything
@@ -614,7 +683,7 @@ public final class ReliableConnection {
         if let deadline = self.lossDetectionDeadline, now >= deadline {
             if self.lossTime != nil {
                 self.detectLostPackets(now: now)
-                self.dropResolvedPackets()
+                self.dropResolvedPackets(now: now)
             } else {
                 self.ptoCount += 1
                 self.probeTimeouts += 1

@@ -24,9 +24,17 @@ struct SplitMix64: RandomNumberGenerator {
     /// `count` pseudo-random bytes.
     mutating func bytes(_ count: Int) -> ByteBuffer {
         var buffer = ByteBuffer()
-        buffer.reserveCapacity(count)
-        for _ in 0..<(count / 8) { buffer.writeInteger(self.next()) }
-        for _ in 0..<(count % 8) { buffer.writeInteger(UInt8(truncatingIfNeeded: self.next())) }
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { bytes in
+            let base = bytes.baseAddress!
+            var offset = 0
+            while offset < count {
+                var word = self.next()
+                let n = min(8, count - offset)
+                withUnsafeBytes(of: &word) { base.advanced(by: offset).copyMemory(from: $0.baseAddress!, byteCount: n) }
+                offset += n
+            }
+            return count
+        }
         return buffer
     }
 }
