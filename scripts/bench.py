@@ -16,9 +16,17 @@ Paths:
   * direct forward (skynet)   visors configured with `--stcpr 127.0.0.1:0`, `skynet start ... --skynet`
 A path that cannot be set up is printed as "n/a (reason)" and the run goes on.
 
+HTTP section (after the above; `--skip-http` leaves it out, `--http-only` runs only it): requests/s
+and latency p50/p99 from `wrk` (-t THREADS -c CONNS -d DURATION --latency) for a small response
+served by nginx (own config, one worker, `return 200`), keep-alive and new-connection
+(`-H "Connection: close"`) variants, over: the backend directly, `ssh -L aes128-gcm`, an HTTP-mode
+forward on a direct transport (`skynet start --skynet`, the default HTTP mode) and, for the cost of
+HTTP mode itself, a raw-TCP forward on the same transport. Needs wrk and nginx (nginx-light).
+
 Usage:
   swift build -c release --scratch-path .build-release
   python3 scripts/bench.py --release [--bytes 256M] [--pings 5000] [--conns 500] [--repeat 5] [--skip-ssh]
+      [--skip-http | --http-only] [--http-duration 5] [--http-threads 2] [--http-conns 32] [--http-repeat 3]
   (or SKYWIRE_BIN=/path/to/skywire python3 scripts/bench.py ...)
 Needs: iperf3; for the ssh path OpenSSH client and server (/usr/sbin/sshd) and root (sshd needs
 /run/sshd, created if missing). All traffic stays on 127.0.0.1; every process started here is
@@ -357,6 +365,251 @@ def transport_of(visor, name: str) -> str | None:
     return doc.get("transport")
 
 
+# -- HTTP mode: wrk against nginx, directly and through the paths -------------------------------
+HTTP_DIRECT = "direct to nginx"
+HTTP_SSH = "ssh -L aes128-gcm"
+HTTP_FORWARD = "HTTP-mode forward (skynet)"
+HTTP_RAW = "raw-TCP forward (skynet)"
+HTTP_PATHS = [HTTP_DIRECT, HTTP_SSH, HTTP_FORWARD, HTTP_RAW]
+HTTP_VARIANTS = [("keep-alive", []), ("new connection", ["-H", "Connection: close"])]
+HTTP_BODY = "hello, skywire\n"  # the small response
+
+NGINX_CONF = """daemon off;
+master_process on;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            default_type text/plain;
+            return 200 "{body}";
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(tmp: Path, procs: Procs) -> tuple[int, str]:
+    """nginx with its own config in tmp (one worker, `return 200`); returns (port, version)."""
+    import harness
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(nginx):
+        raise RuntimeError("nginx not installed (apt-get install nginx-light)")
+    version = subprocess.run([nginx, "-v"], capture_output=True, text=True, timeout=30).stderr.strip()
+    d = tmp / "nginx"
+    d.mkdir()
+    last = "not started"
+    for _ in range(3):  # the free port can be taken meanwhile: bounded retries
+        port = harness.free_port()
+        conf = d / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(dir=d, port=port, body=HTTP_BODY.replace("\n", "\\n")))
+        log = open(d / f"nginx-{port}.log", "wb")
+        p = procs.start("nginx", [nginx, "-p", str(d), "-e", str(d / "error.log"), "-c", str(conf)],
+                        stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        try:
+            wait_port(port, SETUP_TIMEOUT, p, "nginx")
+            return port, version.replace("nginx version: ", "")
+        except RuntimeError as e:
+            last = f"{e}: {first_line((d / 'error.log').read_text(errors='replace') if (d / 'error.log').exists() else '')}"
+            Procs.stop(p)
+    raise RuntimeError(last)
+
+
+def wrk_duration_ms(text: str) -> float:
+    """wrk's "123.45us" / "1.20ms" / "2.00s" in milliseconds."""
+    for unit, scale in (("us", 1e-3), ("ms", 1.0), ("s", 1e3), ("m", 60e3)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * scale
+    raise ValueError(f"unknown wrk duration {text!r}")
+
+
+def parse_wrk(out: str) -> dict:
+    """Requests/s, p50/p99 latency (ms) and error counts from `wrk --latency` output."""
+    res = {"rps": None, "p50": None, "p99": None, "errors": 0, "non2xx": 0, "requests": 0}
+    in_dist = False
+    for raw in out.splitlines():
+        line = raw.strip()
+        if line.startswith("Latency Distribution"):
+            in_dist = True
+            continue
+        if in_dist and line[:3] in ("50%", "99%"):
+            res["p50" if line.startswith("50%") else "p99"] = wrk_duration_ms(line.split()[1])
+        elif line.startswith("Requests/sec:"):
+            res["rps"] = float(line.split()[1])
+        elif line.startswith("Socket errors:"):
+            res["errors"] = sum(int(part.split()[-1]) for part in line.split(":", 1)[1].split(","))
+        elif line.startswith("Non-2xx or 3xx responses:"):
+            res["non2xx"] = int(line.split(":")[1])
+        elif "requests in" in line:
+            res["requests"] = int(line.split()[0])
+    if res["rps"] is None or res["p50"] is None or res["p99"] is None:
+        raise RuntimeError(f"unexpected wrk output: {first_line(out)}")
+    return res
+
+
+def run_wrk(port: int, extra: list[str], duration: float, threads: int, conns: int) -> dict:
+    """One bounded wrk run against 127.0.0.1:port."""
+    cmd = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{duration:g}s", "--latency", "--timeout", "10s",
+           *extra, f"http://127.0.0.1:{port}/"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"wrk took more than {duration + 60:.0f}s")
+    if out.returncode != 0:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {first_line(out.stderr or out.stdout)}")
+    return parse_wrk(out.stdout)
+
+
+def check_http(port: int) -> None:
+    """One GET through a path: the small response must come back intact."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=20) as r:
+        body = r.read().decode()
+    if r.status != 200 or body != HTTP_BODY:
+        raise RuntimeError(f"unexpected answer {r.status} {body!r}")
+
+
+def setup_http_paths(args, tmp: Path, procs: Procs, a, b, nginx_port: int, unavailable: dict) -> dict[str, int]:
+    """Local ports of every HTTP path that could be set up; the others go to `unavailable`."""
+    ports = {HTTP_DIRECT: nginx_port}
+    if args.skip_ssh:
+        unavailable[HTTP_SSH] = "--skip-ssh"
+    else:
+        try:
+            (tmp / "http").mkdir()
+            ports[HTTP_SSH] = setup_ssh(tmp / "http", procs, nginx_port, nginx_port)[1]
+        except Exception as e:  # noqa: BLE001 - reported as n/a
+            unavailable[HTTP_SSH] = str(e)
+    a.ok("skynet", "srv", "start", "--ports", str(nginx_port), "--name", "bench-nginx")
+    for path, mode in ((HTTP_FORWARD, []), (HTTP_RAW, ["--raw-tcp"])):
+        name = "bench-http" if not mode else "bench-http-raw"
+        last = ""
+        for _ in range(3):  # the peer's entry with its direct address may not be published yet
+            r = b.cli("skynet", "start", "--pk", a.pk, "--remote", str(nginx_port), "--local", "0", "--skynet",
+                      *mode, "--name", name, "--json")
+            if r.returncode == 0:
+                doc = json.loads(r.stdout)
+                ports[path] = doc["local_port"]
+                break
+            last = first_line(r.stderr or r.stdout)
+            b.cli("skynet", "stop", name)
+            time.sleep(1.0)
+        else:
+            unavailable[path] = last
+    for path in list(ports):
+        try:
+            check_http(ports[path])
+        except Exception as e:  # noqa: BLE001
+            unavailable[path] = f"check failed: {e}"
+            del ports[path]
+    return ports
+
+
+def http_table(summary: dict, unavailable: dict) -> str:
+    head = "| path |"
+    rule = "|---|"
+    for variant, _ in HTTP_VARIANTS:
+        head += f" {variant} req/s | vs direct | p50 | p99 |"
+        rule += "--:|--:|--:|--:|"
+    lines = [head, rule]
+    base = summary.get(HTTP_DIRECT, {})
+    for path in HTTP_PATHS:
+        if path in unavailable:
+            lines.append(f"| {path} | n/a ({unavailable[path]}) |" + " |" * (4 * len(HTTP_VARIANTS) - 1))
+            continue
+        cells = [f"| {path}"]
+        for variant, _ in HTTP_VARIANTS:
+            s = summary.get(path, {}).get(variant)
+            b = base.get(variant)
+            if not s:
+                cells += ["–"] * 4
+                continue
+            cells += [f"{s['rps']:,.0f}", ratio(s["rps"], b and b["rps"]), f"{s['p50']:.2f} ms", f"{s['p99']:.2f} ms"]
+        lines.append(" | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def http_ratios(summary: dict) -> list[str]:
+    """The HTTP-mode forward against ssh -L and against the raw-TCP forward."""
+    out = []
+    fwd = summary.get(HTTP_FORWARD, {})
+    for other in (HTTP_SSH, HTTP_RAW):
+        o = summary.get(other, {})
+        parts = []
+        for variant, _ in HTTP_VARIANTS:
+            f, x = fwd.get(variant), o.get(variant)
+            if f and x:
+                parts.append(f"{variant}: req/s {f['rps'] / x['rps']:.2f}×, p50 {f['p50'] / x['p50']:.2f}×, p99 {f['p99'] / x['p99']:.2f}×")
+        if parts:
+            out.append(f"HTTP-mode forward vs {other}: " + "; ".join(parts))
+    return out
+
+
+def http_section(args, tmp: Path, procs: Procs, a, b) -> str:
+    """Sets up nginx and the HTTP paths, measures them (interleaved, median of --http-repeat runs)
+    and returns the report text. Every wrk run is bounded (duration + 60 s)."""
+    if shutil.which("wrk") is None:
+        return "HTTP section: n/a (wrk not installed: apt-get install wrk)"
+    try:
+        nginx_port, version = start_nginx(tmp, procs)
+    except Exception as e:  # noqa: BLE001
+        return f"HTTP section: n/a ({e})"
+    unavailable: dict[str, str] = {}
+    ports = setup_http_paths(args, tmp, procs, a, b, nginx_port, unavailable)
+    load_before = os.getloadavg()
+    for port in ports.values():  # warm-up, discarded
+        for _, extra in HTTP_VARIANTS:
+            try:
+                run_wrk(port, extra, 1, args.http_threads, args.http_conns)
+            except Exception:  # noqa: BLE001 - the measured runs report it
+                pass
+    runs: dict[str, dict[str, list[dict]]] = {p: {v: [] for v, _ in HTTP_VARIANTS} for p in ports}
+    errors: list[str] = []
+    for run in range(args.http_repeat):
+        for path, port in ports.items():
+            for variant, extra in HTTP_VARIANTS:
+                try:
+                    r = run_wrk(port, extra, args.http_duration, args.http_threads, args.http_conns)
+                    runs[path][variant].append(r)
+                    print(f"http run {run + 1}/{args.http_repeat} {path}, {variant}: {r['rps']:,.0f} req/s, "
+                          f"p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, errors {r['errors']}, non-2xx {r['non2xx']}",
+                          file=sys.stderr)
+                    if r["errors"] or r["non2xx"]:
+                        errors.append(f"{path}, {variant}: {r['errors']} socket errors, {r['non2xx']} non-2xx of {r['requests']}")
+                except Exception as e:  # noqa: BLE001 - reported, the run goes on
+                    errors.append(f"{path}, {variant}: {e}")
+    load_after = os.getloadavg()
+    summary = {
+        path: {v: ({k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")} if rs else None)
+               for v, rs in variants.items()}
+        for path, variants in runs.items()
+    }
+    lines = [
+        f"HTTP mode: wrk -t {args.http_threads} -c {args.http_conns} -d {args.http_duration:g}s --latency, "
+        f"median of {args.http_repeat} runs; backend {version} (1 worker, `return 200` of {len(HTTP_BODY)} bytes)",
+        f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f}",
+        "",
+        http_table(summary, unavailable),
+        "",
+    ]
+    lines += http_ratios(summary)
+    lines += [f"http error: {e}" for e in errors]
+    lines.append("http raw: " + json.dumps({"runs": runs, "unavailable": unavailable}))
+    return "\n".join(lines)
+
+
 # -- report -----------------------------------------------------------------------------------
 def med(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
@@ -450,9 +703,20 @@ def main() -> None:
     ap.add_argument("--release", action="store_true",
                     help="use .build-release/release/skywire (else .build/release/skywire)")
     ap.add_argument("--skip-ssh", action="store_true", help="leave out the ssh -L path")
+    ap.add_argument("--skip-http", action="store_true", help="leave out the HTTP section (wrk)")
+    ap.add_argument("--http-only", action="store_true", help="run only the HTTP section")
+    ap.add_argument("--http-duration", type=float, default=5.0, help="seconds per wrk run, default 5")
+    ap.add_argument("--http-threads", type=int, default=2, help="wrk threads, default 2")
+    ap.add_argument("--http-conns", type=int, default=32, help="wrk connections, default 32")
+    ap.add_argument("--http-repeat", type=int, default=3, help="wrk runs per path and variant (median), default 3")
     args = ap.parse_args()
     if args.pings < 1 or args.conns < 1 or args.repeat < 1:
         ap.error("--pings, --conns and --repeat must be at least 1")
+    if args.skip_http and args.http_only:
+        ap.error("--skip-http and --http-only exclude each other")
+    if not (0.5 <= args.http_duration <= 60) or args.http_threads < 1 or args.http_conns < args.http_threads \
+            or not (1 <= args.http_repeat <= 10):
+        ap.error("--http-duration 0.5-60, --http-threads ≥ 1, --http-conns ≥ threads, --http-repeat 1-10")
     if args.release:
         for cand in (ROOT / ".build-release" / "release" / "skywire", ROOT / ".build" / "release" / "skywire"):
             if cand.exists():
@@ -548,7 +812,7 @@ def main() -> None:
 
         # Warm-up pass, discarded: the first run after setup is consistently slower (idle cores,
         # caches, allocator and TCP buffer growth).
-        for name, (pi, pe) in ports.items():
+        for name, (pi, pe) in ({} if args.http_only else ports).items():
             for fn in (lambda: bulk(pi, "32M"), lambda: rtt(pe, 200), lambda: connect_times(pe, 20)):
                 try:
                     fn()
@@ -557,7 +821,7 @@ def main() -> None:
         # Measure: every path in turn, repeat times (interleaved so drift hits all paths alike).
         results = {name: {"gbps": [], "rtt": [], "conn": []} for name in ports}
         errors: dict[str, list[str]] = {}
-        for run in range(args.repeat):
+        for run in range(0 if args.http_only else args.repeat):
             for name, (pi, pe) in ports.items():
                 for key, fn in (("gbps", lambda: bulk(pi, args.bytes)), ("rtt", lambda: rtt(pe, args.pings)),
                                 ("conn", lambda: connect_times(pe, args.conns))):
@@ -579,6 +843,10 @@ def main() -> None:
                 if short:
                     notes.append(f"{name}: {key} stopped by its time bound after {short} samples")
 
+        http_report = None if args.skip_http else http_section(args, tmp, procs, a, b)
+        if args.http_only:
+            print(f"\nbinary: {src_bin} (built {built})\n\n{http_report}")
+            return
         summary = summarize(results)
         for name in PATHS:
             summary.setdefault(name, {k: None for k in ("gbps", "rtt_median", "rtt_p99", "conn_median", "conn_p99")})
@@ -593,6 +861,8 @@ def main() -> None:
         for n in notes:
             print(f"note: {n}")
         print("\nraw:", json.dumps({"results": results, "unavailable": unavailable, "errors": errors}))
+        if http_report:
+            print(f"\n{http_report}")
     finally:
         procs.stop_all()
         if net is not None:

@@ -82,6 +82,15 @@ class Backend(BaseHTTPRequestHandler):
         else:
             self._send(json.dumps({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}).encode())
 
+    def do_HEAD(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        if self.path == "/chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", "1000")
+        self.end_headers()
+
     def do_POST(self):
         if self.path == "/sink":
             # Streams the body into a hash: a 1 GiB upload is never held.
@@ -160,6 +169,17 @@ def test_keep_alive_reuse_and_chunked_upload(web):
                         f"http://127.0.0.1:{port}/up"], input=data, capture_output=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"len": len(data), "sha": hashlib.sha256(data).hexdigest()}
+
+
+def test_head_answers_have_no_body_and_the_connection_goes_on(web):
+    _, _, port = web
+    with httpx.Client(timeout=30) as client:
+        for path in ("/sized", "/chunked", "/sized"):
+            r = client.head(f"http://127.0.0.1:{port}{path}")
+            assert r.status_code == 200 and r.content == b""
+            # A stray body after a HEAD answer would be read as the next response here.
+            r = client.get(f"http://127.0.0.1:{port}/after-head{path}")
+            assert r.status_code == 200 and r.json()["path"] == f"/after-head{path}"
 
 
 def test_expect_100_continue(web):
