@@ -24,7 +24,7 @@ struct ConfigCommand: AsyncParsableCommand {
         @Option(help: "Direct transport (stcpr/stcp) TCP listen address, published in discovery (port 0 = ephemeral).")
         var stcpr: String?
 
-        @Option(help: "sudph listen address (UDP hole punching; not available yet).")
+        @Option(help: "sudph UDP listen address (hole punching through NAT via discovery's rendezvous; port 0 = ephemeral).")
         var sudph: String?
 
         @Flag(help: "Overwrite an existing file.")
@@ -82,6 +82,7 @@ struct VisorCLICommand: AsyncParsableCommand {
             print("control:    \(info.rpc)")
             print("discovery:  \(info.discovery)")
             print("stcpr:      \(info.stcpr ?? "off")")
+            print("sudph:      \(info.sudph.map { "\($0) (public \(info.sudphPublic ?? "not bound yet"))" } ?? "off")")
             print("relays:     \(info.relays.isEmpty ? "none" : info.relays.map { "\($0.publicKey.prefix(8))@\($0.address)" }.joined(separator: ", "))")
             if info.sessions.isEmpty {
                 print("sessions:   none")

@@ -36,13 +36,13 @@ struct TransportCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Open a transport to a visor and keep it up (saved in the config).")
         @OptionGroup var rpc: RPCOptions
         @Option(help: "Public key of the remote visor.") var pk: String
-        @Option(help: "stcpr, stcp or dmsg.") var type = "stcpr"
+        @Option(help: "stcpr, stcp, sudph or dmsg.") var type = "stcpr"
         @Flag(help: "JSON output.") var json = false
 
         func validate() throws {
             do { _ = try PublicKey(hex: self.pk) } catch { throw ValidationError("\(error)") }
-            guard ["stcpr", "stcp", "dmsg"].contains(self.type) else {
-                throw ValidationError("unknown transport type \"\(self.type)\" (stcpr, stcp or dmsg)")
+            guard ["stcpr", "stcp", "sudph", "dmsg"].contains(self.type) else {
+                throw ValidationError("unknown transport type \"\(self.type)\" (stcpr, stcp, sudph or dmsg)")
             }
         }
 

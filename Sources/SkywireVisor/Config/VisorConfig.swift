@@ -20,7 +20,7 @@ public struct VisorConfig: Codable, Sendable, Equatable {
     /// TCP listen address for direct sessions (stcpr, and stcp dialed from other visors' static
     /// tables); published in discovery. `nil` = no direct listener.
     public var stcpr: String?
-    /// UDP listen address for sudph (not yet available).
+    /// UDP listen address for sudph (hole punching with discovery's rendezvous).
     public var sudph: String?
     /// Static table for stcp: remote key (hex) → `host:port` of that visor's TCP listener.
     public var stcp: [String: String]
@@ -158,7 +158,10 @@ public struct VisorConfig: Codable, Sendable, Equatable {
                 throw ConfigError("invalid config \(path): stcp address \"\(address)\" for \(key.prefix(8)) is not host:port")
             }
         }
-        for transport in config.transports where TransportKind(rawValue: transport.type) == nil || transport.type == "sudph" {
+        if let sudph = config.sudph, splitHostPort(sudph) == nil {
+            throw ConfigError("invalid config \(path): sudph \"\(sudph)\" is not host:port")
+        }
+        for transport in config.transports where TransportKind(rawValue: transport.type) == nil {
             throw ConfigError("invalid config \(path): transports: unknown type \"\(transport.type)\"")
         }
         guard config.transportIdleTimeout >= 1 else {

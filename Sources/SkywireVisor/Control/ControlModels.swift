@@ -238,6 +238,7 @@ extension ClientInstanceInfo {
         try c.encode(self.transport, forKey: .transport)
         try c.encode(self.state, forKey: .state)
         try c.encode(self.error, forKey: .error)
+        try c.encode(self.directError, forKey: .directError)
         try c.encode(self.connectionsOpen, forKey: .connectionsOpen)
         try c.encode(self.connectionsTotal, forKey: .connectionsTotal)
         try c.encode(self.connectionsFailed, forKey: .connectionsFailed)

@@ -42,14 +42,18 @@ public actor TransportManager {
     private var dials: [Key: Task<Session, any Error>] = [:]
     private let dmsg: DmsgNetwork
     private let direct: DirectNetwork
+    private let sudph: SudphNetwork
+    /// Why the last direct dial to a key failed (shown by `skynet status` while on the relay).
+    private nonisolated let directFailures = Mutex<[PublicKey: String]>([:])
     private let localKey: PublicKey
     private let idleTimeout: Duration
     private let logger: Logger
 
-    init(localKey: PublicKey, dmsg: DmsgNetwork, direct: DirectNetwork, idleTimeout: Duration, logger: Logger) {
+    init(localKey: PublicKey, dmsg: DmsgNetwork, direct: DirectNetwork, sudph: SudphNetwork, idleTimeout: Duration, logger: Logger) {
         self.localKey = localKey
         self.dmsg = dmsg
         self.direct = direct
+        self.sudph = sudph
         self.idleTimeout = idleTimeout
         self.logger = logger
     }
@@ -88,17 +92,43 @@ public actor TransportManager {
             do {
                 return try await withTimeout(Self.directFirstBound) { try await self.dialDirect(key, loop: loop) }
             } catch {
+                if case SkynetError.timedOut = error {
+                    self.directFailures.withLock { failures in
+                        if failures[key] == nil { failures[key] = "no direct transport within \(Self.directFirstBound)" }
+                    }
+                }
                 self.logger.info("no direct transport, using the relay", metadata: ["peer.key": "\(key.fingerprint)", "reason": "\(error)"])
                 return try await self.dial(key, kind: .dmsg)
             }
         }
     }
 
-    /// A direct session: stcp if the static table knows the key, else stcpr through discovery.
+    /// A direct session: stcp if the static table knows the key, else stcpr through discovery,
+    /// then sudph (UDP hole punching) when this visor has it. The error names every attempt.
     public func dialDirect(_ key: PublicKey, loop: (any EventLoop)? = nil) async throws -> Session {
         if let session = self.existing(key, kinds: NetworkChoice.skynet.kinds) { return session }
-        let kind: TransportKind = self.direct.hasStaticAddress(key) ? .stcp : .stcpr
-        return try await self.dial(key, kind: kind, loop: loop)
+        var kinds: [TransportKind] = [self.direct.hasStaticAddress(key) ? .stcp : .stcpr]
+        if self.sudph.isEnabled { kinds.append(.sudph) }
+        var reasons: [String] = []
+        for kind in kinds {
+            do {
+                let session = try await self.dial(key, kind: kind, loop: loop)
+                self.directFailures.withLock { _ = $0.removeValue(forKey: key) }
+                return session
+            } catch let SkynetError.noDirectTransport(_, why) {
+                reasons.append(kinds.count > 1 ? "\(kind.rawValue): \(why)" : why)
+            } catch {
+                reasons.append("\(kind.rawValue): \(error)")
+            }
+        }
+        let why = reasons.joined(separator: "; ")
+        self.directFailures.withLock { $0[key] = why }
+        throw SkynetError.noDirectTransport(key, why)
+    }
+
+    /// Why the last direct dial to `key` failed, if it did and none succeeded since.
+    public nonisolated func directFailure(_ key: PublicKey) -> String? {
+        self.directFailures.withLock { $0[key] }
     }
 
     /// Dials one transport type (deduplicating concurrent dials) and registers the session.
@@ -108,11 +138,12 @@ public actor TransportManager {
         if let pending = self.dials[mapKey] { return try await pending.value }
         let dmsg = self.dmsg
         let direct = self.direct
+        let sudph = self.sudph
         let task = Task { () throws -> Session in
             switch kind {
             case .dmsg: return try await dmsg.dial(key)
             case .stcpr, .stcp: return try await direct.dial(key, kind: kind, loop: loop)
-            case .sudph: throw SkynetError.invalidArgument("sudph is not available yet")
+            case .sudph: return try await sudph.dial(key)
             }
         }
         self.dials[mapKey] = task

@@ -348,6 +348,7 @@ final class SkynetForward: Sendable {
             mode: self.mode, network: self.network.rawValue,
             transport: snapshot.state == .running ? transport?.rawValue : nil,
             state: snapshot.state.label, error: error,
+            directError: self.network == .auto && transport == .dmsg ? self.manager.directFailure(self.remote) : nil,
             connectionsOpen: self.counters.open.load(ordering: .relaxed),
             connectionsTotal: self.counters.total.load(ordering: .relaxed),
             connectionsFailed: self.counters.failed.load(ordering: .relaxed),

@@ -1,0 +1,111 @@
+import Foundation
+import Logging
+import NIOCore
+import ServiceLifecycle
+import SkywireCrypto
+import SkywireDiscovery
+import SkywireSession
+import Synchronization
+
+/// The sudph transport of a visor: the UDP endpoint (when `sudph` is configured) and its
+/// binding with discovery's rendezvous.
+final class SudphNetwork: Sendable {
+    private let discovery: DiscoveryClient
+    private let group: any EventLoopGroup
+    private let settings: SessionSettings
+    private let listenAddress: String?
+    private let logger: Logger
+    private let endpoint = Mutex<SudphEndpoint?>(nil)
+    private let acceptor = Mutex<(any StreamAcceptor)?>(nil)
+    private let inbound = Mutex<(@Sendable (Session) -> Void)?>(nil)
+    /// How long one sudph dial may take (rendezvous round trip, punching, handshake).
+    static let dialTimeout: TimeAmount = .seconds(3)
+
+    init(discovery: DiscoveryClient, group: any EventLoopGroup, settings: SessionSettings, listenAddress: String?, logger: Logger) {
+        self.discovery = discovery
+        self.group = group
+        self.settings = settings
+        self.listenAddress = listenAddress
+        self.logger = logger
+    }
+
+    var isEnabled: Bool { listenAddress != nil }
+
+    func attach(acceptor: any StreamAcceptor, onInboundSession: @escaping @Sendable (Session) -> Void) {
+        self.acceptor.withLock { $0 = acceptor }
+        self.inbound.withLock { $0 = onInboundSession }
+    }
+
+    /// The socket's local address, once bound.
+    var boundAddress: String? {
+        endpoint.withLock { $0 }.map { Self.show($0.localAddress) }
+    }
+
+    /// Our endpoint as discovery's rendezvous sees it (after NAT), once bound there.
+    var publicAddress: String? {
+        endpoint.withLock { $0 }?.publicAddress.map(Self.show)
+    }
+
+    static func show(_ address: SocketAddress) -> String {
+        let host = address.ipAddress ?? "?"
+        return host.contains(":") ? "[\(host)]:\(address.port ?? 0)" : "\(host):\(address.port ?? 0)"
+    }
+
+    /// Binds the socket (if configured), keeps the rendezvous address current, serves until
+    /// graceful shutdown.
+    func run() async throws {
+        guard let listen = listenAddress else { return }
+        guard let (host, port) = splitHostPort(listen) else { throw ConfigError("sudph \"\(listen)\" is not host:port") }
+        let acceptor: any StreamAcceptor = self.acceptor.withLock { $0 } ?? RejectAllStreams()
+        let inbound: @Sendable (Session) -> Void = self.inbound.withLock { $0 } ?? { @Sendable _ in }
+        let endpoint: SudphEndpoint
+        do {
+            endpoint = try await SudphEndpoint.bind(
+                host: host, port: port, group: group, settings: settings, acceptor: acceptor,
+                logger: logger, onInboundSession: inbound
+            )
+        } catch {
+            throw ConfigError("cannot listen for sudph on \(listen): \(error)")
+        }
+        self.endpoint.withLock { $0 = endpoint }
+        logger.info("sudph listening", metadata: ["sudph": "\(Self.show(endpoint.localAddress))"])
+        let discovery = self.discovery
+        let logger = self.logger
+        try? await cancelWhenGracefulShutdown {
+            // Learn (and re-learn: discovery may move) the rendezvous address.
+            var current: SocketAddress?
+            var backoff = Duration.seconds(1)
+            while !Task.isCancelled {
+                do {
+                    let address = try await discovery.rendezvousAddress()
+                    if address != current {
+                        current = address
+                        endpoint.setRendezvous(address)
+                        logger.info("sudph rendezvous", metadata: ["rendezvous": "\(Self.show(address))"])
+                    }
+                    backoff = .seconds(1)
+                    try await Task.sleep(for: .seconds(30))
+                } catch is CancellationError {
+                    return
+                } catch {
+                    logger.info("sudph: no rendezvous address from discovery yet", metadata: ["error": "\(error)"])
+                    try await Task.sleep(for: backoff)
+                    backoff = min(backoff * 2, .seconds(30))
+                }
+            }
+        }
+        await endpoint.close()
+    }
+
+    /// Dials `key` over sudph.
+    func dial(_ key: PublicKey) async throws -> Session {
+        guard let endpoint = endpoint.withLock({ $0 }) else {
+            throw SkynetError.noDirectTransport(key, isEnabled ? "sudph is not bound yet" : "sudph is not enabled on this visor")
+        }
+        do {
+            return try await endpoint.dial(key, timeout: Self.dialTimeout)
+        } catch {
+            throw SkynetError.noDirectTransport(key, "\(error)")
+        }
+    }
+}
