@@ -210,7 +210,10 @@ final class Simulation {
             let candidates = [
                 self.aToB.nextDelivery, self.bToA.nextDelivery, self.a.connection.nextTimeout, self.b.connection.nextTimeout,
             ]
-            guard let next = candidates.compactMap({ $0 }).min(), next <= deadline else { return false }
+            guard let next = candidates.compactMap({ $0 }).min(), next <= deadline else {
+                self.now = max(self.now, deadline)
+                return false
+            }
             self.now = max(self.now, next)
             while let (number, payload) = self.aToB.popDue(now: self.now) {
                 self.deliver(number, payload, to: self.b)
