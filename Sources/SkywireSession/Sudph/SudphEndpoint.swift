@@ -266,12 +266,12 @@ final class SudphCore {
                 return current != address
             }
             if first || changed {
-                logger.info("sudph bound with the rendezvous", metadata: ["sudph.public": "\(address)"])
+                logger.info("sudph bound with the rendezvous", metadata: ["sudph.public": "\(address.hostPort)"])
             }
         case .peer(let key, let endpoint, let peerAsked):
             if peerAsked {
                 // Someone is about to send us message 1: open our NAT towards them.
-                logger.debug("sudph punching", metadata: ["peer.key": "\(key.fingerprint)", "peer.addr": "\(endpoint)"])
+                logger.debug("sudph punching", metadata: ["peer.key": "\(key.fingerprint)", "peer.addr": "\(endpoint.hostPort)"])
                 punch(endpoint, times: 3)
             } else if let dial = dials[key], dial.initiator == nil || dial.peer != endpoint {
                 startHandshake(dial, peer: endpoint)
@@ -318,7 +318,7 @@ final class SudphCore {
             guard let self else { return }
             let detail: String
             if let peer = dial.peer {
-                detail = "no answer from \(peer) within \(timeout.nanoseconds / 1_000_000) ms (a NAT on the way maps ports per destination — symmetric NAT?)"
+                detail = "no answer from \(peer.hostPort) within \(timeout.nanoseconds / 1_000_000) ms (a NAT on the way maps ports per destination — symmetric NAT?)"
             } else if !self.boundOnce {
                 detail = "this visor is not bound with the rendezvous (is discovery's UDP port reachable?)"
             } else {
@@ -375,7 +375,7 @@ final class SudphCore {
             (keys, _) = try initiator.finish(noise)
         } catch {
             // A forged or stale answer: keep waiting for the real one.
-            dial.lastProblem = "bad handshake answer from \(address): \(error)"
+            dial.lastProblem = "bad handshake answer from \(address.hostPort): \(error)"
             return
         }
         dials[dial.key] = nil
@@ -385,7 +385,7 @@ final class SudphCore {
         let session = SessionEstablishment.makeSession(
             link: connection, remoteKey: dial.key, role: .initiator, kind: .sudph, settings: settings, acceptor: acceptor
         )
-        logger.debug("sudph connection up", metadata: ["peer.key": "\(dial.key.fingerprint)", "peer.addr": "\(address)"])
+        logger.debug("sudph connection up", metadata: ["peer.key": "\(dial.key.fingerprint)", "peer.addr": "\(address.hostPort)"])
         for promise in dial.promises { promise.succeed(session) }
     }
 
@@ -426,7 +426,7 @@ final class SudphCore {
                 return stamp > (self.handshakeClock[key] ?? 0)
             }
         } catch {
-            logger.info("sudph handshake refused", metadata: ["peer.addr": "\(address)", "error": "\(error)"])
+            logger.info("sudph handshake refused", metadata: ["peer.addr": "\(address.hostPort)", "error": "\(error)"])
             return
         }
         handshakeClock[response.remoteKey] = stamp
@@ -439,7 +439,7 @@ final class SudphCore {
         let session = SessionEstablishment.makeSession(
             link: connection, remoteKey: response.remoteKey, role: .responder, kind: .sudph, settings: settings, acceptor: acceptor
         )
-        logger.debug("sudph connection accepted", metadata: ["peer.key": "\(response.remoteKey.fingerprint)", "peer.addr": "\(address)"])
+        logger.debug("sudph connection accepted", metadata: ["peer.key": "\(response.remoteKey.fingerprint)", "peer.addr": "\(address.hostPort)"])
         onInboundSession(session)
     }
 

@@ -96,3 +96,11 @@ enum SudphWire {
         return buffer
     }
 }
+
+extension SocketAddress {
+    /// "1.2.3.4:5" or "[::1]:5", for messages people read.
+    public var hostPort: String {
+        let host = self.ipAddress ?? "?"
+        return host.contains(":") ? "[\(host)]:\(self.port ?? 0)" : "\(host):\(self.port ?? 0)"
+    }
+}

@@ -46,10 +46,7 @@ final class SudphNetwork: Sendable {
         endpoint.withLock { $0 }?.publicAddress.map(Self.show)
     }
 
-    static func show(_ address: SocketAddress) -> String {
-        let host = address.ipAddress ?? "?"
-        return host.contains(":") ? "[\(host)]:\(address.port ?? 0)" : "\(host):\(address.port ?? 0)"
-    }
+    static func show(_ address: SocketAddress) -> String { address.hostPort }
 
     /// Binds the socket (if configured), keeps the rendezvous address current, serves until
     /// graceful shutdown.
