@@ -150,11 +150,11 @@ public final class ReliableConnection {
 
     // MARK: - Application side
 
-    /// Queues bytes to send (any size; they are split into packets). Ignored after a failure.
-    /// Must not be called after ``closeOutput()``.
+    /// Queues bytes to send (any size; they are split into packets). Ignored after a failure
+    /// and after ``closeOutput()`` (a caller bug: the bytes could never be delivered, and a
+    /// daemon must not trap on it).
     public func write(_ data: ByteBuffer) {
-        guard self.failure == nil else { return }
-        precondition(self.sendStream.finOffset == nil, "ReliableConnection.write after closeOutput()")
+        guard self.failure == nil, self.sendStream.finOffset == nil else { return }
         self.sendStream.append(data)
     }
 

@@ -79,6 +79,10 @@ struct TransferTests {
         let sim = Simulation()
         #expect(sim.run { $0.bothFinished })
         #expect(sim.a.connection.peerClosedOutput && sim.b.connection.peerClosedOutput)
+        // Writing after closeOutput() is a caller bug: ignored, not a trap.
+        sim.a.connection.write(ByteBuffer(bytes: [1, 2, 3]))
+        #expect(sim.a.connection.bufferedBytes == 0 && sim.a.connection.isFinished)
+        #expect(sim.a.connection.nextPacket(now: sim.now) == nil)
     }
 
     @Test func duplicatedPacketsDoNotDuplicateData() throws {
