@@ -12,13 +12,24 @@ import NIOCore
 /// Noise handshake and AEAD, using our packet numbers as nonces):
 /// * frames and ACK ranges as in RFC 9000 §19 (see the table in `Frames.swift`); packet numbers
 ///   are never reused, so lost data is sent again in new packets (RFC 9000 §13.3);
-/// * loss detection as in RFC 9002 §6: packet threshold 3, time threshold 9/8 of the RTT, probe
-///   timeout with exponential backoff; RTT estimation as in RFC 9002 §5;
+/// * loss detection as in RFC 9002 §6: packet threshold 3, time threshold 9/8 of the RTT (both
+///   raised when a loss proves spurious, i.e. the path reorders), probe timeout with exponential
+///   backoff; RTT estimation as in RFC 9002 §5;
 /// * NewReno congestion control as in RFC 9002 §7 (initial window 10 packets, minimum 2,
 ///   persistent congestion), plus pacing (§7.7) so a window never leaves as one burst;
 /// * connection-level flow control as in RFC 9000 §4.1 (MAX_DATA): the receiver grants
 ///   `consumed + initialWindow`, so a reader that stops reading stops the sender;
-/// * ACKs for every second ack-eliciting packet, or after `maxAckDelay` (RFC 9000 §13.2).
+/// * ACKs for every second ack-eliciting packet, at once for out-of-order ones, else after
+///   `maxAckDelay`; at most `maxAckRanges` ranges, dropped once an ACK frame that carried them
+///   was itself acknowledged (RFC 9000 §13.2).
+///
+/// Driving it (one event loop):
+/// ```swift
+/// func flush() {   // after every write, read, receive and timeout
+///     while let (number, payload) = connection.nextPacket(now: .now()) { seal(number, payload) }
+///     if let deadline = connection.nextTimeout { rescheduleTimer(at: deadline) }  // then handleTimeout(now:)
+/// }
+/// ```
 ///
 /// Not thread-safe: one owner (an event loop) drives it.
 public final class ReliableConnection {
@@ -27,8 +38,8 @@ public final class ReliableConnection {
 
     // MARK: Sent packets and loss recovery (RFC 9002)
 
-    /// An ack-eliciting packet we sent, kept until it is acknowledged or declared lost and
-    /// everything older is gone too. ACK-only packets are not tracked (they are not in flight).
+    /// An ack-eliciting packet we sent. ACK-only packets are not tracked (they are not in flight,
+    /// RFC 9002 §2).
     private struct SentPacket {
         enum State: UInt8 {
             case inFlight
@@ -207,6 +218,9 @@ public final class ReliableConnection {
     /// resource limit. Nothing in a dropped packet is applied. Ignored after a failure.
     public func receive(packetNumber: UInt64, payload: ByteBuffer, now: NIODeadline) throws {
         guard self.failure == nil else { return }
+        guard packetNumber <= VarInt.max else {
+            throw ReliableError.malformed("packet number \(packetNumber) beyond 2^62")
+        }
         if self.received.contains(packetNumber) { return }
         let ackEliciting: Bool
         do {

@@ -35,6 +35,17 @@ struct MalformedInputTests {
         Self.expectMalformed([0x01, 0x09], "unknown frame type")
     }
 
+    @Test func packetNumbersBeyondTheVarIntRangeAreRefused() {
+        let connection = ReliableConnection(now: Simulation.start)
+        for number in [VarInt.max + 1, UInt64.max] {
+            let error = #expect(throws: ReliableError.self) {
+                try connection.receive(packetNumber: number, payload: ByteBuffer(bytes: [FrameType.ping]), now: Simulation.start)
+            }
+            #expect(error?.kind == .malformedPacket)
+        }
+        #expect(connection.failure == nil)
+    }
+
     @Test func finalSizeViolations() throws {
         let now = Simulation.start
         let connection = ReliableConnection(now: now)
