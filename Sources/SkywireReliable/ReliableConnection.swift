@@ -234,6 +234,7 @@ public final class ReliableConnection {
         self.packetsReceived += 1
         self.bytesReceived += payload.readableBytes
         var reader = FrameReader(payload)
+        var hasFIN = false
         while let frame = try? reader.next() {
             switch frame {
             case .ack(let ack):
@@ -242,11 +243,13 @@ public final class ReliableConnection {
                 self.peerMaxData = max(self.peerMaxData, limit)
             case .stream(let offset, let data, let fin):
                 self.receiveStream.receive(offset: offset, data: data, fin: fin)
+                hasFIN = hasFIN || fin
             case .ping, .padding:
                 break
             }
         }
-        self.onPacketReceived(packetNumber, ackEliciting: ackEliciting, now: now)
+        // A FIN is acknowledged at once: the peer may be waiting for it to finish.
+        self.onPacketReceived(packetNumber, ackEliciting: ackEliciting, immediate: hasFIN, now: now)
     }
 
     /// Parses and checks every frame without applying any; returns whether the packet is
@@ -276,7 +279,7 @@ public final class ReliableConnection {
         return ackEliciting
     }
 
-    private func onPacketReceived(_ packetNumber: UInt64, ackEliciting: Bool, now: NIODeadline) {
+    private func onPacketReceived(_ packetNumber: UInt64, ackEliciting: Bool, immediate: Bool, now: NIODeadline) {
         let outOfOrder: Bool
         if let largest = self.largestReceived {
             outOfOrder = packetNumber != largest &+ 1
@@ -296,7 +299,7 @@ public final class ReliableConnection {
         self.receivedSinceAck = true
         guard ackEliciting else { return }
         self.unackedAckEliciting += 1
-        if self.unackedAckEliciting >= 2 || outOfOrder {
+        if self.unackedAckEliciting >= 2 || outOfOrder || immediate {
             self.ackNow = true
         } else if self.ackDeadline == nil {
             self.ackDeadline = now + self.configuration.maxAckDelay

@@ -75,6 +75,22 @@ struct TransferTests {
         #expect(sim.a.received.readableBytes == 0)
     }
 
+    @Test func aFINIsAcknowledgedAtOnce() throws {
+        let now = Simulation.start
+        let sender = ReliableConnection(now: now)
+        let receiver = ReliableConnection(now: now)
+        sender.write(ByteBuffer(bytes: [1, 2, 3]))
+        sender.closeOutput()
+        let (number, payload) = try #require(sender.nextPacket(now: now))
+        try receiver.receive(packetNumber: number, payload: payload, now: now)
+        // One ack-eliciting packet would normally wait up to maxAckDelay; one with a FIN doesn't.
+        let (_, ack) = try #require(receiver.nextPacket(now: now))
+        try sender.receive(packetNumber: 0, payload: ack, now: now + .milliseconds(1))
+        #expect(receiver.read() == ByteBuffer(bytes: [1, 2, 3]))
+        #expect(receiver.peerClosedOutput)
+        #expect(sender.bufferedBytes == 0 && sender.stats.bytesInFlight == 0)
+    }
+
     @Test func emptyStreamsCloseBothWays() {
         let sim = Simulation()
         #expect(sim.run { $0.bothFinished })
