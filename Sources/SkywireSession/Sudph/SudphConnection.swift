@@ -29,6 +29,8 @@ final class SudphConnection: Link {
     /// Told once when the connection is gone, so the endpoint forgets its index.
     private let onClosed: (SudphConnection) -> Void
 
+    /// The CLOSE reason of an orderly end (both directions finished).
+    static let finishedReason = "finished"
     private var started = false
     private var reading = true
     private var eofDelivered = false
@@ -121,7 +123,7 @@ final class SudphConnection: Link {
         if address != peer { peer = address }
         if type == SudphWire.close {
             let reason = String(decoding: plaintext.readableBytesView, as: UTF8.self)
-            finish(error: SudphError.closedByPeer(reason))
+            finish(error: reason == Self.finishedReason ? nil : SudphError.closedByPeer(reason))
             return
         }
         do {
@@ -152,6 +154,8 @@ final class SudphConnection: Link {
             delegate?.linkWritabilityChanged(writable)
         }
         if !closed && reliable.isFinished {
+            // Both FINs acked here; the peer may still miss our ACK of its FIN, so tell it.
+            sendClose(reason: SudphConnection.finishedReason)
             finish(error: nil)
             return
         }
