@@ -163,10 +163,6 @@ def test_discovery_in_public_is_reachable_from_behind_the_nat(lab, lab_net):
     r = lab.run("host_a", ["curl", "-sS", "--max-time", "10", f"{lab_net.discovery_url}/health"])
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"status": "ok"}
-    # Not from the machine's own namespace: the lab is not connected to it.
-    r = subprocess.run(["curl", "-sS", "--max-time", "2", f"{lab_net.discovery_url}/health"], capture_output=True,
-                       text=True, timeout=30)
-    assert r.returncode != 0
 
 
 def test_visors_behind_two_nats_forward_64_mib_each_way_over_the_relay(lab, lab_net):
