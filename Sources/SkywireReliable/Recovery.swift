@@ -60,7 +60,7 @@ struct NewReno {
     /// RFC 9002 §7.6: kPersistentCongestionThreshold.
     static let persistentCongestionThreshold: Int64 = 3
 
-    let maxDatagramSize: Int
+    private(set) var maxDatagramSize: Int
     private(set) var window: Int
     private(set) var slowStartThreshold = Int.max
     private(set) var bytesInFlight = 0
@@ -75,6 +75,17 @@ struct NewReno {
     }
 
     var minimumWindow: Int { Self.minimumWindowPackets * self.maxDatagramSize }
+
+    /// A larger packet size (path MTU found): the window keeps its packet count, as a window
+    /// computed with the new size from the start would have it (RFC 9002 §7.2 max_datagram_size).
+    mutating func raiseMaxDatagramSize(to size: Int) {
+        guard size > self.maxDatagramSize else { return }
+        self.window = self.window / self.maxDatagramSize * size
+        if self.slowStartThreshold != Int.max {
+            self.slowStartThreshold = self.slowStartThreshold / self.maxDatagramSize * size
+        }
+        self.maxDatagramSize = size
+    }
 
     var canSend: Bool { self.bytesInFlight < self.window }
 

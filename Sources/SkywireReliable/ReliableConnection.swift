@@ -34,7 +34,7 @@ import NIOCore
 /// Not thread-safe: one owner (an event loop) drives it.
 public final class ReliableConnection {
     /// The configuration in use (clamped to valid ranges).
-    public let configuration: ReliableConfiguration
+    public internal(set) var configuration: ReliableConfiguration
 
     // MARK: Sent packets and loss recovery (RFC 9002)
 
@@ -100,7 +100,7 @@ public final class ReliableConnection {
     private var probesPending = 0
     private var pingPending = false
     private var rtt: RTTEstimator
-    private var congestion: NewReno
+    var congestion: NewReno
     private var pacer: Pacer
 
     // MARK: Streams and flow control

@@ -57,8 +57,15 @@ struct SudphConnectionTests {
             addresses = [try SocketAddress(ipAddress: "10.0.0.1", port: 1000), try SocketAddress(ipAddress: "10.0.0.2", port: 2000)]
         }
 
+        /// Datagrams above this size vanish, as on a 1500-byte Ethernet path with DF set.
+        static let pathLimit = 1472
+
         func transmit(from index: Int, _ datagram: ByteBuffer) {
             let target = 1 - index
+            guard datagram.readableBytes <= Self.pathLimit else {
+                stats.dropped += 1
+                return
+            }
             let roll = Int.random(in: 0..<100, using: &rng)
             if captured.count < 500 { captured.append(datagram) }
             switch roll {
@@ -153,6 +160,9 @@ struct SudphConnectionTests {
             #expect(cb.received == up, "alice → bob byte-exact")
             #expect(ca.received == down, "bob → alice byte-exact")
             #expect(net.stats.replayed > 0 && net.stats.forged > 0 && net.stats.duplicated > 0)
+            // Path MTU discovery found the 1472-byte limit: larger probes were lost, that one came back.
+            let (_, _, _, a, b) = collectors.value
+            #expect(a.datagramSize == HostileNet.pathLimit && b.datagramSize == HostileNet.pathLimit)
         }.get()
     }
 }

@@ -72,6 +72,7 @@ final class SudphConnection: Link {
         guard !started else { return }
         started = true
         service()
+        probePath(attempt: 0)
     }
 
     func write(_ data: ByteBuffer) {
@@ -121,10 +122,25 @@ final class SudphConnection: Link {
         }
         replay.record(packetNumber)
         if address != peer { peer = address }
-        if type == SudphWire.close {
+        switch type {
+        case SudphWire.close:
             let reason = String(decoding: plaintext.readableBytesView, as: UTF8.self)
             finish(error: reason == Self.finishedReason ? nil : SudphError.closedByPeer(reason))
             return
+        case SudphWire.probe:
+            // Answer with the size that arrived whole.
+            var size = ByteBuffer()
+            size.writeInteger(UInt32(SudphWire.sealedHeaderSize + sealed.readableBytes))
+            sendSealed(type: SudphWire.probeAck, payload: size)
+            flushTransmit()
+            return
+        case SudphWire.probeAck:
+            if let size = plaintext.readInteger(as: UInt32.self) {
+                pathCarries(datagramSize: Int(size))
+            }
+            return
+        default:
+            break
         }
         do {
             try reliable.receive(packetNumber: packetNumber, payload: plaintext, now: .now())
@@ -215,16 +231,58 @@ final class SudphConnection: Link {
     }
 
     private func sendClose(reason: String) {
-        // Packet numbers of CLOSE come after every DATA number the reliable protocol used.
-        let number = reliable.reservePacketNumber()
-        guard let datagram = try? SudphWire.encodeSealed(
-            type: SudphWire.close, receiverIndex: remoteIndex, packetNumber: number,
-            payload: ByteBuffer(string: String(reason.prefix(200))), keys: keys
-        ) else { return }
-        transmit(datagram, peer)
-        transmit(datagram, peer)
+        let payload = ByteBuffer(string: String(reason.prefix(200)))
+        sendSealed(type: SudphWire.close, payload: payload)
+        sendSealed(type: SudphWire.close, payload: payload)
         flushTransmit()
     }
+
+    /// Seals and sends a datagram of our own (not the reliable protocol's) under a packet number
+    /// taken from the same sequence, so no nonce is ever used twice.
+    private func sendSealed(type: UInt8, payload: ByteBuffer) {
+        let number = reliable.reservePacketNumber()
+        guard let datagram = try? SudphWire.encodeSealed(
+            type: type, receiverIndex: remoteIndex, packetNumber: number, payload: payload, keys: keys
+        ) else { return }
+        transmit(datagram, peer)
+    }
+
+    // MARK: path MTU discovery
+
+    /// Datagram sizes tried, largest first: a 16 KiB packet (loopback, jumbo-frame paths),
+    /// 8 KiB, 4 KiB, and a full 1500-byte Ethernet frame. The endpoint sends with DF set, so a
+    /// probe larger than the path is dropped (or refused locally), never fragmented.
+    private var probeSizes: [Int] {
+        let ethernet = peer.protocol == .inet6 ? 1500 - 40 - 8 : 1500 - 20 - 8
+        let overhead = SudphWire.sealedOverhead
+        return [ReliableConfiguration.maximumPacketSize + overhead, 8192 + overhead, 4096 + overhead, ethernet]
+    }
+    static let probeRetries = 5
+    static let probeInterval: TimeAmount = .milliseconds(300)
+
+    private func probePath(attempt: Int) {
+        guard !closed, attempt < Self.probeRetries else { return }
+        let sizes = probeSizes.filter { $0 > datagramSize }
+        guard !sizes.isEmpty else { return }
+        for size in sizes {
+            var padding = ByteBuffer()
+            padding.writeRepeatingByte(0, count: size - SudphWire.sealedOverhead)
+            sendSealed(type: SudphWire.probe, payload: padding)
+        }
+        flushTransmit()
+        eventLoop.assumeIsolated().scheduleTask(in: Self.probeInterval) { [weak self] in
+            self?.probePath(attempt: attempt + 1)
+        }
+    }
+
+    /// A probe of `datagramSize` bytes arrived whole: packets may grow to fill such datagrams.
+    private func pathCarries(datagramSize size: Int) {
+        guard size <= probeSizes[0], size > datagramSize else { return }
+        reliable.raiseMaxPacketSize(to: size - SudphWire.sealedOverhead)
+    }
+
+    /// The largest datagram this connection sends now.
+    var datagramSize: Int { reliable.configuration.maxPacketSize + SudphWire.sealedOverhead }
 
     private func finish(error: (any Error)?) {
         guard !closed else { return }

@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -42,6 +45,12 @@ public final class SudphEndpoint: Sendable {
             .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: SudphCore.readBatch * SudphWire.maxDatagram))
             .channelOption(.datagramVectorReadMessageCount, value: SudphCore.readBatch)
             .bind(host: host, port: port).get()
+        do {
+            try await Self.setDontFragment(channel)
+        } catch {
+            channel.close(promise: nil)
+            throw error
+        }
         let core = try await channel.eventLoop.submit {
             let core = SudphCore(
                 channel: channel, settings: settings, reliable: reliable, acceptor: acceptor,
@@ -55,6 +64,23 @@ public final class SudphEndpoint: Sendable {
             throw SudphError.rendezvous("socket has no local address")
         }
         return SudphEndpoint(localAddress: local, core: core, channel: channel, observed: observed)
+    }
+
+    /// Datagrams leave with DF set and are never fragmented locally (IP_PMTUDISC_PROBE): path
+    /// MTU probes then tell the truth, and a too-large datagram is dropped, not split.
+    private static func setDontFragment(_ channel: any Channel) async throws {
+        #if os(Linux)
+        let option: ChannelOptions.Types.SocketOption
+        let value: SocketOptionValue
+        if channel.localAddress?.protocol == .inet6 {
+            option = .init(level: SocketOptionLevel(IPPROTO_IPV6), name: SocketOptionName(IPV6_MTU_DISCOVER))
+            value = SocketOptionValue(IPV6_PMTUDISC_PROBE)
+        } else {
+            option = .init(level: SocketOptionLevel(IPPROTO_IP), name: SocketOptionName(IP_MTU_DISCOVER))
+            value = SocketOptionValue(IP_PMTUDISC_PROBE)
+        }
+        try await channel.setOption(option, value: value).get()
+        #endif
     }
 
     private init(localAddress: SocketAddress, core: NIOLoopBound<SudphCore>, channel: any Channel, observed: NIOLockedValueBox<SocketAddress?>) {

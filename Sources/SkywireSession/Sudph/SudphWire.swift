@@ -10,7 +10,12 @@ import SkywireCrypto
 /// HS_RESP  0x12 | receiver index(u32) | sender index(u32) | Noise IK message 2
 /// DATA     0x13 | receiver index(u32) | packet number(u64) | AEAD(reliable-protocol packet)
 /// CLOSE    0x14 | receiver index(u32) | packet number(u64) | AEAD(UTF-8 reason)
+/// PROBE    0x15 | receiver index(u32) | packet number(u64) | AEAD(zero padding to the probed size)
+/// PROBE_ACK 0x16 | receiver index(u32) | packet number(u64) | AEAD(probed datagram size, u32)
 /// ```
+///
+/// PROBE/PROBE_ACK are path MTU discovery (RFC 8899 style, datagrams sent with DF set): the
+/// largest probe answered sets the connection's packet size.
 ///
 /// Indices are random per connection and name the receiver's connection (so a peer whose NAT
 /// mapping changes keeps its session: WireGuard's roaming). DATA and CLOSE authenticate their
@@ -21,11 +26,15 @@ enum SudphWire {
     static let handshakeResponse: UInt8 = 0x12
     static let data: UInt8 = 0x13
     static let close: UInt8 = 0x14
+    static let probe: UInt8 = 0x15
+    static let probeAck: UInt8 = 0x16
+    /// Header and tag around a sealed payload.
+    static let sealedOverhead = sealedHeaderSize + NoiseDatagramKeys.tagSize
     static let version: UInt8 = 1
     /// Type, receiver index and packet number of DATA/CLOSE.
     static let sealedHeaderSize = 1 + 4 + 8
     /// A datagram larger than this is not ours (the reliable protocol stays far below it).
-    static let maxDatagram = 2048
+    static let maxDatagram = 16 * 1024 + 64
 
     enum Message {
         case punch
@@ -50,7 +59,7 @@ enum SudphWire {
             guard let receiver = buffer.readInteger(as: UInt32.self), let sender = buffer.readInteger(as: UInt32.self),
                   buffer.readableBytes > 0 else { return nil }
             return .handshakeResponse(receiverIndex: receiver, senderIndex: sender, noise: Array(buffer.readableBytesView))
-        case data, close:
+        case data, close, probe, probeAck:
             guard let header = datagram.getBytes(at: datagram.readerIndex, length: sealedHeaderSize),
                   let receiver = buffer.readInteger(as: UInt32.self), let number = buffer.readInteger(as: UInt64.self),
                   buffer.readableBytes >= NoiseDatagramKeys.tagSize else { return nil }
