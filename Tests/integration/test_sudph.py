@@ -35,7 +35,7 @@ def test_sudph_forward_64_mib_each_way(net):
     a = sudph_visor(net, "udp-a")
     b = sudph_visor(net, "udp-b")
     info = a.json("visor", "info")
-    assert info["sudph"].startswith("127.0.0.1:") and info.get("stcpr") is None
+    assert info["sudph"].startswith("127.0.0.1:") and info["stcpr"] is None
     # No stcpr anywhere: --skynet can only be sudph.
     check_bulk(a, b, "--skynet", "sudph")
     sessions = [t for t in b.json("tp", "ls") if t["remote_pk"] == a.pk]
@@ -78,7 +78,8 @@ def test_sudph_to_a_visor_without_sudph_is_refused_with_the_reason(net):
 
 def test_hostile_datagrams_do_not_disturb_a_session(net):
     """Garbage, truncated and forged sealed datagrams sprayed at both visors' sudph sockets while a
-    forward moves data: every one is dropped, the transfer is byte-exact, the session survives."""
+    forward moves data: every one is dropped, the transfer is byte-exact, the session survives.
+    (Replayed and bit-flipped copies of real datagrams: Tests/SkywireSessionTests.)"""
     a = sudph_visor(net, "udp-f")
     b = sudph_visor(net, "udp-g")
     backend = TCPServer(echo_handler)
@@ -98,7 +99,11 @@ def test_hostile_datagrams_do_not_disturb_a_session(net):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             rnd = os.urandom
             deadline = time.monotonic() + 60
-            while not stop.is_set() and sent[0] < 200_000 and time.monotonic() < deadline:
+            # A steady stream (about 4000 datagrams/s to each visor), not a flood: a flood at full
+            # CPU speed starves any UDP service of its socket buffer; that is not what this tests.
+            while not stop.is_set() and sent[0] < 100_000 and time.monotonic() < deadline:
+                if sent[0] % 40 == 0:
+                    time.sleep(0.01)
                 kind = sent[0] % 6
                 if kind == 0:
                     d = rnd(1 + sent[0] % 1400)                      # garbage
@@ -122,7 +127,9 @@ def test_hostile_datagrams_do_not_disturb_a_session(net):
         try:
             for i in range(20):
                 payload = os.urandom(256 * 1024)
-                assert roundtrip(info["local_port"], payload) == payload, f"round {i}"
+                echoed = roundtrip(info["local_port"], payload)
+                assert len(echoed) == len(payload), f"round {i}: {len(echoed)} of {len(payload)} bytes came back"
+                assert echoed == payload, f"round {i}: bytes differ"
         finally:
             stop.set()
             sprayer.join()

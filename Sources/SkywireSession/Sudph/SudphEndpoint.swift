@@ -452,7 +452,8 @@ final class SudphCore {
                 return stamp > (self.handshakeClock[key] ?? 0)
             }
         } catch {
-            logger.info("sudph handshake refused", metadata: ["peer.addr": "\(address.hostPort)", "error": "\(error)"])
+            // Debug only: anyone can send garbage to a UDP port, and at any rate.
+            logger.debug("sudph handshake refused", metadata: ["peer.addr": "\(address.hostPort)", "error": "\(error)"])
             return
         }
         handshakeClock[response.remoteKey] = stamp

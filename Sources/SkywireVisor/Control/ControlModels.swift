@@ -225,6 +225,21 @@ extension ServerInstanceInfo {
     }
 }
 
+extension VisorInfo {
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(self.publicKey, forKey: .publicKey)
+        try c.encode(self.rpc, forKey: .rpc)
+        try c.encode(self.discovery, forKey: .discovery)
+        try c.encode(self.stcpr, forKey: .stcpr)
+        try c.encode(self.sudph, forKey: .sudph)
+        try c.encode(self.sudphPublic, forKey: .sudphPublic)
+        try c.encode(self.relays, forKey: .relays)
+        try c.encode(self.sessions, forKey: .sessions)
+        try c.encode(self.version, forKey: .version)
+    }
+}
+
 extension ClientInstanceInfo {
     public func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
