@@ -37,6 +37,12 @@ def gib_sha() -> str:
     return h.hexdigest()
 
 
+# /hold requests wait here until a test releases them (bounded: 30 s).
+HOLD = threading.Event()
+HELD = []
+HELD_LOCK = threading.Lock()
+
+
 class QuietHTTPServer(ThreadingHTTPServer):
     """The test backend; a client that went away (e.g. after a 504) is not an error here."""
 
@@ -76,6 +82,11 @@ class Backend(BaseHTTPRequestHandler):
             self.end_headers()
             for chunk in gib_chunks():
                 self.wfile.write(chunk)
+        elif self.path.startswith("/hold"):
+            with HELD_LOCK:
+                HELD.append(self.path)
+            HOLD.wait(30)
+            self._send(b"held")
         elif self.path.startswith("/slow"):
             time.sleep(3)
             self._send(b"slow")
@@ -260,6 +271,38 @@ def test_many_concurrent_requests(web):
     for t in threads:
         t.join(120)
     assert all(v is True for v in results.values()) and len(results) == 50, results
+
+
+def test_requests_held_by_the_backend_do_not_block_others(web):
+    """A reverse proxy opens a backend connection per request in flight: twelve requests the
+    service holds (long polls, event streams) must not queue a thirteenth behind them."""
+    _, _, port = web
+    HOLD.clear()
+    with HELD_LOCK:
+        HELD.clear()
+    results = []
+
+    def held(i):
+        try:
+            results.append(httpx.get(f"http://127.0.0.1:{port}/hold/{i}", timeout=60).status_code)
+        except Exception as e:
+            results.append(repr(e))
+
+    threads = [threading.Thread(target=held, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(HELD) < 12:
+            time.sleep(0.05)
+        assert len(HELD) == 12, f"only {len(HELD)} of 12 held requests reached the service"
+        r = httpx.get(f"http://127.0.0.1:{port}/meanwhile", timeout=20)
+        assert r.status_code == 200 and r.json()["path"] == "/meanwhile"
+    finally:
+        HOLD.set()
+        for t in threads:
+            t.join(60)
+    assert results == [200] * 12, results
 
 
 def test_backend_down_is_502_and_forward_stays_up(net, web):

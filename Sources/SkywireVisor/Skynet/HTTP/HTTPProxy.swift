@@ -85,6 +85,10 @@ final class HTTPProxy: Sendable {
                 timeout: .init(connect: .seconds(5), read: timeout)
             )
             configuration.connectionPool.retryConnectionEstablishment = false
+            // One backend connection per request in flight, as a reverse proxy must: with the
+            // default (8 per host) a ninth concurrent request — behind eight long downloads or
+            // event streams — would wait for one of them to end.
+            configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 4096
             configuration.decompression = .disabled
             let client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
             state.byTimeout[timeout.nanoseconds] = client
@@ -155,8 +159,22 @@ struct ProxyForwarder: Sendable {
         }
         headers = ProxyHeaders.response(headers)
         let status = HTTPResponse.Status(code: Int(response.status.code), reasonPhrase: response.status.reasonPhrase)
+        // A small body of announced length (the common case) goes out with the head in one write
+        // and so one flush, instead of three (head, body, end); larger ones stream.
+        if let length = response.headers.first(name: "content-length").flatMap(Int.init), length <= Self.smallBody {
+            do {
+                let body = try await response.body.collect(upTo: Self.smallBody)
+                return Response(status: status, headers: headers, body: .init(byteBuffer: body))
+            } catch {
+                self.logger.info("backend answer cut", metadata: ["port": "\(route.backendPort)", "error": "\(error)"])
+                return ProxyProblem.response(.badGateway, "skywire: backend \(backendHost) broke off its answer (\(ProxyProblem.short(error)))\n", close: true)
+            }
+        }
         return Response(status: status, headers: headers, body: ResponseBody(asyncSequence: response.body))
     }
+
+    /// Bodies up to this size, with a Content-Length, are sent in one piece with their head.
+    static let smallBody = 64 * 1024
 }
 
 /// The proxy's own answers: a status with a short plain-text body.

@@ -48,6 +48,14 @@ struct ProxyChannel: ServerChildChannel {
     }
 
     func handle(value asyncChannel: Value, logger: Logger) async {
+        // The connection's async code runs on its channel's event loop: no thread hop per await
+        // (and AsyncHTTPClient, asked from that loop, prefers it for the backend connection).
+        await withTaskExecutorPreference(EventLoopTaskExecutor(asyncChannel.channel.eventLoop)) {
+            await self.serve(asyncChannel, logger: logger)
+        }
+    }
+
+    private func serve(_ asyncChannel: Value, logger: Logger) async {
         let channel = asyncChannel.channel
         let peerPort = channel.remoteAddress?.port
         let forwarder = ProxyForwarder(proxy: self.proxy, logger: logger)
@@ -110,6 +118,22 @@ struct ProxyChannel: ServerChildChannel {
 
     static func write(_ response: Response, to outbound: Outbound) async throws {
         try await ResponseWriter(outbound: outbound).write(response: response.head, body: response.body)
+    }
+}
+
+/// A task executor that runs its jobs on one NIO event loop.
+final class EventLoopTaskExecutor: TaskExecutor {
+    let eventLoop: any EventLoop
+
+    init(_ eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        self.eventLoop.execute {
+            job.runSynchronously(on: self.asUnownedTaskExecutor())
+        }
     }
 }
 
