@@ -103,6 +103,11 @@ struct NewReno {
         return timeSent <= start
     }
 
+    /// After an idle period: no more than the initial window (the threshold keeps what it learnt).
+    mutating func restartAfterIdle() {
+        self.window = min(self.window, Self.initialWindowPackets * self.maxDatagramSize)
+    }
+
     /// RFC 9002 §B.5. `appLimited`: the sender did not use the window, so it must not grow (§7.8).
     mutating func onAcked(bytes: Int, timeSent: NIODeadline, appLimited: Bool) {
         self.bytesInFlight -= bytes

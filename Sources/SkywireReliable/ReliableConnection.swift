@@ -510,6 +510,13 @@ public final class ReliableConnection {
     /// probes don't.
     public func nextPacket(now: NIODeadline) -> (packetNumber: UInt64, payload: ByteBuffer)? {
         guard self.failure == nil else { return nil }
+        // Restart after idle (RFC 7661 §4 / RFC 5681 §4.1): a window grown long ago says nothing
+        // about the path now; nothing in flight for a probe timeout → back to the initial window.
+        if self.ackElicitingInFlight == 0, let last = self.lastAckElicitingSentTime,
+           now - last > .nanoseconds(self.rtt.probeTimeout(maxAckDelay: self.configuration.maxAckDelay.nanoseconds)) {
+            self.congestion.restartAfterIdle()
+            self.lastAckElicitingSentTime = nil
+        }
         let probe = self.probesPending > 0
         var mayElicit = false
         if probe {

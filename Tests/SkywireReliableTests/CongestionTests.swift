@@ -47,6 +47,26 @@ struct CongestionTests {
         #expect(cc.window == cc.minimumWindow)
     }
 
+    @Test func anIdlePeriodBringsTheWindowBackToTheInitialWindow() {
+        var rng = SplitMix64(seed: 41)
+        let sim = Simulation(conditions: LinkConditions(delay: .milliseconds(20)), aData: rng.bytes(1 << 20), seed: 41)
+        sim.a.closeWhenSent = false
+        #expect(sim.run { $0.b.received.readableBytes == 1 << 20 && $0.a.connection.stats.bytesInFlight == 0 })
+        let grown = sim.a.connection.stats.congestionWindow
+        #expect(grown >= 100 * Self.mds, "\(grown)")
+        // Two seconds with nothing to send (far more than a probe timeout), then more data.
+        sim.run(for: .seconds(2)) { _ in false }
+        sim.a.outgoing = rng.bytes(64 * 1024)
+        var windowAtRestart: Int?
+        sim.observe = { sim in
+            if windowAtRestart == nil, sim.a.connection.stats.bytesInFlight > 0 {
+                windowAtRestart = sim.a.connection.stats.congestionWindow
+            }
+        }
+        #expect(sim.run { $0.b.received.readableBytes == (1 << 20) + 64 * 1024 })
+        #expect(windowAtRestart == 10 * Self.mds, "\(String(describing: windowAtRestart)) after idle, \(grown) before")
+    }
+
     @Test func slowStartGrowsTheWindowAndALossHalvesIt() {
         var rng = SplitMix64(seed: 31)
         let sim = Simulation(conditions: LinkConditions(delay: .milliseconds(20)), aData: rng.bytes(1 << 20), seed: 31)

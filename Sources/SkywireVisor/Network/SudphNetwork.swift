@@ -85,7 +85,11 @@ final class SudphNetwork: Sendable {
                 } catch is CancellationError {
                     return
                 } catch {
-                    logger.info("sudph: no rendezvous address from discovery yet", metadata: ["error": "\(error)"])
+                    if current == nil {
+                        logger.info("sudph: no rendezvous address from discovery yet", metadata: ["error": "\(error)"])
+                    } else {
+                        logger.info("sudph: could not refresh the rendezvous address (keeping the last one)", metadata: ["error": "\(error)"])
+                    }
                     try await Task.sleep(for: backoff)
                     backoff = min(backoff * 2, .seconds(30))
                 }
