@@ -25,6 +25,19 @@ def wait_sudph_bound(v, timeout=30.0):
     raise AssertionError(f"{v.proc.name} not bound with the rendezvous: {info}\n{v.proc.log()[-3000:]}")
 
 
+def wait_direct_error(v, name, needle, timeout=15.0):
+    """The forward's `direct_error` once it mentions `needle` (a late direct attempt may still be
+    finishing when the forward starts on the relay)."""
+    deadline = time.monotonic() + timeout
+    status = {}
+    while time.monotonic() < deadline:
+        status = v.json("skynet", "status", name)[0]
+        if needle in (status.get("direct_error") or ""):
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"no {needle!r} in direct_error: {status}")
+
+
 def sudph_visor(net, name):
     v = net.start_visor(name, config=net.gen_config(name, "--sudph", "127.0.0.1:0"))
     wait_sudph_bound(v)
@@ -67,8 +80,7 @@ def test_sudph_to_a_visor_without_sudph_is_refused_with_the_reason(net):
         # The default network falls back to the relay and says why direct is unavailable.
         info = b.json("skynet", "start", "--pk", a.pk, "--remote", str(backend.port), "--local", "0", "--raw-tcp")
         assert info["transport"] == "dmsg", info
-        status = b.json("skynet", "status", info["name"])[0]
-        assert "no sudph binding" in (status.get("direct_error") or ""), status
+        wait_direct_error(b, info["name"], "no sudph binding")
         assert roundtrip(info["local_port"], b"over the relay") == b"over the relay"
         b.ok("skynet", "stop", info["name"])
     finally:

@@ -9,6 +9,7 @@ import pytest
 
 from harness import Network, NsShaBackend, check_sha_both_ways, ns_bulk_both_ways
 from natlab import NatLab
+from test_sudph import wait_direct_error
 
 MiB = 1 << 20
 
@@ -108,8 +109,7 @@ def test_symmetric_nats_fall_back_to_the_relay_and_say_why(symmetric):
             # Default network: the relay carries it, status says why direct is not in use.
             info = b.json("skynet", "start", "--pk", a.pk, "--remote", str(backend.port), "--local", "0", "--raw-tcp")
             assert info["transport"] == "dmsg", info
-            status = b.json("skynet", "status", info["name"])[0]
-            assert "hole punching failed" in (status["direct_error"] or ""), status
+            wait_direct_error(b, info["name"], "hole punching failed")
             text = b.ok("skynet", "status")
             assert "direct: " in text and f"no answer from {lab.nat_a_ip}:" in text, text
             client = ns_bulk_both_ways(info["local_port"], 1 * MiB, netns=lab.host_b)

@@ -19,7 +19,7 @@ final class SudphNetwork: Sendable {
     private let acceptor = Mutex<(any StreamAcceptor)?>(nil)
     private let inbound = Mutex<(@Sendable (Session) -> Void)?>(nil)
     /// How long one sudph dial may take (rendezvous round trip, punching, handshake).
-    static let dialTimeout: TimeAmount = .seconds(3)
+    static let dialTimeout: TimeAmount = .milliseconds(2500)
 
     init(discovery: DiscoveryClient, group: any EventLoopGroup, settings: SessionSettings, listenAddress: String?, logger: Logger) {
         self.discovery = discovery

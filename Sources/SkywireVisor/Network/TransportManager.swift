@@ -224,16 +224,39 @@ public actor TransportManager {
     }
 }
 
-/// Runs `body`, failing with `SkynetError.timedOut` after `limit`.
+/// Runs `body`, failing with `SkynetError.timedOut` after `limit` — at `limit`, not when `body`
+/// finally gives up: a task group would wait for its cancelled child, and a dial in progress
+/// (a TCP connect timeout, then a hole-punching attempt) does not stop at once. `body` goes on
+/// in the background after a timeout (a direct session that comes up late is still registered
+/// and used by later connections).
 func withTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: limit)
-            throw SkynetError.timedOut(limit)
+    let once = ResumeOnce()
+    return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+        let work = Task {
+            do {
+                let value = try await body()
+                if once.claim() { continuation.resume(returning: value) }
+            } catch {
+                if once.claim() { continuation.resume(throwing: error) }
+            }
         }
-        guard let result = try await group.next() else { throw SkynetError.timedOut(limit) }
-        group.cancelAll()
-        return result
+        Task {
+            try? await Task.sleep(for: limit)
+            if once.claim() {
+                work.cancel()
+                continuation.resume(throwing: SkynetError.timedOut(limit))
+            }
+        }
+    }
+}
+
+/// Lets exactly one of several racers resume a continuation.
+private final class ResumeOnce: Sendable {
+    private let taken = Mutex(false)
+    func claim() -> Bool {
+        taken.withLock { taken in
+            defer { taken = true }
+            return !taken
+        }
     }
 }
