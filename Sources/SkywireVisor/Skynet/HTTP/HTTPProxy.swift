@@ -57,6 +57,10 @@ final class HTTPProxy: Sendable {
 
     private let routes = Mutex<[Int: Route]>([:])
     private let bound = Mutex<Int?>(nil)
+    /// Idle backend connections by backend port, kept for the next client connection.
+    private let idle = Mutex<[Int: [ProxyRelay.BackendConnection]]>([:])
+    /// Idle backend connections kept per backend port.
+    static let idlePerBackend = 32
     let logger: Logger
 
     init(logger: Logger) {
@@ -71,6 +75,28 @@ final class HTTPProxy: Sendable {
     func route(for peerPort: Int?) -> Route? {
         guard let peerPort else { return nil }
         return self.routes.withLock { $0[peerPort] }
+    }
+
+    /// An idle connection to the backend on `port`, if one is still open.
+    func checkout(port: Int) -> ProxyRelay.BackendConnection? {
+        var closed: [ProxyRelay.BackendConnection] = []
+        defer { for connection in closed { connection.close() } }
+        return self.idle.withLock { idle in
+            while let connection = idle[port]?.popLast() {
+                if connection.channel.isActive { return connection }
+                closed.append(connection)
+            }
+            return nil
+        }
+    }
+
+    /// Keeps `connection` for the next client connection; `false` when the pool is full.
+    func checkin(_ connection: ProxyRelay.BackendConnection, port: Int) -> Bool {
+        self.idle.withLock { idle in
+            guard (idle[port]?.count ?? 0) < Self.idlePerBackend else { return false }
+            idle[port, default: []].append(connection)
+            return true
+        }
     }
 
     /// Serves until graceful shutdown.

@@ -98,7 +98,7 @@ struct ProxyChannel: ServerChildChannel {
                             }
                             let outcome = try await ProxyRelay.serve(
                                 first: head, parts: parts, outbound: outbound,
-                                channel: channel, route: route, logger: logger
+                                channel: channel, route: route, proxy: self.proxy, logger: logger
                             )
                             guard case .next(let next) = outcome else { break }
                             pending = next

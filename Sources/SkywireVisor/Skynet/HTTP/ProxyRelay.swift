@@ -15,7 +15,8 @@ import Synchronization
 /// backend that answers before reading the whole body is served too. The answer is relayed as it
 /// comes: a small body of announced length leaves with its head in one write, a larger one
 /// streams. The backend connection is kept for the client's next request while both sides keep
-/// it alive; a backend that closed it in between is reconnected (a body-less request that met a
+/// it alive, then goes to the proxy's idle pool (``HTTPProxy/checkin(_:port:)``) for the next
+/// client connection; a backend that closed it in between is reconnected (a body-less request that met a
 /// connection closed under it is sent once more on a fresh one). No answer within the instance's
 /// backend timeout (and no next part of the answer within it) is a 504; a backend that cannot be
 /// reached, or closes without an answer, a 502.
@@ -38,9 +39,12 @@ enum ProxyRelay {
     /// Serves `first` and the client's following ordinary requests on one backend connection.
     static func serve(
         first: HTTPRequest, parts: RequestParts, outbound: ProxyChannel.Outbound,
-        channel: any Channel, route: HTTPProxy.Route, logger: Logger
+        channel: any Channel, route: HTTPProxy.Route, proxy: HTTPProxy, logger: Logger
     ) async throws -> Outcome {
         let backendHost = "127.0.0.1:\(route.backendPort)"
+        if let pooled = proxy.checkout(port: route.backendPort) {
+            return try await Self.serve(first: first, on: pooled, reused: true, parts: parts, outbound: outbound, channel: channel, route: route, proxy: proxy, logger: logger)
+        }
         let backend: Backend
         do {
             backend = try await ClientBootstrap(group: channel.eventLoop)
@@ -67,32 +71,78 @@ enum ProxyRelay {
             return .next(next)
         }
 
-        return try await backend.executeThenClose { answers, requests in
-            var iterator = answers.makeAsyncIterator()
-            var head = first
-            var reused = false
-            while true {
-                let step = try await Self.forward(
-                    head, reused: reused, iterator: &iterator, requests: requests, backend: backend.channel,
-                    parts: parts, outbound: outbound, client: channel, route: route, logger: logger
-                )
-                switch step {
-                case .retry:
-                    // Sent on a connection the backend had closed: once more, on a fresh one.
-                    return .next(head)
-                case .done(let keepBackend):
-                    if ProxyHeaders.wantsClose(head.headerFields) || parts.bodyHeldByReader { return .ended }
-                    try await parts.skipBody()
-                    guard let next = try await parts.nextHead() else { return .ended }
-                    if !keepBackend || !backend.channel.isActive || next.method == .connect
-                        || ProxyHeaders.isUpgrade(next.headerFields)
-                    {
-                        return .next(next)
+        let connection = BackendConnection(backend)
+        return try await Self.serve(first: first, on: connection, reused: false, parts: parts, outbound: outbound, channel: channel, route: route, proxy: proxy, logger: logger)
+    }
+
+    private static func serve(
+        first: HTTPRequest, on backend: BackendConnection, reused: Bool, parts: RequestParts,
+        outbound: ProxyChannel.Outbound, channel: any Channel, route: HTTPProxy.Route, proxy: HTTPProxy,
+        logger: Logger
+    ) async throws -> Outcome {
+        var head = first
+        var reused = reused
+        var pooled = false
+        defer { if !pooled { backend.close() } }
+        while true {
+            let step = try await Self.forward(
+                head, reused: reused, iterator: &backend.iterator, requests: backend.requests, backend: backend.channel,
+                parts: parts, outbound: outbound, client: channel, route: route, logger: logger
+            )
+            switch step {
+            case .retry:
+                // Sent on a connection the backend had closed: once more, on another one.
+                return .next(head)
+            case .done(let keepBackend):
+                // Back to the pool when this client connection has no further use for it.
+                func release() {
+                    if keepBackend && backend.channel.isActive {
+                        pooled = proxy.checkin(backend, port: route.backendPort)
                     }
-                    head = next
-                    reused = true
                 }
+                if ProxyHeaders.wantsClose(head.headerFields) || parts.bodyHeldByReader {
+                    if !parts.bodyHeldByReader { release() }
+                    return .ended
+                }
+                try await parts.skipBody()
+                guard let next = try await parts.nextHead() else {
+                    release()
+                    return .ended
+                }
+                if !keepBackend || !backend.channel.isActive { return .next(next) }
+                if next.method == .connect || ProxyHeaders.isUpgrade(next.headerFields) {
+                    release()
+                    return .next(next)
+                }
+                head = next
+                reused = true
             }
+        }
+    }
+
+    /// A backend connection, used by one client connection at a time (or idle in the pool).
+    final class BackendConnection: @unchecked Sendable {
+        let channel: any Channel
+        var iterator: NIOAsyncChannelInboundStream<HTTPClientResponsePart>.AsyncIterator
+        let requests: NIOAsyncChannelOutboundWriter<HTTPClientRequestPart>
+
+        init(_ backend: Backend) {
+            self.channel = backend.channel
+            // The scoped `executeThenClose` cannot outlive one client connection; the pool needs
+            // the stream and the writer themselves.
+            let (inbound, outbound) = Self.parts(of: backend)
+            self.iterator = inbound.makeAsyncIterator()
+            self.requests = outbound
+        }
+
+        private static func parts(of backend: Backend) -> (NIOAsyncChannelInboundStream<HTTPClientResponsePart>, NIOAsyncChannelOutboundWriter<HTTPClientRequestPart>) {
+            let channel: some UnscopedAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart> = backend
+            return (channel.inbound, channel.outbound)
+        }
+
+        func close() {
+            self.requests.finish()
+            self.channel.close(promise: nil)
         }
     }
 
@@ -287,3 +337,14 @@ enum ProxyRelay {
         }
     }
 }
+
+/// `NIOAsyncChannel`'s stream and writer outside `executeThenClose` (the pool keeps backend
+/// connections across client connections, which that scoped method cannot).
+protocol UnscopedAsyncChannel<Inbound, Outbound> {
+    associatedtype Inbound: Sendable
+    associatedtype Outbound: Sendable
+    var inbound: NIOAsyncChannelInboundStream<Inbound> { get }
+    var outbound: NIOAsyncChannelOutboundWriter<Outbound> { get }
+}
+
+extension NIOAsyncChannel: UnscopedAsyncChannel {}
