@@ -3,6 +3,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -87,6 +88,10 @@ class Backend(BaseHTTPRequestHandler):
                 HELD.append(self.path)
             HOLD.wait(30)
             self._send(b"held")
+        elif self.path.startswith("/drop"):
+            # Answers as a keep-alive connection would, then closes it (as an idle timeout does).
+            self._send(json.dumps({"path": self.path}).encode())
+            self.close_connection = True
         elif self.path.startswith("/slow"):
             time.sleep(3)
             self._send(b"slow")
@@ -180,6 +185,29 @@ def test_keep_alive_reuse_and_chunked_upload(web):
                         f"http://127.0.0.1:{port}/up"], input=data, capture_output=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"len": len(data), "sha": hashlib.sha256(data).hexdigest()}
+
+
+def test_backend_closing_its_keep_alive_connection_between_requests(web):
+    _, _, port = web
+    # The backend closes its connection after each /drop answer, without saying so: the proxy
+    # must take a fresh one for the next request, whether or not it has seen the close yet.
+    with httpx.Client(timeout=30) as client:
+        for i in range(20):
+            r = client.get(f"http://127.0.0.1:{port}/drop/{i}")
+            assert r.status_code == 200 and r.json()["path"] == f"/drop/{i}"
+            r = client.get(f"http://127.0.0.1:{port}/after-drop/{i}")
+            assert r.status_code == 200 and r.json()["path"] == f"/after-drop/{i}"
+            if i % 5 == 4:
+                time.sleep(0.2)  # the close seen before the next request, too
+    # The same, pipelined on one connection: answers in order.
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(b"".join(f"GET /{kind}/{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                       for i in range(5) for kind in ("drop", "next")) +
+              b"GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = recv_all(s)
+    s.close()
+    paths = [m.decode() for m in re.findall(rb'\{"path": "([^"]+)"', data)]
+    assert paths == [f"/{kind}/{i}" for i in range(5) for kind in ("drop", "next")] + ["/last"], data[-300:]
 
 
 def test_head_answers_have_no_body_and_the_connection_goes_on(web):

@@ -1,4 +1,3 @@
-import AsyncHTTPClient
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -45,9 +44,10 @@ struct ProxyOptions: Equatable, Sendable {
 /// before any byte flows, the connection's local port is registered with the authenticated key,
 /// the backend port and the instance's options, and the proxy looks the connection's peer port
 /// up. HTTP is parsed by NIOHTTP1 (never by hand); HummingbirdCore runs the listener and the
-/// request/response types, ``ProxyChannel`` the per-connection loop, AsyncHTTPClient talks to
-/// the backend (``ProxyForwarder``) except for protocol switches (``ProxyUpgrade``), which get a
-/// raw connection of their own. The header rules are in ``ProxyHeaders``.
+/// request/response types, ``ProxyChannel`` the per-connection loop; ``ProxyRelay`` relays each
+/// client connection's requests over one backend connection of its own (NIOHTTP1 parts 1:1),
+/// protocol switches (``ProxyUpgrade``) get a raw connection of their own. The header rules are
+/// in ``ProxyHeaders``.
 final class HTTPProxy: Sendable {
     struct Route: Sendable {
         var remoteKey: String
@@ -57,8 +57,10 @@ final class HTTPProxy: Sendable {
 
     private let routes = Mutex<[Int: Route]>([:])
     private let bound = Mutex<Int?>(nil)
-    /// One client per backend timeout in use (AsyncHTTPClient's read timeout is per client).
-    private let clients = Mutex<(byTimeout: [Int64: HTTPClient], closed: Bool)>(([:], false))
+    /// Idle backend connections by backend port, kept for the next client connection.
+    private let idle = Mutex<[Int: [ProxyRelay.BackendConnection]]>([:])
+    /// Idle backend connections kept per backend port.
+    static let idlePerBackend = 32
     let logger: Logger
 
     init(logger: Logger) {
@@ -75,24 +77,25 @@ final class HTTPProxy: Sendable {
         return self.routes.withLock { $0[peerPort] }
     }
 
-    /// The backend client for `timeout`; `nil` once the proxy has shut down.
-    func client(timeout: TimeAmount) -> HTTPClient? {
-        self.clients.withLock { state in
-            guard !state.closed else { return nil }
-            if let client = state.byTimeout[timeout.nanoseconds] { return client }
-            var configuration = HTTPClient.Configuration(
-                redirectConfiguration: .disallow,
-                timeout: .init(connect: .seconds(5), read: timeout)
-            )
-            configuration.connectionPool.retryConnectionEstablishment = false
-            // One backend connection per request in flight, as a reverse proxy must: with the
-            // default (8 per host) a ninth concurrent request — behind eight long downloads or
-            // event streams — would wait for one of them to end.
-            configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 4096
-            configuration.decompression = .disabled
-            let client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
-            state.byTimeout[timeout.nanoseconds] = client
-            return client
+    /// An idle connection to the backend on `port`, if one is still open.
+    func checkout(port: Int) -> ProxyRelay.BackendConnection? {
+        var closed: [ProxyRelay.BackendConnection] = []
+        defer { for connection in closed { connection.close() } }
+        return self.idle.withLock { idle in
+            while let connection = idle[port]?.popLast() {
+                if connection.channel.isActive { return connection }
+                closed.append(connection)
+            }
+            return nil
+        }
+    }
+
+    /// Keeps `connection` for the next client connection; `false` when the pool is full.
+    func checkin(_ connection: ProxyRelay.BackendConnection, port: Int) -> Bool {
+        self.idle.withLock { idle in
+            guard (idle[port]?.count ?? 0) < Self.idlePerBackend else { return false }
+            idle[port, default: []].append(connection)
+            return true
         }
     }
 
@@ -106,75 +109,8 @@ final class HTTPProxy: Sendable {
             eventLoopGroup: MultiThreadedEventLoopGroup.singleton,
             logger: self.logger
         )
-        defer {
-            let clients = self.clients.withLock { state in
-                state.closed = true
-                return Array(state.byTimeout.values)
-            }
-            for client in clients { client.shutdown { _ in } }
-        }
         try await server.run()
     }
-}
-
-/// Forwards ordinary requests to the backend with AsyncHTTPClient and builds the response.
-struct ProxyForwarder: Sendable {
-    let proxy: HTTPProxy
-    let logger: Logger
-
-    func respond(to request: Request, route: HTTPProxy.Route) async -> Response {
-        let backendHost = "127.0.0.1:\(route.backendPort)"
-        guard let client = self.proxy.client(timeout: route.options.backendTimeAmount) else {
-            return ProxyProblem.response(.serviceUnavailable, "skywire: the visor is shutting down\n")
-        }
-        var outbound = HTTPClientRequest(url: "http://\(backendHost)\(request.head.path ?? "/")")
-        outbound.method = NIOHTTP1.HTTPMethod(rawValue: request.method.rawValue)
-        if route.options.preserveHost, let host = request.head.authority {
-            outbound.headers.add(name: "Host", value: host)
-        }
-        let fields = ProxyHeaders.request(
-            request.headers, originalHost: request.head.authority, clientAddress: "127.0.0.1", remoteKey: route.remoteKey
-        )
-        for field in fields { outbound.headers.add(name: field.name.rawName, value: field.value) }
-        if let length = request.headers[.contentLength].flatMap(Int64.init) {
-            outbound.body = .stream(request.body, length: .known(length))
-        } else if request.headers[.transferEncoding] != nil {
-            outbound.body = .stream(request.body, length: .unknown)
-        }
-        let response: HTTPClientResponse
-        do {
-            // The deadline only bounds the wait for the response head; the backend timeout is
-            // the client's read timeout (idle time once the request is sent), so a long upload
-            // or download is never cut.
-            response = try await client.execute(outbound, timeout: .hours(24))
-        } catch let error as HTTPClientError where error == .readTimeout || error == .deadlineExceeded {
-            return ProxyProblem.response(.gatewayTimeout, "skywire: backend \(backendHost) did not answer within \(ProxyProblem.seconds(route.options.backendTimeout))\n")
-        } catch {
-            self.logger.info("backend unavailable", metadata: ["port": "\(route.backendPort)", "error": "\(error)"])
-            return ProxyProblem.response(.badGateway, "skywire: backend \(backendHost) is unreachable (\(ProxyProblem.short(error)))\n")
-        }
-        var headers = HTTPFields()
-        for header in response.headers {
-            if let name = HTTPField.Name(header.name) { headers.append(HTTPField(name: name, value: header.value)) }
-        }
-        headers = ProxyHeaders.response(headers)
-        let status = HTTPResponse.Status(code: Int(response.status.code), reasonPhrase: response.status.reasonPhrase)
-        // A small body of announced length (the common case) goes out with the head in one write
-        // and so one flush, instead of three (head, body, end); larger ones stream.
-        if let length = response.headers.first(name: "content-length").flatMap(Int.init), length <= Self.smallBody {
-            do {
-                let body = try await response.body.collect(upTo: Self.smallBody)
-                return Response(status: status, headers: headers, body: .init(byteBuffer: body))
-            } catch {
-                self.logger.info("backend answer cut", metadata: ["port": "\(route.backendPort)", "error": "\(error)"])
-                return ProxyProblem.response(.badGateway, "skywire: backend \(backendHost) broke off its answer (\(ProxyProblem.short(error)))\n", close: true)
-            }
-        }
-        return Response(status: status, headers: headers, body: ResponseBody(asyncSequence: response.body))
-    }
-
-    /// Bodies up to this size, with a Content-Length, are sent in one piece with their head.
-    static let smallBody = 64 * 1024
 }
 
 /// The proxy's own answers: a status with a short plain-text body.

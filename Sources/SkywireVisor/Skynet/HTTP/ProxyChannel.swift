@@ -58,13 +58,22 @@ struct ProxyChannel: ServerChildChannel {
     private func serve(_ asyncChannel: Value, logger: Logger) async {
         let channel = asyncChannel.channel
         let peerPort = channel.remoteAddress?.port
-        let forwarder = ProxyForwarder(proxy: self.proxy, logger: logger)
         do {
             try await withTaskCancellationHandler {
                 try await asyncChannel.executeThenClose { inbound, outbound in
                     let parts = RequestParts(inbound.makeAsyncIterator())
                     do {
-                        while let head = try await parts.nextHead() {
+                        // A head read by the relay but left to this loop (see ``ProxyRelay/Outcome``).
+                        var pending: HTTPRequest?
+                        while true {
+                            let head: HTTPRequest
+                            if let next = pending {
+                                head = next
+                                pending = nil
+                            } else {
+                                guard let next = try await parts.nextHead() else { break }
+                                head = next
+                            }
                             let route = self.proxy.route(for: peerPort)
                             if head.method == .connect {
                                 try await Self.write(ProxyProblem.response(.methodNotAllowed, "skywire: CONNECT is not supported by an HTTP-mode forward\n", close: true), to: outbound)
@@ -78,21 +87,21 @@ struct ProxyChannel: ServerChildChannel {
                                 }
                                 break
                             }
-                            let close = ProxyHeaders.wantsClose(head.headerFields)
-                            var response: Response
-                            if let route {
-                                let expectsContinue = head.headerFields[.expect]?.lowercased() == "100-continue"
-                                let body = RequestBodyParts(parts: parts, continueWriter: expectsContinue ? outbound : nil)
-                                response = await forwarder.respond(to: Request(head: head, body: RequestBody(asyncSequence: body)), route: route)
-                            } else {
-                                response = ProxyProblem.response(.badGateway, "skywire: no tunnel for this connection\n")
+                            guard let route else {
+                                let close = ProxyHeaders.wantsClose(head.headerFields)
+                                var response = ProxyProblem.response(.badGateway, "skywire: no tunnel for this connection\n")
+                                if close { response.headers[.connection] = "close" }
+                                try await Self.write(response, to: outbound)
+                                if close { break }
+                                try await parts.skipBody()
+                                continue
                             }
-                            if close { response.headers[.connection] = "close" }
-                            try await Self.write(response, to: outbound)
-                            // A body the backend stopped reading (it answered early) may still
-                            // be held by its reader: then this connection takes no more requests.
-                            if close || parts.bodyHeldByReader { break }
-                            try await parts.skipBody()
+                            let outcome = try await ProxyRelay.serve(
+                                first: head, parts: parts, outbound: outbound,
+                                channel: channel, route: route, proxy: self.proxy, logger: logger
+                            )
+                            guard case .next(let next) = outcome else { break }
+                            pending = next
                         }
                     } catch let error as HTTPParserError {
                         let response = error == .headerOverflow
