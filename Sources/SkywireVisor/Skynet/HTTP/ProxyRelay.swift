@@ -16,7 +16,7 @@ import Synchronization
 /// comes: a small body of announced length leaves with its head in one write, a larger one
 /// streams. The backend connection is kept for the client's next request while both sides keep
 /// it alive, then goes to the proxy's idle pool (``HTTPProxy/checkin(_:port:)``) for the next
-/// client connection; a backend that closed it in between is reconnected (a body-less request that met a
+/// client connection; a backend that closed it in between is reconnected (a body-less request with an idempotent method that met a
 /// connection closed under it is sent once more on a fresh one). No answer within the instance's
 /// backend timeout (and no next part of the answer within it) is a 504; a backend that cannot be
 /// reached, or closes without an answer, a 502.
@@ -178,6 +178,10 @@ enum ProxyRelay {
             request.headerFields[.contentLength] = "0"
         }
         let requestHead = try HTTPRequestHead(request)
+        // Sent again on another connection if a reused one turns out closed — only when that is
+        // safe: no body, and a method RFC 9110 §9.2.2 calls idempotent (a POST is never repeated).
+        let retryable = reused && !hasBody
+            && ([.get, .head, .options, .trace, .put, .delete] as [HTTPRequest.Method]).contains(head.method)
 
         // The body goes out from a task of its own, so that an early answer is read meanwhile.
         let uploading = UploadFlag(active: hasBody)
@@ -201,7 +205,7 @@ enum ProxyRelay {
                 try await requests.write(contentsOf: [.head(requestHead), .end(nil)])
             }
         } catch {
-            if reused && !hasBody { return .retry }
+            if retryable { return .retry }
             throw error
         }
 
@@ -230,7 +234,7 @@ enum ProxyRelay {
                     try await ProxyChannel.write(problem, to: outbound)
                     return .done(keepBackend: false)
                 }
-                if reused && !hasBody { return .retry }
+                if retryable { return .retry }
                 logger.info("backend closed without an answer", metadata: ["port": "\(route.backendPort)"])
                 var problem = ProxyProblem.response(.badGateway, "skywire: backend \(backendHost) closed the connection without an answer\n")
                 if clientClose { problem.headers[.connection] = "close" }
