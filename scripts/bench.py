@@ -67,13 +67,14 @@ SKYNET = "direct forward (skynet)"
 PATHS = [DIRECT, SSH, RELAY, SKYNET]
 
 # A single-threaded epoll echo server, run as its own process so that it never competes with the
-# measuring client for the GIL. Prints its port, then serves until SIGTERM.
+# measuring client for the GIL. Binds argv[1] (default 127.0.0.1) on an ephemeral port, prints the
+# port, then serves until SIGTERM. (scripts/bench_sudph.py runs it inside a namespace too.)
 ECHO_SERVER = r"""
 import selectors, socket, sys
 sel = selectors.DefaultSelector()
 srv = socket.socket()
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("127.0.0.1", 0))
+srv.bind((sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1", 0))
 srv.listen(1024)
 srv.setblocking(False)
 sel.register(srv, selectors.EVENT_READ, None)

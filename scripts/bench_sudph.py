@@ -84,7 +84,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "Tests" / "integration"))
 
-from bench import Procs, cpu_model, first_line, start_forward, transport_of  # noqa: E402
+from bench import ECHO_SERVER, Procs, cpu_model, first_line, start_forward, transport_of  # noqa: E402
 
 SETUP_TIMEOUT = 30.0
 RTT_DEADLINE = 60.0    # seconds per RTT run (warm-up included)
@@ -111,54 +111,6 @@ CONDITIONS = [
     Condition("1% loss + 25 ms each way", 1.0, 25.0, 2 << 20),
     Condition("5% loss + 25 ms each way", 5.0, 25.0, 512 << 10),
 ]
-
-# Single-threaded epoll echo server on argv[1]:0 (own process: never competes with the client for
-# the GIL). Prints its port, then serves until SIGTERM.
-ECHO_SERVER = r"""
-import selectors, socket, sys
-sel = selectors.DefaultSelector()
-srv = socket.socket()
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind((sys.argv[1], 0))
-srv.listen(1024)
-srv.setblocking(False)
-sel.register(srv, selectors.EVENT_READ, None)
-print(srv.getsockname()[1], flush=True)
-while True:
-    for key, ev in sel.select():
-        s = key.fileobj
-        if s is srv:
-            for _ in range(64):
-                try:
-                    c, _ = srv.accept()
-                except OSError:
-                    break
-                c.setblocking(False)
-                c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sel.register(c, selectors.EVENT_READ, b"")
-            continue
-        buf = key.data
-        if ev & selectors.EVENT_READ:
-            try:
-                d = s.recv(262144)
-            except BlockingIOError:
-                continue
-            except OSError:
-                d = b""
-            if not d:
-                sel.unregister(s); s.close()
-                continue
-            buf += d
-        try:
-            n = s.send(buf)
-        except BlockingIOError:
-            n = 0
-        except OSError:
-            sel.unregister(s); s.close()
-            continue
-        buf = buf[n:]
-        sel.modify(s, selectors.EVENT_WRITE if buf else selectors.EVENT_READ, buf)
-"""
 
 # The pinger, run as its own process (inside a namespace when the client side is one):
 # argv host port count warmup deadline_s -> one JSON line {median, p99, max, count} (µs) or {error}.

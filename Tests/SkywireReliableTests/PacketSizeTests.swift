@@ -13,24 +13,28 @@ struct PacketSizeTests {
         let aData = rng.bytes(3 << 20)
         let bData = rng.bytes(3 << 20)
         let conditions = LinkConditions(
-            delay: .milliseconds(5), jitter: .milliseconds(3), loss: 0.1, duplication: 0.05, bandwidth: 50_000_000
+            delay: .milliseconds(5), jitter: .milliseconds(3), loss: 0.1, duplication: 0.05, bandwidth: 10_000_000
         )
         let sim = Simulation(conditions: conditions, aData: aData, bData: bData, seed: seed)
         var raisedA = false
         var raisedB = false
+        var midTransfer = true
         sim.observe = { sim in
             // Each side learns the larger size at its own moment, as with real probes.
             if !raisedA, sim.elapsed >= .milliseconds(40) {
                 raisedA = true
+                midTransfer = midTransfer && sim.b.received.readableBytes < aData.readableBytes
                 sim.a.connection.raiseMaxPacketSize(to: 16 * 1024)
             }
             if !raisedB, sim.elapsed >= .milliseconds(90) {
                 raisedB = true
+                midTransfer = midTransfer && sim.a.received.readableBytes < bData.readableBytes
                 sim.b.connection.raiseMaxPacketSize(to: 8 * 1024)
             }
         }
         let finished = sim.run(for: .seconds(600)) { $0.bothFinished }
         #expect(raisedA && raisedB)
+        #expect(midTransfer, "a raise came after that side's data had all arrived")
         #expect(finished, "a \(sim.a.connection.stats), b \(sim.b.connection.stats)")
         #expect(sim.b.received == aData, "a→b: \(sim.b.received.readableBytes) of \(aData.readableBytes) bytes")
         #expect(sim.a.received == bData, "b→a: \(sim.a.received.readableBytes) of \(bData.readableBytes) bytes")

@@ -128,6 +128,29 @@ final class RendezvousHandler: ChannelInboundHandler {
         }
     }
 
+    /// The checks BIND and CONNECT share, cheap ones first (a flood of stale datagrams costs no
+    /// signature verification); a failure is answered with its ERROR.
+    private func isFreshAndSigned(
+        _ message: RendezvousMessage,
+        by key: PublicKey,
+        timestamp: UInt64,
+        last: UInt64?,
+        kind: String,
+        from source: SocketAddress,
+        requestSize: Int,
+        context: ChannelHandlerContext
+    ) -> Bool {
+        if let refusal = self.timestampRefusal(timestamp, last: last, kind: kind) {
+            self.refuse(key, .stale, refusal, to: source, requestSize: requestSize, context: context)
+            return false
+        }
+        guard message.hasValidSignature else {
+            self.refuse(key, .badSignature, "\(kind) signature does not verify for \(key.fingerprint)", to: source, requestSize: requestSize, context: context)
+            return false
+        }
+        return true
+    }
+
     private func handleBind(
         _ message: RendezvousMessage,
         key: PublicKey,
@@ -137,15 +160,10 @@ final class RendezvousHandler: ChannelInboundHandler {
         now: UInt64,
         context: ChannelHandlerContext
     ) {
-        // Cheap checks first: a flood of stale datagrams costs no signature verification.
-        if let refusal = self.timestampRefusal(timestamp, last: self.records[key]?.lastBind, kind: "BIND") {
-            self.refuse(key, .stale, refusal, to: source, requestSize: requestSize, context: context)
-            return
-        }
-        guard message.hasValidSignature else {
-            self.refuse(key, .badSignature, "BIND signature does not verify for \(key.fingerprint)", to: source, requestSize: requestSize, context: context)
-            return
-        }
+        guard self.isFreshAndSigned(
+            message, by: key, timestamp: timestamp, last: self.records[key]?.lastBind, kind: "BIND",
+            from: source, requestSize: requestSize, context: context
+        ) else { return }
         if self.records[key] == nil && self.records.count >= self.policy.maxKeys {
             self.sweep(now: now)
             guard self.records.count < self.policy.maxKeys else {
@@ -185,14 +203,10 @@ final class RendezvousHandler: ChannelInboundHandler {
         now: UInt64,
         context: ChannelHandlerContext
     ) {
-        if let refusal = self.timestampRefusal(timestamp, last: self.records[from]?.lastConnect, kind: "CONNECT") {
-            self.refuse(from, .stale, refusal, to: source, requestSize: requestSize, context: context)
-            return
-        }
-        guard message.hasValidSignature else {
-            self.refuse(from, .badSignature, "CONNECT signature does not verify for \(from.fingerprint)", to: source, requestSize: requestSize, context: context)
-            return
-        }
+        guard self.isFreshAndSigned(
+            message, by: from, timestamp: timestamp, last: self.records[from]?.lastConnect, kind: "CONNECT",
+            from: source, requestSize: requestSize, context: context
+        ) else { return }
         // The requester must be bound from this very endpoint: the PEER we send to the target
         // names it, so it has to be an address the requester proved (by a BIND) it receives on.
         guard var requester = self.records[from], self.isLive(requester, now: now), requester.endpointKey == EndpointKey(source) else {

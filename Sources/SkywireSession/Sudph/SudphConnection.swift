@@ -16,6 +16,8 @@ final class SudphConnection: Link {
     let localIndex: UInt32
     let remoteIndex: UInt32
     let remoteKey: PublicKey
+    /// Set by the endpoint while this connection waits for ``service()`` at the end of a read batch.
+    var servicePending = false
     /// The endpoint's key for a retransmitted message 1 (responder side).
     var answeredKey: SudphCore.AnsweredKey?
     /// Where the peer's datagrams come from now (follows NAT rebinding after authentication).

@@ -268,15 +268,18 @@ final class SudphCore {
         case .sealed(let type, let receiverIndex, let packetNumber, let header, let sealed):
             guard let connection = connections[receiverIndex] else { return }
             connection.receive(type: type, packetNumber: packetNumber, header: header, sealed: sealed, from: address)
-            if touched.last !== connection { touched.append(connection) }
+            if !connection.servicePending {
+                connection.servicePending = true
+                touched.append(connection)
+            }
         }
     }
 
     func readComplete() {
         let batch = touched
         touched.removeAll(keepingCapacity: true)
-        var seen = Set<ObjectIdentifier>()
-        for connection in batch where seen.insert(ObjectIdentifier(connection)).inserted {
+        for connection in batch {
+            connection.servicePending = false
             connection.service()
         }
     }

@@ -49,10 +49,7 @@ final class DirectNetwork: Sendable {
 
     /// The listener's address, once bound.
     var boundAddress: String? {
-        self.bound.withLock { $0 }.map { address in
-            let host = address.ipAddress ?? "127.0.0.1"
-            return host.contains(":") ? "[\(host)]:\(address.port ?? 0)" : "\(host):\(address.port ?? 0)"
-        }
+        self.bound.withLock { $0 }?.hostPort
     }
 
     /// Addresses to publish for stcpr: the bound address, or every interface address when bound

@@ -38,15 +38,13 @@ final class SudphNetwork: Sendable {
 
     /// The socket's local address, once bound.
     var boundAddress: String? {
-        endpoint.withLock { $0 }.map { Self.show($0.localAddress) }
+        endpoint.withLock { $0 }.map { $0.localAddress.hostPort }
     }
 
     /// Our endpoint as discovery's rendezvous sees it (after NAT), once bound there.
     var publicAddress: String? {
-        endpoint.withLock { $0 }?.publicAddress.map(Self.show)
+        endpoint.withLock { $0 }?.publicAddress?.hostPort
     }
-
-    static func show(_ address: SocketAddress) -> String { address.hostPort }
 
     /// Binds the socket (if configured), keeps the rendezvous address current, serves until
     /// graceful shutdown.
@@ -65,7 +63,7 @@ final class SudphNetwork: Sendable {
             throw ConfigError("cannot listen for sudph on \(listen): \(error)")
         }
         self.endpoint.withLock { $0 = endpoint }
-        logger.info("sudph listening", metadata: ["sudph": "\(Self.show(endpoint.localAddress))"])
+        logger.info("sudph listening", metadata: ["sudph": "\(endpoint.localAddress.hostPort)"])
         let discovery = self.discovery
         let logger = self.logger
         try? await cancelWhenGracefulShutdown {
@@ -78,7 +76,7 @@ final class SudphNetwork: Sendable {
                     if address != current {
                         current = address
                         endpoint.setRendezvous(address)
-                        logger.info("sudph rendezvous", metadata: ["rendezvous": "\(Self.show(address))"])
+                        logger.info("sudph rendezvous", metadata: ["rendezvous": "\(address.hostPort)"])
                     }
                     backoff = .seconds(1)
                     try await Task.sleep(for: .seconds(30))

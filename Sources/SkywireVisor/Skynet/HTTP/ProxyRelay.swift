@@ -5,6 +5,7 @@ import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
 import NIOPosix
+import SkywireLink
 import Synchronization
 
 /// Ordinary requests through the proxy: one backend connection per client connection, HTTP parts
@@ -37,6 +38,30 @@ enum ProxyRelay {
     static let smallBody = 64 * 1024
 
     /// Serves `first` and the client's following ordinary requests on one backend connection.
+    /// A connection to the local service with NIOHTTP1's client codec. For an upgrade it may
+    /// become a spliced byte stream after the 101: half-close allowed, Link water marks, and bytes
+    /// behind the 101 kept (`forwardBytes`) instead of dropped.
+    static func connectBackend(port: Int, on loop: any EventLoop, forUpgrade: Bool) async throws -> Backend {
+        var bootstrap = ClientBootstrap(group: loop)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(.seconds(5))
+        if forUpgrade {
+            bootstrap = bootstrap
+                .channelOption(.allowRemoteHalfClosure, value: true)
+                .channelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
+        }
+        let leftOver: RemoveAfterUpgradeStrategy = forUpgrade ? .forwardBytes : .dropBytes
+        return try await bootstrap.connect(host: "127.0.0.1", port: port) { backendChannel in
+            backendChannel.eventLoop.makeCompletedFuture {
+                try backendChannel.pipeline.syncOperations.addHandlers(
+                    HTTPRequestEncoder(),
+                    ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: leftOver))
+                )
+                return try Backend(wrappingChannelSynchronously: backendChannel)
+            }
+        }
+    }
+
     static func serve(
         first: HTTPRequest, parts: RequestParts, outbound: ProxyChannel.Outbound,
         channel: any Channel, route: HTTPProxy.Route, proxy: HTTPProxy, logger: Logger
@@ -47,18 +72,7 @@ enum ProxyRelay {
         }
         let backend: Backend
         do {
-            backend = try await ClientBootstrap(group: channel.eventLoop)
-                .channelOption(.socketOption(.tcp_nodelay), value: 1)
-                .connectTimeout(.seconds(5))
-                .connect(host: "127.0.0.1", port: route.backendPort) { backendChannel in
-                    backendChannel.eventLoop.makeCompletedFuture {
-                        try backendChannel.pipeline.syncOperations.addHandlers(
-                            HTTPRequestEncoder(),
-                            ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes))
-                        )
-                        return try Backend(wrappingChannelSynchronously: backendChannel)
-                    }
-                }
+            backend = try await Self.connectBackend(port: route.backendPort, on: channel.eventLoop, forUpgrade: false)
         } catch {
             logger.info("backend unavailable", metadata: ["port": "\(route.backendPort)", "error": "\(error)"])
             var problem = ProxyProblem.response(.badGateway, "skywire: backend \(backendHost) is unreachable (\(ProxyProblem.short(error)))\n")

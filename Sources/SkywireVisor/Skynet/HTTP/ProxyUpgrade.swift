@@ -6,7 +6,6 @@ import NIOCore
 import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
-import NIOPosix
 import ServiceLifecycle
 import SkywireLink
 import Synchronization
@@ -35,20 +34,7 @@ enum ProxyUpgrade {
         let backendHost = "127.0.0.1:\(route.backendPort)"
         let backend: Backend
         do {
-            backend = try await ClientBootstrap(group: channel.eventLoop)
-                .channelOption(.allowRemoteHalfClosure, value: true)
-                .channelOption(.socketOption(.tcp_nodelay), value: 1)
-                .channelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
-                .connectTimeout(.seconds(5))
-                .connect(host: "127.0.0.1", port: route.backendPort) { backendChannel in
-                    backendChannel.eventLoop.makeCompletedFuture {
-                        try backendChannel.pipeline.syncOperations.addHandlers(
-                            HTTPRequestEncoder(),
-                            ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes))
-                        )
-                        return try Backend(wrappingChannelSynchronously: backendChannel)
-                    }
-                }
+            backend = try await ProxyRelay.connectBackend(port: route.backendPort, on: channel.eventLoop, forUpgrade: true)
         } catch {
             logger.info("backend unavailable", metadata: ["port": "\(route.backendPort)", "error": "\(error)"])
             try await ProxyChannel.write(ProxyProblem.response(.badGateway, "skywire: backend \(backendHost) is unreachable (\(ProxyProblem.short(error)))\n", close: true), to: outbound)
