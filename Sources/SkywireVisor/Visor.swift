@@ -38,7 +38,7 @@ public final class Visor: Service, Sendable {
         self.group = group
         self.logger = logger
         self.onReady = onReady
-        self.discovery = DiscoveryClient(baseURL: config.discovery)
+        self.discovery = DiscoveryClient(baseURLs: config.discovery)
         let settings = SessionSettings(identity: self.identity)
         self.dmsg = DmsgNetwork(
             discovery: self.discovery, group: group, settings: settings,
@@ -106,7 +106,7 @@ public final class Visor: Service, Sendable {
             self?.onReady?(shown)
             return token
         }
-        logger.info("visor starting", metadata: ["pk": "\(identity.publicKey.hex)", "discovery": "\(self.config.discovery)"])
+        logger.info("visor starting", metadata: ["pk": "\(identity.publicKey.hex)", "discovery": "\(self.discovery.baseURL)"])
         await self.restoreInstances()
         defer {
             if let address = self.rpcAddress, let (host, port) = parseLoopbackHostPort(address) {
@@ -166,7 +166,7 @@ public final class Visor: Service, Sendable {
         VisorInfo(
             publicKey: self.identity.publicKey.hex,
             rpc: self.rpcAddress ?? self.config.rpc,
-            discovery: self.config.discovery,
+            discovery: self.discovery.baseURL,
             stcpr: self.direct.boundAddress,
             sudph: self.sudph.boundAddress,
             sudphPublic: self.sudph.publicAddress,

@@ -112,25 +112,30 @@ class Network:
         self.procs.append(p)
         return p
 
-    def start_discovery(self, host: str = "127.0.0.1", netns: str | None = None) -> None:
-        """Discovery on `host`:ephemeral (inside `netns` if given); sets `discovery_url`."""
-        p = self.start("discovery", "discovery", "--addr", f"{host}:0", "--db", str(self.dir / "discovery.sqlite"),
+    def start_discovery(self, host: str = "127.0.0.1", netns: str | None = None, name: str = "discovery",
+                        db: str | None = None) -> str:
+        """Discovery on `host`:ephemeral (inside `netns` if given) with `db` (default: a SQLite file
+        in the test folder); returns its URL and sets `discovery_url` if none is set yet."""
+        p = self.start(name, "discovery", "--addr", f"{host}:0", "--db", db or str(self.dir / f"{name}.sqlite"),
                        netns=netns)
         port = _port_of(p.wait_log(re.escape(host) + r":(\d+) .*discovery server listening"))
-        self.discovery_url = f"http://{host}:{port}"
+        url = f"http://{host}:{port}"
+        if not self.discovery_url:
+            self.discovery_url = url
+        return url
 
     def start_relay(self, name: str = "relay", port: int = 0, key_name: str | None = None,
-                    host: str = "127.0.0.1", netns: str | None = None) -> Proc:
-        p = self.start(name, "dmsg-server", "--addr", f"{host}:{port}", "--discovery", self.discovery_url,
+                    host: str = "127.0.0.1", netns: str | None = None, discovery: str | None = None) -> Proc:
+        p = self.start(name, "dmsg-server", "--addr", f"{host}:{port}", "--discovery", discovery or self.discovery_url,
                        "--key-file", str(self.dir / f"{key_name or name}.key"), netns=netns)
         self.relay_port = _port_of(p.wait_log(r"address=" + re.escape(host) + r":(\d+) .*relay listening"))
         self.relay = p
         return p
 
-    def gen_config(self, name: str, *extra: str) -> Path:
+    def gen_config(self, name: str, *extra: str, discovery: str | None = None) -> Path:
         path = self.dir / f"{name}.json"
-        r = self.run_cli("config", "gen", "--out", str(path), "--discovery", self.discovery_url, "--rpc", "127.0.0.1:0",
-                         *extra, rpc=None)
+        r = self.run_cli("config", "gen", "--out", str(path), "--discovery", discovery or self.discovery_url,
+                         "--rpc", "127.0.0.1:0", *extra, rpc=None)
         assert r.returncode == 0, r.stderr
         return path
 

@@ -15,7 +15,7 @@ struct ConfigCommand: AsyncParsableCommand {
         @Option(help: "Where to write the config.")
         var out = "skywire-config.json"
 
-        @Option(help: "Discovery service URL.")
+        @Option(help: "Discovery service URL, or several comma-separated (replicas sharing one registry, tried in order with fail-over).")
         var discovery = VisorConfig.defaultDiscovery
 
         @Option(help: "Control API address (loopback host:port; port 0 = ephemeral).")
@@ -34,9 +34,7 @@ struct ConfigCommand: AsyncParsableCommand {
             guard parseLoopbackHostPort(self.rpc) != nil else {
                 throw ValidationError("invalid --rpc \"\(self.rpc)\": expected a loopback host:port such as 127.0.0.1:3435")
             }
-            guard URL(string: self.discovery)?.scheme?.hasPrefix("http") == true, URL(string: self.discovery)?.host != nil else {
-                throw ValidationError("invalid --discovery \"\(self.discovery)\": expected an http:// URL")
-            }
+            _ = try parseDiscoveryURLs(self.discovery)
             if let stcpr { _ = try parseListenAddress(stcpr, flag: "--stcpr") }
             if let sudph { _ = try parseListenAddress(sudph, flag: "--sudph") }
         }
@@ -44,7 +42,7 @@ struct ConfigCommand: AsyncParsableCommand {
         func run() async throws {
             let base = URL(fileURLWithPath: self.out).deletingPathExtension().lastPathComponent
             let config = VisorConfig.generate(
-                discovery: self.discovery, rpc: self.rpc, stateDir: "\(base)-state",
+                discovery: try parseDiscoveryURLs(self.discovery), rpc: self.rpc, stateDir: "\(base)-state",
                 stcpr: self.stcpr, sudph: self.sudph
             )
             do { try config.write(path: self.out, force: self.force) } catch { throw CLIError("\(error)") }

@@ -17,7 +17,7 @@ struct DiscoveryCommand: AsyncParsableCommand {
     @Option(help: "Listen address host:port (port 0 = ephemeral).")
     var addr = "127.0.0.1:9090"
 
-    @Option(help: "SQLite database file (created if missing).")
+    @Option(help: "Database: a SQLite file (created if missing; also sqlite:PATH), or postgres://USER[:PASSWORD]@HOST:PORT/DB[?sslmode=…&pool=N] shared by several discovery processes (replicas).")
     var db = "discovery.sqlite"
 
     @Option(name: .customLong("entry-ttl"), help: "Seconds an entry lives without a refresh.")
@@ -31,8 +31,10 @@ struct DiscoveryCommand: AsyncParsableCommand {
         if let rendezvous = self.rendezvous {
             _ = try parseListenAddress(rendezvous, flag: "--rendezvous")
         }
-        if self.db.hasPrefix("postgres://") || self.db.hasPrefix("postgresql://") {
-            throw ValidationError("PostgreSQL storage is not available yet; use a SQLite file for --db")
+        do {
+            _ = try DiscoveryDatabase(parsing: self.db)
+        } catch {
+            throw ValidationError("invalid --db: \(error.message)")
         }
         guard self.entryTTL >= 1 else { throw ValidationError("--entry-ttl must be at least 1 second") }
     }
@@ -69,7 +71,7 @@ struct DmsgServerCommand: AsyncParsableCommand {
     @Option(help: "Listen address host:port (port 0 = ephemeral).")
     var addr = "127.0.0.1:8081"
 
-    @Option(help: "Discovery service URL to register in.")
+    @Option(help: "Discovery service URL to register in, or several comma-separated (replicas sharing one registry, tried in order with fail-over).")
     var discovery = "http://127.0.0.1:9090"
 
     @Option(name: .customLong("key-file"), help: "The relay's key file (created with mode 0600 if missing).")
@@ -80,9 +82,7 @@ struct DmsgServerCommand: AsyncParsableCommand {
 
     func validate() throws {
         _ = try parseListenAddress(self.addr, flag: "--addr")
-        guard URL(string: self.discovery)?.scheme?.hasPrefix("http") == true else {
-            throw ValidationError("invalid --discovery \"\(self.discovery)\": expected an http:// URL")
-        }
+        _ = try parseDiscoveryURLs(self.discovery)
     }
 
     func run() async throws {
@@ -91,7 +91,7 @@ struct DmsgServerCommand: AsyncParsableCommand {
         do { identity = try KeyPair.loadOrCreate(path: self.keyFile) } catch { throw CLIError("\(error)") }
         let logger = makeLogger("skywire.dmsg-server")
         let relay = RelayServer(
-            configuration: .init(host: host, port: port, identity: identity, discoveryURL: self.discovery, publicAddress: self.publicAddr),
+            configuration: .init(host: host, port: port, identity: identity, discoveryURL: try parseDiscoveryURLs(self.discovery).joined(separator: ","), publicAddress: self.publicAddr),
             group: daemonEventLoopGroup,
             logger: logger
         )
@@ -115,6 +115,18 @@ struct VisorCommand: AsyncParsableCommand {
         let visor = try Visor(config: config, configPath: self.config, group: daemonEventLoopGroup, logger: logger)
         try await runServices([visor], logger: logger)
     }
+}
+
+/// Splits and checks a `--discovery URL1,URL2,…` value.
+func parseDiscoveryURLs(_ text: String) throws -> [String] {
+    let urls = DiscoveryClient.splitURLs(text)
+    guard !urls.isEmpty else {
+        throw ValidationError("invalid --discovery \"\(text)\": expected an http:// URL (or several, comma-separated)")
+    }
+    for url in urls where !isDiscoveryURL(url) {
+        throw ValidationError("invalid --discovery \"\(url)\": expected an http:// URL")
+    }
+    return urls
 }
 
 /// Runs services until SIGTERM/SIGINT, then shuts them down gracefully.

@@ -94,7 +94,7 @@ struct DemoService: Service {
 
         // 4. Two visors.
         let visors = try ["a", "b"].map { name -> (Visor, AsyncValue<String>) in
-            let config = VisorConfig.generate(discovery: discoveryURL, rpc: "127.0.0.1:0", stateDir: self.folder + "/visor-\(name)-state")
+            let config = VisorConfig.generate(discovery: [discoveryURL], rpc: "127.0.0.1:0", stateDir: self.folder + "/visor-\(name)-state")
             try config.write(path: self.folder + "/visor-\(name).json", force: true)
             let ready = AsyncValue<String>()
             let visor = try Visor(config: config, logger: quiet) { rpc in Task { await ready.set(rpc) } }

@@ -15,18 +15,31 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import SkywireCrypto
+import Synchronization
 
-/// Talks to a discovery service (see ``DiscoveryServer``) over HTTP.
+/// Talks to a discovery service (see ``DiscoveryServer``) over HTTP, through one or several
+/// servers that share one registry (replicas on one PostgreSQL database).
 ///
-/// Every request has a deadline (``timeout``); every failure is a ``DiscoveryError`` whose
-/// description is one line naming the service, the request and the reason. Lookups return `nil`
-/// when the service answers 404.
+/// With several servers, each request goes to the first one that is not backing off (in the
+/// configured order) and moves on to the next when a server does not answer or answers 5xx; a
+/// server that failed is skipped for a short back-off (1 s, doubling up to 10 s, reset by a
+/// success), so after one failure the others answer at full speed. A 4xx (including a lookup's
+/// 404) is the registry's answer and is not retried elsewhere: replicas share their data.
+///
+/// Every request has a deadline per server (``timeout``); every failure is a ``DiscoveryError``
+/// whose description is one line naming the service(s), the request and the reason. Lookups
+/// return `nil` when the service answers 404.
 public struct DiscoveryClient: Sendable {
-    /// The service's base URL, e.g. `http://127.0.0.1:9090` (a trailing `/` is dropped).
-    public let baseURL: String
-    /// Deadline for each whole request, response body included.
+    /// The servers' base URLs in order of preference, e.g. `http://127.0.0.1:9090` (a trailing
+    /// `/` is dropped).
+    public let baseURLs: [String]
+    /// Deadline for each whole request to one server, response body included.
     public let timeout: Duration
     private let httpClient: HTTPClient
+    let health: ServerHealth
+
+    /// The base URLs comma-separated (one URL when there is one): for messages and logs.
+    public var baseURL: String { self.baseURLs.joined(separator: ",") }
 
     /// Largest response body read (a relay list of thousands of entries fits easily).
     static let maxResponseBytes = 8 * 1024 * 1024
@@ -47,18 +60,39 @@ public struct DiscoveryClient: Sendable {
     /// Creates a client.
     ///
     /// - Parameters:
-    ///   - baseURL: where the service is, e.g. `http://127.0.0.1:9090`.
+    ///   - baseURL: where the service is, e.g. `http://127.0.0.1:9090`; several replicas
+    ///     comma-separated (see ``splitURLs(_:)``).
     ///   - httpClient: the AsyncHTTPClient to use; ``defaultHTTPClient`` by default. (With
     ///     `HTTPClient.shared`, a refused connection is retried until the timeout.)
-    ///   - timeout: deadline for each request. Default 5 s.
+    ///   - timeout: deadline for each request to one server. Default 5 s.
     public init(baseURL: String, httpClient: HTTPClient = DiscoveryClient.defaultHTTPClient, timeout: Duration = .seconds(5)) {
-        var url = baseURL
-        while url.hasSuffix("/") {
-            url.removeLast()
+        self.init(baseURLs: Self.splitURLs(baseURL), httpClient: httpClient, timeout: timeout)
+    }
+
+    /// Creates a client for several servers sharing one registry, tried in this order.
+    ///
+    /// - Parameters:
+    ///   - baseURLs: the servers' base URLs; must not be empty.
+    ///   - httpClient: the AsyncHTTPClient to use; ``defaultHTTPClient`` by default.
+    ///   - timeout: deadline for each request to one server. Default 5 s.
+    public init(baseURLs: [String], httpClient: HTTPClient = DiscoveryClient.defaultHTTPClient, timeout: Duration = .seconds(5)) {
+        precondition(!baseURLs.isEmpty, "a discovery client needs at least one URL")
+        self.baseURLs = baseURLs.map { url in
+            var url = url
+            while url.hasSuffix("/") {
+                url.removeLast()
+            }
+            return url
         }
-        self.baseURL = url
         self.httpClient = httpClient
         self.timeout = timeout
+        self.health = ServerHealth(count: baseURLs.count)
+    }
+
+    /// Splits a `URL1,URL2,…` list (as `--discovery` takes it), trimming spaces and dropping
+    /// empty items.
+    public static func splitURLs(_ text: String) -> [String] {
+        text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
     }
 
     /// Signs and publishes a relay entry.
@@ -99,7 +133,7 @@ public struct DiscoveryClient: Sendable {
         } catch {
             throw DiscoveryError(kind: .invalidEntry, message: "cannot encode \(kind.rawValue) entry: \(error)")
         }
-        _ = try await self.send(.POST, "/v1/\(kind.rawValue)s", body: body, notFoundIsNil: false)
+        _ = try await self.sendWithFailover(.POST, "/v1/\(kind.rawValue)s", body: body, notFoundIsNil: false)
     }
 
     /// Every live relay entry.
@@ -107,8 +141,8 @@ public struct DiscoveryClient: Sendable {
     /// - Throws: ``DiscoveryError``.
     public func relays() async throws(DiscoveryError) -> [RelayEntry] {
         let path = "/v1/relays"
-        let data = try await self.send(.GET, path, body: nil, notFoundIsNil: false) ?? Data()
-        return try self.decode([RelayEntry].self, from: data, path: path)
+        let (data, server) = try await self.sendWithFailover(.GET, path, body: nil, notFoundIsNil: false)
+        return try self.decode([RelayEntry].self, from: data ?? Data(), path: path, server: server)
     }
 
     /// The live entry of relay `pk`, or `nil` if the service has none.
@@ -133,16 +167,46 @@ public struct DiscoveryClient: Sendable {
     ///   1...65535, ``DiscoveryError/Kind/unreachable`` when the host does not resolve.
     public func rendezvousAddress() async throws(DiscoveryError) -> SocketAddress {
         let path = "/v1/rendezvous"
-        let data = try await self.send(.GET, path, body: nil, notFoundIsNil: false) ?? Data()
-        let body = try self.decode(RendezvousBody.self, from: data, path: path)
+        let (data, server) = try await self.sendWithFailover(.GET, path, body: nil, notFoundIsNil: false)
+        return try await self.rendezvousAddress(from: data ?? Data(), server: server)
+    }
+
+    /// The sudph rendezvous of every server that answers, in the configured order (a visor binds
+    /// with each, so visors using different replicas still meet: see docs/ARCHITECTURE.md).
+    ///
+    /// - Throws: ``DiscoveryError`` when no server gives one (the last server's error).
+    public func rendezvousAddresses() async throws(DiscoveryError) -> [SocketAddress] {
+        let path = "/v1/rendezvous"
+        var found: [SocketAddress] = []
+        var lastError: DiscoveryError?
+        for server in self.baseURLs {
+            do {
+                let data = try await self.send(.GET, path, to: server, body: nil, notFoundIsNil: false) ?? Data()
+                let address = try await self.rendezvousAddress(from: data, server: server)
+                if !found.contains(address) {
+                    found.append(address)
+                }
+            } catch {
+                lastError = error
+            }
+        }
+        if found.isEmpty, let lastError {
+            throw lastError
+        }
+        return found
+    }
+
+    private func rendezvousAddress(from data: Data, server: String) async throws(DiscoveryError) -> SocketAddress {
+        let path = "/v1/rendezvous"
+        let body = try self.decode(RendezvousBody.self, from: data, path: path, server: server)
         guard (1...65535).contains(body.udpPort) else {
             throw DiscoveryError(
                 kind: .invalidResponse,
-                message: "discovery at \(self.baseURL): GET \(path) returned udp_port \(body.udpPort), expected 1...65535"
+                message: "discovery at \(server): GET \(path) returned udp_port \(body.udpPort), expected 1...65535"
             )
         }
-        guard var host = URL(string: self.baseURL)?.host, !host.isEmpty else {
-            throw DiscoveryError(kind: .unreachable, message: "discovery URL \(self.baseURL) has no host")
+        guard var host = URL(string: server)?.host, !host.isEmpty else {
+            throw DiscoveryError(kind: .unreachable, message: "discovery URL \(server) has no host")
         }
         if host.hasPrefix("["), host.hasSuffix("]") {
             host = String(host.dropFirst().dropLast())
@@ -155,7 +219,7 @@ public struct DiscoveryClient: Sendable {
         } catch {
             throw DiscoveryError(
                 kind: .unreachable,
-                message: "cannot resolve the rendezvous host \(EntryValidation.quoted(host)) of discovery at \(self.baseURL): \(error)"
+                message: "cannot resolve the rendezvous host \(EntryValidation.quoted(host)) of discovery at \(server): \(error)"
             )
         }
     }
@@ -164,44 +228,84 @@ public struct DiscoveryClient: Sendable {
     ///
     /// - Throws: ``DiscoveryError``.
     public func health() async throws(DiscoveryError) {
-        _ = try await self.send(.GET, "/health", body: nil, notFoundIsNil: false)
+        _ = try await self.sendWithFailover(.GET, "/health", body: nil, notFoundIsNil: false)
     }
 
     private func lookup<Entry: DiscoveryEntry>(_ type: Entry.Type, _ pk: PublicKey) async throws(DiscoveryError) -> Entry? {
         let path = "/v1/\(Entry.kind.rawValue)s/\(pk.hex)"
-        guard let data = try await self.send(.GET, path, body: nil, notFoundIsNil: true) else {
+        let (answer, server) = try await self.sendWithFailover(.GET, path, body: nil, notFoundIsNil: true)
+        guard let data = answer else {
             return nil
         }
-        let entry = try self.decode(Entry.self, from: data, path: path)
+        let entry = try self.decode(Entry.self, from: data, path: path, server: server)
         // A service that answers with someone else's entry is broken or lying; do not pass it on.
         guard entry.publicKey == pk else {
             throw DiscoveryError(
                 kind: .invalidResponse,
-                message: "discovery at \(self.baseURL): GET \(path) returned the entry of another key (\(entry.publicKey.hex))"
+                message: "discovery at \(server): GET \(path) returned the entry of another key (\(entry.publicKey.hex))"
             )
         }
         return entry
     }
 
-    private func decode<Value: Decodable>(_ type: Value.Type, from data: Data, path: String) throws(DiscoveryError) -> Value {
+    private func decode<Value: Decodable>(_ type: Value.Type, from data: Data, path: String, server: String) throws(DiscoveryError) -> Value {
         do {
             return try JSONDecoder().decode(Value.self, from: data)
         } catch {
             throw DiscoveryError(
                 kind: .invalidResponse,
-                message: "discovery at \(self.baseURL): GET \(path) returned an invalid response: \(EntryCoding.describeDecodingError(error))"
+                message: "discovery at \(server): GET \(path) returned an invalid response: \(EntryCoding.describeDecodingError(error))"
             )
         }
     }
 
-    /// Sends one request; returns the body of a 2xx, `nil` for a 404 when `notFoundIsNil`.
-    private func send(
+    /// Sends the request to the servers in ``ServerHealth`` order until one answers (see the type's
+    /// documentation); returns the body (`nil` for a 404 when `notFoundIsNil`) and who answered.
+    private func sendWithFailover(
         _ method: HTTPMethod,
         _ path: String,
         body: Data?,
         notFoundIsNil: Bool
+    ) async throws(DiscoveryError) -> (Data?, String) {
+        if self.baseURLs.count == 1 {
+            return (try await self.send(method, path, to: self.baseURLs[0], body: body, notFoundIsNil: notFoundIsNil), self.baseURLs[0])
+        }
+        var failures: [String] = []
+        var lastError: DiscoveryError?
+        for index in self.health.order() {
+            let server = self.baseURLs[index]
+            do {
+                let data = try await self.send(method, path, to: server, body: body, notFoundIsNil: notFoundIsNil)
+                self.health.succeeded(index)
+                return (data, server)
+            } catch {
+                guard error.isServerFailure else {
+                    // The registry's answer (4xx, a bad body): every replica would say the same.
+                    self.health.succeeded(index)
+                    throw error
+                }
+                self.health.failed(index)
+                failures.append(error.message)
+                lastError = error
+            }
+        }
+        throw DiscoveryError(
+            kind: lastError?.kind ?? .unreachable,
+            message: "no discovery server answered \(method) \(path): " + failures.joined(separator: "; "),
+            serverMessage: lastError?.serverMessage,
+            storedSequence: lastError?.storedSequence
+        )
+    }
+
+    /// Sends one request to `server`; returns the body of a 2xx, `nil` for a 404 when `notFoundIsNil`.
+    private func send(
+        _ method: HTTPMethod,
+        _ path: String,
+        to server: String,
+        body: Data?,
+        notFoundIsNil: Bool
     ) async throws(DiscoveryError) -> Data? {
-        var request = HTTPClientRequest(url: self.baseURL + path)
+        var request = HTTPClientRequest(url: server + path)
         request.method = method
         request.headers.add(name: "Accept", value: "application/json")
         if let body {
@@ -218,7 +322,7 @@ public struct DiscoveryClient: Sendable {
         } catch {
             throw DiscoveryError(
                 kind: .unreachable,
-                message: "discovery unreachable at \(self.baseURL): \(method) \(path): \(Self.describeTransportError(error, timeout: self.timeout))"
+                message: "discovery unreachable at \(server): \(method) \(path): \(Self.describeTransportError(error, timeout: self.timeout))"
             )
         }
         let data = Data(responseBody.readableBytesView)
@@ -232,7 +336,7 @@ public struct DiscoveryClient: Sendable {
         let reason = errorBody?.error ?? (data.isEmpty ? "no error text" : EntryCoding.singleLine(String(decoding: data.prefix(200), as: UTF8.self)))
         throw DiscoveryError(
             kind: .refused(status: Int(status.code)),
-            message: "discovery at \(self.baseURL) refused \(method) \(path) with \(status.code) \(status.reasonPhrase): \(reason)",
+            message: "discovery at \(server) refused \(method) \(path) with \(status.code) \(status.reasonPhrase): \(reason)",
             serverMessage: errorBody?.error,
             storedSequence: errorBody?.storedSequence
         )
@@ -303,4 +407,55 @@ public struct DiscoveryError: Error, Sendable, CustomStringConvertible {
 
     /// The one-line message.
     public var description: String { self.message }
+
+    /// True when another replica may do better: no answer, or a 5xx (the server or its database
+    /// is in trouble). A 4xx or a malformed answer is not retried elsewhere.
+    var isServerFailure: Bool {
+        switch self.kind {
+        case .unreachable: true
+        case .refused(let status): status >= 500
+        case .invalidResponse, .invalidEntry: false
+        }
+    }
+}
+
+/// Which of a client's servers to try first: each server that failed is skipped for a back-off
+/// (1 s doubling to 10 s; reset when it answers) while any other is available. Shared by the
+/// copies of one ``DiscoveryClient`` (a visor's transports and publisher use one client).
+final class ServerHealth: Sendable {
+    private struct State {
+        var failures = 0
+        var retryAt: ContinuousClock.Instant?
+    }
+
+    private let states: Mutex<[State]>
+    static let firstBackoff = Duration.seconds(1)
+    static let maxBackoff = Duration.seconds(10)
+
+    init(count: Int) {
+        self.states = Mutex(Array(repeating: State(), count: count))
+    }
+
+    /// Server indexes to try in order: those not backing off (configured order), then those
+    /// backing off, soonest retry first, so a request is never refused without trying everyone.
+    func order(now: ContinuousClock.Instant = .now) -> [Int] {
+        self.states.withLock { states in
+            let ready = states.indices.filter { states[$0].retryAt.map { $0 <= now } ?? true }
+            let waiting = states.indices.filter { !ready.contains($0) }.sorted { states[$0].retryAt! < states[$1].retryAt! }
+            return ready + waiting
+        }
+    }
+
+    func succeeded(_ index: Int) {
+        self.states.withLock { $0[index] = State() }
+    }
+
+    func failed(_ index: Int, now: ContinuousClock.Instant = .now) {
+        self.states.withLock { states in
+            states[index].failures += 1
+            let exponent = min(states[index].failures - 1, 4)
+            let backoff = min(Self.firstBackoff * (1 << exponent), Self.maxBackoff)
+            states[index].retryAt = now + backoff
+        }
+    }
 }

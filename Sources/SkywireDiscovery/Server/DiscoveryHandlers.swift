@@ -48,7 +48,7 @@ struct RendezvousBody: Codable, Sendable {
 
 /// The route handlers; each request is independent, state lives in the store.
 struct DiscoveryHandlers: Sendable {
-    let store: EntryStore
+    let store: any EntryStore
     let configuration: DiscoveryServerConfiguration
     let logger: Logger
     let rendezvous: RendezvousState
@@ -190,7 +190,7 @@ struct DiscoveryHandlers: Sendable {
 
     /// Stored payloads were verified on the way in; one that no longer decodes (a file edited by
     /// hand, an older format) is skipped rather than failing the whole answer.
-    private func decodeStored<Entry: DiscoveryEntry>(_ row: EntryStore.Row) -> Entry? {
+    private func decodeStored<Entry: DiscoveryEntry>(_ row: EntryStoreRow) -> Entry? {
         do {
             return try EntryCoding.decodePayload(row.payload)
         } catch {

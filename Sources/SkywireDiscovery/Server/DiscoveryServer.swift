@@ -4,8 +4,9 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 
-/// The discovery service: an HTTP+JSON registry of signed relay and visor entries, stored in SQLite,
-/// and (when configured) the sudph rendezvous on UDP.
+/// The discovery service: an HTTP+JSON registry of signed relay and visor entries, stored in SQLite
+/// (one process) or PostgreSQL (any number of replicas serving one registry; see
+/// ``DiscoveryDatabase``), and (when configured) the sudph rendezvous on UDP.
 ///
 /// Routes (all JSON; every refusal is a 4xx with `{"error": "<one line>"}`):
 ///
@@ -56,7 +57,8 @@ public struct DiscoveryServer: Service {
     public func run() async throws {
         let configuration = self.configuration
         let logger = self.logger
-        let store = try await EntryStore.open(path: configuration.databasePath, logger: logger)
+        let database = try DiscoveryDatabase(parsing: configuration.databasePath)
+        let store = try await database.open(logger: logger)
         do {
             // A rendezvous port known in advance is bound first: a busy one then fails the start
             // before HTTP listens. The default (HTTP's port number) with HTTP on port 0 can only
@@ -97,7 +99,7 @@ public struct DiscoveryServer: Service {
                         "discovery server listening",
                         metadata: [
                             "discovery.address": "\(address)",
-                            "discovery.database": "\(configuration.databasePath)",
+                            "discovery.database": "\(database.displayName)",
                         ]
                     )
                     await self.onServerRunning(address)
@@ -198,9 +200,14 @@ public struct DiscoveryServer: Service {
     }
 }
 
-/// Deletes expired rows now and then, so the file does not grow with keys that went away.
+/// Deletes expired rows now and then, so the database does not grow with keys that went away.
+///
+/// Rows are deleted one TTL after they stopped being served (not at once): with replicas on
+/// several machines, a replica whose clock runs ahead must not delete what another, slower
+/// replica has just stored. Lookups never return an expired row anyway (they filter on
+/// `updated_at`), so the grace costs only disk space.
 struct PurgeService: Service {
-    let store: EntryStore
+    let store: any EntryStore
     let configuration: DiscoveryServerConfiguration
     let logger: Logger
 
@@ -214,7 +221,7 @@ struct PurgeService: Service {
             } catch {
                 return
             }
-            let cutoff = self.configuration.clock().subtractingSaturating(self.configuration.ttlSeconds)
+            let cutoff = self.configuration.clock().subtractingSaturating(self.configuration.ttlSeconds.multipliedReportingOverflow(by: 2).partialValue)
             do {
                 let removed = try await self.store.purge(updatedBefore: cutoff)
                 if removed > 0 {

@@ -5,13 +5,16 @@ public struct DiscoveryServerConfiguration: Sendable {
     /// TCP port to bind; `0` picks an ephemeral port (see ``DiscoveryServer/init(configuration:logger:onServerRunning:)``
     /// for how to learn it). Default 9090.
     public var port: Int
-    /// SQLite file holding the entries. Created, with its directory, if missing; entries in it
-    /// survive a restart.
+    /// Where the entries live, as `--db` takes it (see ``DiscoveryDatabase/init(parsing:)``): a
+    /// SQLite file path or `sqlite:` URL (created, with its directory, if missing), or a
+    /// `postgres://USER@HOST:PORT/DB` URL whose database several servers may share. Entries
+    /// survive a restart either way.
     public var databasePath: String
     /// How long an entry stays served after its last accepted submission. Publishers refresh
     /// every third of this. Whole seconds; default 60 s.
     public var entryTTL: Duration
-    /// How often expired rows are deleted from the file. Default: half of ``entryTTL``, at least 1 s.
+    /// How often expired rows are deleted (one ``entryTTL`` after they expired). Default: half of
+    /// ``entryTTL``, at least 1 s.
     public var purgeInterval: Duration?
     /// Largest accepted request body in bytes; larger ones get 413 before being buffered. Default 16 KiB.
     public var maxBodySize: Int

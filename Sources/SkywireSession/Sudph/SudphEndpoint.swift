@@ -95,8 +95,15 @@ public final class SudphEndpoint: Sendable {
 
     /// Starts (or moves) the rendezvous binding: BIND now and then every refresh interval.
     public func setRendezvous(_ address: SocketAddress) {
+        setRendezvous([address])
+    }
+
+    /// Binds with every one of `addresses` (the rendezvous of each discovery replica) and sends
+    /// each CONNECT to all of them: two visors that reach different replicas still share at least
+    /// one rendezvous, and a dial fails on refusals only once every rendezvous refused.
+    public func setRendezvous(_ addresses: [SocketAddress]) {
         let core = self.core
-        channel.eventLoop.execute { core.value.setRendezvous(address) }
+        channel.eventLoop.execute { core.value.setRendezvous(addresses) }
     }
 
     /// Dials `key` through the rendezvous; fails after `timeout` with the reason.
@@ -150,7 +157,8 @@ final class SudphCore {
     let observed: NIOLockedValueBox<SocketAddress?>
     let onInboundSession: @Sendable (Session) -> Void
 
-    private var rendezvous: SocketAddress?
+    /// Every rendezvous we bind with (one per discovery replica that runs one).
+    private var rendezvous: [SocketAddress] = []
     private var bindTimer: Scheduled<Void>?
     private var boundOnce = false
     private var refresh: TimeAmount = .seconds(10)
@@ -187,6 +195,8 @@ final class SudphCore {
         var retransmit: Scheduled<Void>?
         var deadline: Scheduled<Void>?
         var lastProblem: String?
+        /// Rendezvous that answered CONNECT with an error: the dial fails when all have.
+        var refusedBy: Set<SocketAddress> = []
         init(key: PublicKey, localIndex: UInt32) {
             self.key = key
             self.localIndex = localIndex
@@ -216,17 +226,19 @@ final class SudphCore {
     }
 
     private func send(_ message: RendezvousMessage) {
-        guard let rendezvous else { return }
+        guard !rendezvous.isEmpty else { return }
         var buffer = ByteBuffer()
         message.encode(into: &buffer)
-        send(buffer, to: rendezvous)
+        for address in rendezvous {
+            send(buffer, to: address)
+        }
     }
 
     // MARK: rendezvous binding
 
-    func setRendezvous(_ address: SocketAddress) {
+    func setRendezvous(_ addresses: [SocketAddress]) {
         guard !isShutDown else { return }
-        rendezvous = address
+        rendezvous = addresses
         bindTimer?.cancel()
         sendBind()
     }
@@ -245,7 +257,7 @@ final class SudphCore {
     func received(_ datagram: ByteBuffer, from address: SocketAddress) {
         guard !isShutDown, let first = datagram.getInteger(at: datagram.readerIndex, as: UInt8.self) else { return }
         if RendezvousMessage.isRendezvousType(first) {
-            guard address == rendezvous else { return }
+            guard rendezvous.contains(address) else { return }
             let message: RendezvousMessage
             do {
                 message = try RendezvousMessage(decoding: datagram)
@@ -254,7 +266,7 @@ final class SudphCore {
                 return
             }
             logger.trace("sudph rendezvous message", metadata: ["message": "\(message)"])
-            handleRendezvous(message)
+            handleRendezvous(message, from: address)
             return
         }
         guard let message = SudphWire.parse(datagram) else { return }
@@ -284,7 +296,7 @@ final class SudphCore {
         }
     }
 
-    private func handleRendezvous(_ message: RendezvousMessage) {
+    private func handleRendezvous(_ message: RendezvousMessage, from source: SocketAddress) {
         switch message {
         case .bound(let address, let refreshSeconds):
             let first = !boundOnce
@@ -307,7 +319,11 @@ final class SudphCore {
             }
         case .error(let about, let code, let text):
             if let dial = dials[about] {
-                fail(dial, SudphError.rendezvous("\(text) (\(code))"))
+                dial.refusedBy.insert(source)
+                dial.lastProblem = "\(text) (\(code))"
+                if dial.refusedBy.isSuperset(of: rendezvous) {
+                    fail(dial, SudphError.rendezvous("\(text) (\(code))"))
+                }
             } else if about == settings.identity.publicKey {
                 // The rendezvous forgot us (it restarted): bind again now.
                 logger.info("sudph rendezvous says", metadata: ["error": "\(text)"])
@@ -361,7 +377,7 @@ final class SudphCore {
 
     private func sendConnect(_ dial: Dial) {
         guard dials[dial.key] === dial, dial.initiator == nil else { return }
-        if rendezvous == nil {
+        if rendezvous.isEmpty {
             dial.lastProblem = "no rendezvous address yet"
         } else {
             send(.connect(identity: settings.identity, to: dial.key))

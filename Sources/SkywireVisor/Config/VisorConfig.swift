@@ -1,5 +1,6 @@
 import Foundation
 import SkywireCrypto
+import SkywireDiscovery
 import SkywireSession
 
 /// A visor's configuration file (JSON). Holds the secret key, so it is written with mode 0600.
@@ -9,8 +10,11 @@ public struct VisorConfig: Codable, Sendable, Equatable {
     public var publicKey: PublicKey
     /// The Ed25519 seed, 64 hex characters.
     public var secretKey: String
-    /// Base URL of the discovery service.
-    public var discovery: String
+    /// Base URLs of the discovery service: one server, or several replicas sharing one registry
+    /// (tried in this order, with fail-over; see `DiscoveryClient`). In the file: a string for
+    /// one URL (the format before replicas, still read), an array for several; a string with
+    /// commas is read as a list too.
+    public var discovery: [String]
     /// Loopback `host:port` of the control API (port 0 = ephemeral).
     public var rpc: String
     /// Where the visor keeps its state (instances, runtime files). Relative paths are relative
@@ -67,7 +71,11 @@ public struct VisorConfig: Codable, Sendable, Equatable {
         self.version = try c.decode(Int.self, forKey: .version)
         self.publicKey = try c.decode(PublicKey.self, forKey: .publicKey)
         self.secretKey = try c.decode(String.self, forKey: .secretKey)
-        self.discovery = try c.decode(String.self, forKey: .discovery)
+        if let urls = try? c.decode([String].self, forKey: .discovery) {
+            self.discovery = urls
+        } else {
+            self.discovery = DiscoveryClient.splitURLs(try c.decode(String.self, forKey: .discovery))
+        }
         self.rpc = try c.decode(String.self, forKey: .rpc)
         self.stateDir = try c.decode(String.self, forKey: .stateDir)
         self.dmsg = try c.decodeIfPresent(DmsgConfig.self, forKey: .dmsg) ?? DmsgConfig()
@@ -78,8 +86,30 @@ public struct VisorConfig: Codable, Sendable, Equatable {
         self.transportIdleTimeout = try c.decodeIfPresent(Int.self, forKey: .transportIdleTimeout) ?? 300
     }
 
+    /// Writes `discovery` as one string when it holds one URL, so files stay readable by
+    /// versions that predate replicas.
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(self.version, forKey: .version)
+        try c.encode(self.publicKey, forKey: .publicKey)
+        try c.encode(self.secretKey, forKey: .secretKey)
+        if self.discovery.count == 1 {
+            try c.encode(self.discovery[0], forKey: .discovery)
+        } else {
+            try c.encode(self.discovery, forKey: .discovery)
+        }
+        try c.encode(self.rpc, forKey: .rpc)
+        try c.encode(self.stateDir, forKey: .stateDir)
+        try c.encode(self.dmsg, forKey: .dmsg)
+        try c.encodeIfPresent(self.stcpr, forKey: .stcpr)
+        try c.encodeIfPresent(self.sudph, forKey: .sudph)
+        try c.encode(self.stcp, forKey: .stcp)
+        try c.encode(self.transports, forKey: .transports)
+        try c.encode(self.transportIdleTimeout, forKey: .transportIdleTimeout)
+    }
+
     public init(
-        version: Int, publicKey: PublicKey, secretKey: String, discovery: String, rpc: String,
+        version: Int, publicKey: PublicKey, secretKey: String, discovery: [String], rpc: String,
         stateDir: String, dmsg: DmsgConfig, stcpr: String?, sudph: String?,
         stcp: [String: String] = [:], transports: [PersistentTransport] = [], transportIdleTimeout: Int = 300
     ) {
@@ -102,7 +132,7 @@ public struct VisorConfig: Codable, Sendable, Equatable {
 
     /// A new config with a fresh identity.
     public static func generate(
-        discovery: String = defaultDiscovery,
+        discovery: [String] = [defaultDiscovery],
         rpc: String = defaultRPC,
         stateDir: String,
         stcpr: String? = nil,
@@ -146,8 +176,11 @@ public struct VisorConfig: Codable, Sendable, Equatable {
         guard parseLoopbackHostPort(config.rpc) != nil else {
             throw ConfigError("invalid config \(path): rpc \"\(config.rpc)\" must be a loopback host:port")
         }
-        guard URL(string: config.discovery)?.scheme?.hasPrefix("http") == true else {
-            throw ConfigError("invalid config \(path): discovery \"\(config.discovery)\" is not an http(s) URL")
+        guard !config.discovery.isEmpty else {
+            throw ConfigError("invalid config \(path): discovery lists no URL")
+        }
+        for url in config.discovery where !isDiscoveryURL(url) {
+            throw ConfigError("invalid config \(path): discovery \"\(url)\" is not an http(s) URL")
         }
         if let stcpr = config.stcpr, splitHostPort(stcpr) == nil {
             throw ConfigError("invalid config \(path): stcpr \"\(stcpr)\" is not host:port")
@@ -230,6 +263,12 @@ public func writePrivateFile(path: String, data: Data) throws {
         unlink(tmp)
         throw ConfigError("cannot write \(path): \(String(cString: strerror(errno)))")
     }
+}
+
+/// True for an `http://` or `https://` URL with a host: what a discovery URL must be.
+public func isDiscoveryURL(_ text: String) -> Bool {
+    guard let url = URL(string: text), let scheme = url.scheme, scheme == "http" || scheme == "https" else { return false }
+    return url.host?.isEmpty == false
 }
 
 /// Parses a loopback `host:port` (127.0.0.0/8, localhost or ::1).

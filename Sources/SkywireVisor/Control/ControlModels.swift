@@ -7,6 +7,7 @@ import Foundation
 public struct VisorInfo: Codable, Sendable {
     public var publicKey: String
     public var rpc: String
+    /// The discovery URLs, comma-separated in fail-over order (as `--discovery` takes them).
     public var discovery: String
     /// The direct-transport (stcpr/stcp) listener, `null` when none.
     public var stcpr: String?

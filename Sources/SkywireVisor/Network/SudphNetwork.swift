@@ -67,23 +67,25 @@ final class SudphNetwork: Sendable {
         let discovery = self.discovery
         let logger = self.logger
         try? await cancelWhenGracefulShutdown {
-            // Learn (and re-learn: discovery may move) the rendezvous address.
-            var current: SocketAddress?
+            // Learn (and re-learn: discovery may move) the rendezvous of every discovery
+            // replica: binding with all of them lets two visors that reach different replicas
+            // meet (docs/ARCHITECTURE.md, "Discovery replicas").
+            var current: [SocketAddress] = []
             var backoff = Duration.seconds(1)
             while !Task.isCancelled {
                 do {
-                    let address = try await discovery.rendezvousAddress()
-                    if address != current {
-                        current = address
-                        endpoint.setRendezvous(address)
-                        logger.info("sudph rendezvous", metadata: ["rendezvous": "\(address.hostPort)"])
+                    let addresses = try await discovery.rendezvousAddresses()
+                    if addresses != current {
+                        current = addresses
+                        endpoint.setRendezvous(addresses)
+                        logger.info("sudph rendezvous", metadata: ["rendezvous": "\(addresses.map(\.hostPort).joined(separator: ","))"])
                     }
                     backoff = .seconds(1)
                     try await Task.sleep(for: .seconds(30))
                 } catch is CancellationError {
                     return
                 } catch {
-                    if current == nil {
+                    if current.isEmpty {
                         logger.info("sudph: no rendezvous address from discovery yet", metadata: ["error": "\(error)"])
                     } else {
                         logger.info("sudph: could not refresh the rendezvous address (keeping the last one)", metadata: ["error": "\(error)"])

@@ -6,28 +6,8 @@ import Foundation
 import Logging
 import SQLiteNIO
 
-/// SQLite storage of signed entries, one table per ``EntryKind``.
-///
-/// Every row keeps the payload and signature exactly as received, so an entry can be served (or
-/// re-verified) later without trusting this process. Freshness is judged by `updated_at`, the
-/// server's clock at the last accepted submission, not by the signer's timestamp.
-final class EntryStore: Sendable {
-    /// The outcome of an upsert.
-    enum UpsertResult: Equatable {
-        /// The entry is now the stored one.
-        case stored
-        /// A row with an equal or greater sequence is stored; nothing changed.
-        case stale(storedSequence: Int64)
-    }
-
-    /// One stored row.
-    struct Row: Equatable {
-        var payload: String
-        var signature: String
-        var sequence: Int64
-        var updatedAt: Int64
-    }
-
+/// The embedded ``EntryStore``: one SQLite file, one connection, one discovery process.
+final class SQLiteEntryStore: EntryStore {
     private let connection: SQLiteConnection
     let path: String
 
@@ -36,34 +16,18 @@ final class EntryStore: Sendable {
         self.path = path
     }
 
-    /// Opens (creating if needed) the database file and its tables.
-    static func open(path: String, logger: Logger) async throws -> EntryStore {
+    /// Opens (creating if needed) the database file and its tables, migrating an older schema.
+    static func open(path: String, logger: Logger) async throws -> SQLiteEntryStore {
         if let slash = path.lastIndex(of: "/"), slash != path.startIndex {
             let directory = String(path[..<slash])
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         }
         let connection = try await SQLiteConnection.open(storage: .file(path: path), logger: logger)
-        let store = EntryStore(connection: connection, path: path)
+        let store = SQLiteEntryStore(connection: connection, path: path)
         do {
             // WAL: readers (GETs) do not block the writer, and a crash mid-write cannot corrupt the file.
             _ = try await connection.query("PRAGMA journal_mode=WAL")
-            for kind in EntryKind.allCases {
-                _ = try await connection.query(
-                    """
-                    CREATE TABLE IF NOT EXISTS \(Self.table(kind)) (
-                        pk TEXT PRIMARY KEY NOT NULL,
-                        payload TEXT NOT NULL,
-                        signature TEXT NOT NULL,
-                        sequence INTEGER NOT NULL,
-                        timestamp INTEGER NOT NULL,
-                        updated_at INTEGER NOT NULL
-                    )
-                    """
-                )
-                _ = try await connection.query(
-                    "CREATE INDEX IF NOT EXISTS \(Self.table(kind))_updated_at ON \(Self.table(kind)) (updated_at)"
-                )
-            }
+            try await Self.migrate(connection, path: path)
         } catch {
             try? await connection.close()
             throw error
@@ -71,11 +35,42 @@ final class EntryStore: Sendable {
         return store
     }
 
-    /// Table names come from this closed set only, never from input.
-    private static func table(_ kind: EntryKind) -> String {
-        switch kind {
-        case .relay: "relays"
-        case .visor: "visors"
+    /// Brings the file to ``EntryStoreSchema/current``. Files written before versioning have the
+    /// version-1 tables and no `schema_version` table; step 1 (all `IF NOT EXISTS`) adopts them.
+    private static func migrate(_ connection: SQLiteConnection, path: String) async throws {
+        _ = try await connection.query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        let rows = try await connection.query("SELECT MAX(version) AS version FROM schema_version")
+        let found = rows.first?.column("version")?.integer ?? 0
+        guard found <= EntryStoreSchema.current else {
+            throw EntryStoreError.schemaTooNew(found: found, supported: EntryStoreSchema.current, database: path)
+        }
+        guard found < EntryStoreSchema.current else { return }
+        _ = try await connection.query("BEGIN IMMEDIATE")
+        do {
+            if found < 1 {
+                for kind in EntryKind.allCases {
+                    let table = EntryStoreSchema.table(kind)
+                    _ = try await connection.query(
+                        """
+                        CREATE TABLE IF NOT EXISTS \(table) (
+                            pk TEXT PRIMARY KEY NOT NULL,
+                            payload TEXT NOT NULL,
+                            signature TEXT NOT NULL,
+                            sequence INTEGER NOT NULL,
+                            timestamp INTEGER NOT NULL,
+                            updated_at INTEGER NOT NULL
+                        )
+                        """
+                    )
+                    _ = try await connection.query("CREATE INDEX IF NOT EXISTS \(table)_updated_at ON \(table) (updated_at)")
+                }
+            }
+            _ = try await connection.query("DELETE FROM schema_version")
+            _ = try await connection.query("INSERT INTO schema_version (version) VALUES (?)", [.integer(EntryStoreSchema.current)])
+            _ = try await connection.query("COMMIT")
+        } catch {
+            _ = try? await connection.query("ROLLBACK")
+            throw error
         }
     }
 
@@ -91,8 +86,8 @@ final class EntryStore: Sendable {
         sequence: Int64,
         timestamp: Int64,
         now: Int64
-    ) async throws -> UpsertResult {
-        let table = Self.table(kind)
+    ) async throws -> EntryStoreUpsertResult {
+        let table = EntryStoreSchema.table(kind)
         let rows = try await self.connection.query(
             """
             INSERT INTO \(table) (pk, payload, signature, sequence, timestamp, updated_at)
@@ -116,18 +111,18 @@ final class EntryStore: Sendable {
     }
 
     /// The row for `pk` if it was updated at or after `liveSince`.
-    func fetch(kind: EntryKind, pk: String, liveSince: Int64) async throws -> Row? {
+    func fetch(kind: EntryKind, pk: String, liveSince: Int64) async throws -> EntryStoreRow? {
         let rows = try await self.connection.query(
-            "SELECT payload, signature, sequence, updated_at FROM \(Self.table(kind)) WHERE pk = ? AND updated_at >= ?",
+            "SELECT payload, signature, sequence, updated_at FROM \(EntryStoreSchema.table(kind)) WHERE pk = ? AND updated_at >= ?",
             [.text(pk), .integer(SQLiteInt64(liveSince))]
         )
         return rows.first.flatMap(Self.row)
     }
 
     /// Every row updated at or after `liveSince`, ordered by key.
-    func list(kind: EntryKind, liveSince: Int64) async throws -> [Row] {
+    func list(kind: EntryKind, liveSince: Int64) async throws -> [EntryStoreRow] {
         let rows = try await self.connection.query(
-            "SELECT payload, signature, sequence, updated_at FROM \(Self.table(kind)) WHERE updated_at >= ? ORDER BY pk",
+            "SELECT payload, signature, sequence, updated_at FROM \(EntryStoreSchema.table(kind)) WHERE updated_at >= ? ORDER BY pk",
             [.integer(SQLiteInt64(liveSince))]
         )
         return rows.compactMap(Self.row)
@@ -139,7 +134,7 @@ final class EntryStore: Sendable {
         var total = 0
         for kind in EntryKind.allCases {
             let rows = try await self.connection.query(
-                "DELETE FROM \(Self.table(kind)) WHERE updated_at < ? RETURNING pk",
+                "DELETE FROM \(EntryStoreSchema.table(kind)) WHERE updated_at < ? RETURNING pk",
                 [.integer(SQLiteInt64(cutoff))]
             )
             total += rows.count
@@ -154,7 +149,7 @@ final class EntryStore: Sendable {
         try await Task { try await connection.close() }.value
     }
 
-    private static func row(_ row: SQLiteRow) -> Row? {
+    private static func row(_ row: SQLiteRow) -> EntryStoreRow? {
         guard let payload = row.column("payload")?.string,
             let signature = row.column("signature")?.string,
             let sequence = row.column("sequence")?.integer,
@@ -162,6 +157,6 @@ final class EntryStore: Sendable {
         else {
             return nil
         }
-        return Row(payload: payload, signature: signature, sequence: Int64(sequence), updatedAt: Int64(updatedAt))
+        return EntryStoreRow(payload: payload, signature: signature, sequence: Int64(sequence), updatedAt: Int64(updatedAt))
     }
 }

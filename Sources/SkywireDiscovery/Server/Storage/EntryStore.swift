@@ -1,0 +1,115 @@
+import Logging
+
+/// Storage of signed entries, one table per ``EntryKind``: the one interface the HTTP handlers
+/// use, implemented by ``SQLiteEntryStore`` (one process, embedded) and ``PostgresEntryStore``
+/// (several discovery replicas sharing one registry).
+///
+/// Every row keeps the payload and signature exactly as received, so an entry can be served (or
+/// re-verified) later without trusting the store. Freshness is judged by `updated_at`, the
+/// accepting server's clock at the last accepted submission, not by the signer's timestamp.
+///
+/// Both implementations enforce the sequence rule inside one conditional upsert statement, so
+/// concurrent submissions for one key (through one process or several replicas) can never let
+/// a smaller or equal sequence replace a greater one.
+protocol EntryStore: Sendable {
+    /// Stores the entry unless a row with an equal or greater sequence exists.
+    func upsert(
+        kind: EntryKind,
+        pk: String,
+        payload: String,
+        signature: String,
+        sequence: Int64,
+        timestamp: Int64,
+        now: Int64
+    ) async throws -> EntryStoreUpsertResult
+
+    /// The row for `pk` if it was updated at or after `liveSince`.
+    func fetch(kind: EntryKind, pk: String, liveSince: Int64) async throws -> EntryStoreRow?
+
+    /// Every row updated at or after `liveSince`, ordered by key.
+    func list(kind: EntryKind, liveSince: Int64) async throws -> [EntryStoreRow]
+
+    /// Deletes rows last updated before `cutoff`; returns how many went. Safe to run from several
+    /// processes at once (the PostgreSQL store lets one replica at a time do it).
+    @discardableResult
+    func purge(updatedBefore cutoff: Int64) async throws -> Int
+
+    /// Releases the connection(s); the store is unusable afterwards.
+    func close() async throws
+}
+
+/// The outcome of ``EntryStore/upsert(kind:pk:payload:signature:sequence:timestamp:now:)``.
+enum EntryStoreUpsertResult: Equatable, Sendable {
+    /// The entry is now the stored one.
+    case stored
+    /// A row with an equal or greater sequence is stored; nothing changed.
+    case stale(storedSequence: Int64)
+}
+
+/// One stored row.
+struct EntryStoreRow: Equatable, Sendable {
+    var payload: String
+    var signature: String
+    var sequence: Int64
+    var updatedAt: Int64
+}
+
+/// The schema both stores create and migrate to at start. Bump ``current`` and add a step to each
+/// store's migration list when the tables change; a database written by a newer version is refused.
+enum EntryStoreSchema {
+    /// The version this build writes.
+    static let current = 1
+
+    /// Table names come from this closed set only, never from input.
+    static func table(_ kind: EntryKind) -> String {
+        switch kind {
+        case .relay: "relays"
+        case .visor: "visors"
+        }
+    }
+}
+
+/// Where a discovery server keeps its entries: the `--db` value, parsed.
+public enum DiscoveryDatabase: Sendable, Equatable {
+    /// A SQLite file (created with its folder if missing): one discovery process.
+    case sqlite(path: String)
+    /// A PostgreSQL database: any number of discovery processes may share it.
+    case postgres(PostgresLocation)
+
+    /// Parses a `--db` value: `postgres://` or `postgresql://` URLs select PostgreSQL; `sqlite:PATH`
+    /// (or `sqlite://PATH`) and any other text is a SQLite file path.
+    ///
+    /// - Throws: ``DiscoveryConfigurationError`` for a malformed PostgreSQL URL.
+    public init(parsing text: String) throws(DiscoveryConfigurationError) {
+        if text.hasPrefix("postgres://") || text.hasPrefix("postgresql://") {
+            self = .postgres(try PostgresLocation(url: text))
+        } else if text.hasPrefix("sqlite://") {
+            self = .sqlite(path: String(text.dropFirst("sqlite://".count)))
+        } else if text.hasPrefix("sqlite:") {
+            self = .sqlite(path: String(text.dropFirst("sqlite:".count)))
+        } else {
+            self = .sqlite(path: text)
+        }
+        if case .sqlite(let path) = self, path.isEmpty {
+            throw DiscoveryConfigurationError(message: "invalid database \(EntryValidation.quoted(text)): empty SQLite path")
+        }
+    }
+
+    /// For logs: the file path, or the PostgreSQL URL without its password.
+    public var displayName: String {
+        switch self {
+        case .sqlite(let path): path
+        case .postgres(let location): location.displayName
+        }
+    }
+
+    /// Opens the store, creating or migrating its schema.
+    func open(logger: Logger) async throws -> any EntryStore {
+        switch self {
+        case .sqlite(let path):
+            try await SQLiteEntryStore.open(path: path, logger: logger)
+        case .postgres(let location):
+            try await PostgresEntryStore.open(location: location, logger: logger)
+        }
+    }
+}
