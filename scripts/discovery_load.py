@@ -152,7 +152,7 @@ class Load:
 
     def start_servers(self) -> None:
         if self.args.backend == "postgres":
-            self.cluster = pgcluster.start(self.dir / "pg", settings={"max_connections": "200"})
+            self.cluster = pgcluster.start(settings={"max_connections": "200"})
             db = self.cluster.url
             count = self.args.replicas
         else:
@@ -160,7 +160,7 @@ class Load:
             count = 1
         for i in range(count):
             log = open(self.dir / f"discovery-{i}.log", "wb")
-            env = dict(os.environ, SKYWIRE_LOG="warning")
+            env = dict(os.environ, SKYWIRE_LOG="info")
             p = subprocess.Popen([self.args.bin, "discovery", "--addr", "127.0.0.1:0", "--db", db, "--entry-ttl", "900"],
                                  stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
             self.procs.append(p)

@@ -11,7 +11,7 @@ struct DiscoveryReplicaTests {
     /// Two servers on one PostgreSQL database are one registry: what one accepts, the other
     /// serves on the next request, and the sequence rule holds across them.
     @Test func twoReplicasServeOneRegistry() async throws {
-        try await withTestDatabase(.postgres) { database in
+        try await withTestDatabase(.postgres) { (database: String) async throws in
             let clock = TestClock()
             let configuration = DiscoveryServerConfiguration(host: "127.0.0.1", port: 0, databasePath: database, clock: clock.function)
             try await DiscoveryServer.withRunningServer(configuration: configuration, logger: quietLogger) { first in
@@ -33,7 +33,7 @@ struct DiscoveryReplicaTests {
                     do {
                         try await viaSecond.publish(relay: relayEntry(relayKey, sequence: 6, timestamp: clock.now), keyPair: relayKey)
                         Issue.record("a stale sequence was accepted through the second replica")
-                    } catch {
+                    } catch let error as DiscoveryError {
                         #expect(error.status == 409)
                         #expect(error.storedSequence == 7)
                     }
@@ -65,7 +65,7 @@ struct DiscoveryReplicaTests {
             do {
                 try await client.publish(relay: relay, keyPair: key)
                 Issue.record("an equal sequence was accepted")
-            } catch {
+            } catch let error as DiscoveryError {
                 #expect(error.status == 409)
                 #expect(error.storedSequence == 1)
             }

@@ -52,7 +52,7 @@ func withTestDatabase<T>(_ backend: StoreBackend, _ body: (String) async throws 
         } catch {
             result = .failure(error)
         }
-        try? await withAdminConnection(base) { connection in
+        _ = try? await withAdminConnection(base) { connection in
             try await connection.query(PostgresQuery(unsafeSQL: "DROP DATABASE IF EXISTS \(name) WITH (FORCE)"), logger: quietLogger)
         }
         return try result.get()
@@ -92,7 +92,7 @@ func forceSchemaVersion(_ database: String, _ version: Int) async throws {
         _ = try await connection.query("UPDATE schema_version SET version = ?", [.integer(version)])
         try await connection.close()
     case .postgres(let location):
-        try await withAdminConnection(location) { connection in
+        _ = try await withAdminConnection(location) { connection in
             try await connection.query("UPDATE schema_version SET version = \(Int32(version))", logger: quietLogger)
         }
     }
@@ -129,8 +129,8 @@ struct EntryStoreTests {
 
     @Test(arguments: StoreBackend.allCases)
     func sequenceRuleAndLookups(_ backend: StoreBackend) async throws {
-        try await withTestDatabase(backend) { database in
-            try await withStore(database) { store in
+        try await withTestDatabase(backend) { (database: String) async throws in
+            try await withStore(database) { (store: any EntryStore) async throws in
                 let pk = String(repeating: "ab", count: 32)
                 #expect(try await self.upsert(store, pk: pk, sequence: 5, now: 1000) == .stored)
                 #expect(try await store.fetch(kind: .visor, pk: pk, liveSince: 0)
@@ -154,8 +154,8 @@ struct EntryStoreTests {
 
     @Test(arguments: StoreBackend.allCases)
     func expiryListAndPurge(_ backend: StoreBackend) async throws {
-        try await withTestDatabase(backend) { database in
-            try await withStore(database) { store in
+        try await withTestDatabase(backend) { (database: String) async throws in
+            try await withStore(database) { (store: any EntryStore) async throws in
                 let keys = ["cc", "aa", "bb"].map { String(repeating: $0, count: 32) }
                 #expect(try await self.upsert(store, .relay, pk: keys[0], sequence: 1, now: 100) == .stored)
                 #expect(try await self.upsert(store, .relay, pk: keys[1], sequence: 1, now: 200) == .stored)
@@ -180,8 +180,8 @@ struct EntryStoreTests {
     /// must be what remains, and every refusal must name a stored sequence at least as large.
     @Test(arguments: StoreBackend.allCases)
     func concurrentWritersNeverLetAStaleSequenceWin(_ backend: StoreBackend) async throws {
-        try await withTestDatabase(backend) { database in
-            try await withStore(database) { first in
+        try await withTestDatabase(backend) { (database: String) async throws in
+            try await withStore(database) { (first: any EntryStore) async throws in
                 // SQLite: one process owns the file (the server opens one store); two stores would
                 // only test SQLite's busy handling, so both "replicas" share one connection there.
                 let second: any EntryStore = backend == .postgres ? try await DiscoveryDatabase(parsing: database).open(logger: quietLogger) : first
@@ -217,21 +217,21 @@ struct EntryStoreTests {
 
     @Test(arguments: StoreBackend.allCases)
     func schemaIsVersionedAndMigratedOnce(_ backend: StoreBackend) async throws {
-        try await withTestDatabase(backend) { database in
+        try await withTestDatabase(backend) { (database: String) async throws in
             let pk = String(repeating: "ee", count: 32)
-            try await withStore(database) { store in
+            try await withStore(database) { (store: any EntryStore) async throws in
                 #expect(try await self.upsert(store, pk: pk, sequence: 3, now: 10) == .stored)
             }
             #expect(try await readSchemaVersion(database) == EntryStoreSchema.current)
             // Reopening keeps the rows and the version (no second migration).
-            try await withStore(database) { store in
+            try await withStore(database) { (store: any EntryStore) async throws in
                 #expect(try await store.fetch(kind: .visor, pk: pk, liveSince: 0)?.sequence == 3)
             }
             #expect(try await readSchemaVersion(database) == EntryStoreSchema.current)
             // A database written by a newer skywire is refused, naming both versions.
             try await forceSchemaVersion(database, 99)
             do {
-                try await withStore(database) { _ in }
+                try await withStore(database) { (_: any EntryStore) async throws in }
                 Issue.record("a schema from the future was accepted")
             } catch let error as EntryStoreError {
                 #expect(error.description.contains("schema version 99"))
@@ -242,10 +242,10 @@ struct EntryStoreTests {
 
     /// Replicas starting together: each migrates under the lock, exactly one version row results.
     @Test func postgresReplicasStartingTogetherMigrateOnce() async throws {
-        try await withTestDatabase(.postgres) { database in
+        try await withTestDatabase(.postgres) { (database: String) async throws in
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for _ in 0..<4 {
-                    group.addTask { try await withStore(database) { _ in } }
+                    group.addTask { try await withStore(database) { (_: any EntryStore) async throws in } }
                 }
                 try await group.waitForAll()
             }
@@ -256,7 +256,7 @@ struct EntryStoreTests {
     @Test func unreachablePostgresIsAClearError() async throws {
         let port = try await unusedPort()
         do {
-            try await withStore("postgres://skywire@127.0.0.1:\(port)/nothing?sslmode=disable") { _ in }
+            try await withStore("postgres://skywire@127.0.0.1:\(port)/nothing?sslmode=disable") { (_: any EntryStore) async throws in }
             Issue.record("opening a closed port succeeded")
         } catch let error as EntryStoreError {
             #expect(error.description.hasPrefix("cannot open the discovery database postgres://skywire@127.0.0.1:\(port)/nothing:"))

@@ -110,6 +110,6 @@ def test_sudph_between_visors_on_different_replicas(pg, lab):
     wait_sudph_bound(a)
     wait_sudph_bound(b)
     for v in (a, b):
-        v.proc.wait_log(r"sudph rendezvous.*rendezvous=127\.0\.0\.1:\d+,127\.0\.0\.1:\d+")
+        v.proc.wait_log(r"rendezvous=127\.0\.0\.1:\d+,127\.0\.0\.1:\d+ .*sudph rendezvous")
     info = forward_roundtrip(a, b, network_flag="--skynet", tag=b"sudph")
     assert info["transport"] == "sudph", info
