@@ -3,6 +3,7 @@ the page itself in a real headless browser (Debian's chromium + chromedriver, dr
 log in through the URL `skywire cli visor ui` prints, watch a forward's counters move, stop it,
 expose a port, and see the CLI's own error message for a bad port."""
 import json
+from contextlib import closing
 import os
 import re
 import shutil
@@ -116,7 +117,7 @@ def test_cross_origin_and_token_less_changes_are_refused(ab):
     _, b, _ = ab
     port = free_port()
     base = f"http://{b.rpc}"
-    with login(b) as client:
+    with closing(login(b)) as client:
         csrf = csrf_of(client)
         good = {"Origin": base, "Sec-Fetch-Site": "same-origin", "X-Skywire-CSRF": csrf}
         body = {"ports": str(port), "name": "sneaky"}
@@ -151,7 +152,7 @@ def test_cross_origin_and_token_less_changes_are_refused(ab):
 
 def test_the_page_keeps_to_its_own_origin(ab):
     _, b, _ = ab
-    with login(b) as client:
+    with closing(login(b)) as client:
         for path in ("/ui/", "/ui/api/state", "/ui/assets/app.js", "/ui/login?code=x"):
             r = client.get(path, headers={"Origin": "http://evil.example"})
             h = r.headers
