@@ -53,7 +53,10 @@ struct UIAuthTests {
     @Test func codesAndSessionsAreBounded() {
         let clock = ManualClock()
         let auth = UIAuth(now: { clock.now })
-        let codes = (0..<(UIAuth.maxCodes + 5)).map { _ in auth.issueCode() }
+        let codes = (0..<(UIAuth.maxCodes + 5)).map { _ in
+            clock.advance(.milliseconds(1))
+            return auth.issueCode()
+        }
         #expect(auth.redeem(code: codes[0]) == nil, "the oldest codes make room for new ones")
         #expect(auth.redeem(code: codes.last!) != nil)
         let sessions = (0..<(UIAuth.maxSessions + 3)).compactMap { _ -> UIAuth.Session? in
