@@ -100,7 +100,7 @@ def test_without_a_valid_cookie_everything_is_401(ab):
     for cookies in ({}, {f"skywire_ui_{port}": "0" * 64}, {f"skywire_ui_{port}": ""}):
         with httpx.Client(base_url=base, cookies=cookies, follow_redirects=False, timeout=15) as c:
             page = c.get("/ui/")
-            assert page.status_code == 401 and "skywire cli visor ui" in page.text, page.text
+            assert page.status_code == 401 and f"skywire cli visor ui --rpc {b.rpc}" in page.text, page.text
             assert c.get("/ui/api/state").status_code == 401
             assert c.get("/ui/api/events").status_code == 401
             r = c.post("/ui/api/servers", json={"ports": "4321"},

@@ -77,8 +77,9 @@ enum UIAssets {
         """
     }
 
-    /// What an unauthenticated browser gets: how to log in.
-    static func notLoggedIn(reason: String?) -> String {
+    /// What an unauthenticated browser gets: how to log in (`rpc`: the address it asked, already
+    /// checked to be loopback).
+    static func notLoggedIn(reason: String?, rpc: String?) -> String {
         """
         <!doctype html>
         <html lang="en">
@@ -93,7 +94,7 @@ enum UIAssets {
             <h1>Skywire visor</h1>
             \(reason.map { "<p class=\"message error\">\(escapeHTML($0))</p>" } ?? "<p>You are not logged in.</p>")
             <p>Run this as the visor's owner and open the URL it prints:</p>
-            <pre><code>skywire cli visor ui --rpc ADDR</code></pre>
+            <pre><code>skywire cli visor ui --rpc \(escapeHTML(rpc ?? "ADDR"))</code></pre>
             <p>The link works once, within a minute.</p>
           </section>
         </main>

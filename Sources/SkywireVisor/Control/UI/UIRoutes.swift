@@ -40,7 +40,7 @@ struct UIRoutes: Sendable {
         ui.get("login") { request, _ in
             let code = request.uri.queryParameters["code"].map(String.init) ?? ""
             guard let session = auth.redeem(code: code) else {
-                return UIResponse.html(UIAssets.notLoggedIn(reason: "This login link is invalid, expired (a minute) or already used."), status: .unauthorized)
+                return UIResponse.html(UIAssets.notLoggedIn(reason: "This login link is invalid, expired (a minute) or already used.", rpc: request.head.authority), status: .unauthorized)
             }
             var response = Response(status: .seeOther, headers: [.location: "/ui/"])
             response.setCookie(UIResponse.sessionCookie(request: request, value: session.id, maxAge: auth.secondsLeft(session)))
@@ -48,7 +48,7 @@ struct UIRoutes: Sendable {
         }
         let page = ui.group().add(middleware: UISessionMiddleware(auth: auth))
         page.get("") { request, _ in
-            guard let session = UIResponse.session(request, auth) else { return UIResponse.html(UIAssets.notLoggedIn(reason: nil), status: .unauthorized) }
+            guard let session = UIResponse.session(request, auth) else { return UIResponse.html(UIAssets.notLoggedIn(reason: nil, rpc: request.head.authority), status: .unauthorized) }
             return UIResponse.html(UIAssets.page(csrf: session.csrf))
         }
 
@@ -142,7 +142,7 @@ struct UISessionMiddleware<Context: RequestContext>: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let isPage = request.uri.path == "/ui/" || request.uri.path == "/ui"
         guard let session = UIResponse.session(request, self.auth) else {
-            if isPage { return UIResponse.html(UIAssets.notLoggedIn(reason: nil), status: .unauthorized) }
+            if isPage { return UIResponse.html(UIAssets.notLoggedIn(reason: nil, rpc: request.head.authority), status: .unauthorized) }
             return ControlResponse.error(.unauthorized, "not logged in: run `skywire cli visor ui` and open the URL it prints")
         }
         if request.method != .get && request.method != .head {
