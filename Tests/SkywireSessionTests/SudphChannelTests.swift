@@ -224,7 +224,7 @@ struct SudphChannelHostileTests {
 /// them, and time moves only when the test advances it, so every step is deterministic.
 @Suite("sudph channel semantics")
 struct SudphChannelSemanticsTests {
-    final class Wire {
+    fileprivate final class Wire {
         let loop = EmbeddedEventLoop()
         var queued: [(to: Int, datagram: ByteBuffer)] = []
         var ends: [SudphChannel] = []
