@@ -324,6 +324,28 @@ struct SudphChannelSemanticsTests {
         #expect(a.isActive && b.isActive && rb.errors.isEmpty)
     }
 
+    @Test("the peer's FIN waits behind unread data; autoRead turned back on delivers the data, then inputClosed")
+    func autoReadResumes() throws {
+        let wire = try Wire()
+        let (a, b, rb) = (wire.ends[0], wire.ends[1], wire.recorders[1])
+        try b.syncOptions!.setOption(.autoRead, value: false)
+        wire.activate()
+        let data = Self.bytes(100_000, seed: 3)
+        a.write(data, promise: nil)
+        a.close(mode: .output, promise: nil)
+        wire.run(steps: 2000) { b.reliable.readableBytes == data.readableBytes }
+        wire.run(steps: 100)
+        #expect(rb.reads == 0 && !rb.inputClosed, "nothing, not even the EOF, without a read()")
+        try b.syncOptions!.setOption(.autoRead, value: true)
+        #expect(rb.received == data, "everything that waited, at once")
+        #expect(rb.reads == 1 && rb.readCompletes == 1)
+        #expect(rb.inputClosed, "then the EOF")
+        guard case .inputClosed? = rb.events.last else {
+            Issue.record("inputClosed must come after the data: \(rb.events)")
+            return
+        }
+    }
+
     @Test("isWritable follows the write-buffer water marks over unacknowledged bytes; the pipeline hears both changes")
     func writability() throws {
         let wire = try Wire()
