@@ -2,12 +2,10 @@
 the page itself in a real headless browser (Debian's chromium + chromedriver, driven by Selenium):
 log in through the URL `skywire cli visor ui` prints, watch a forward's counters move, stop it,
 expose a port, and see the CLI's own error message for a bad port."""
-import json
 from contextlib import closing
 import os
 import re
 import shutil
-import socket
 import threading
 import time
 
