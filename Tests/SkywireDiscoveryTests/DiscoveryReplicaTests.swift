@@ -89,6 +89,14 @@ struct DiscoveryReplicaTests {
         }
     }
 
+    /// No URL at all is an error on use, never a crash.
+    @Test func emptyURLListFailsCleanly() async throws {
+        for client in [DiscoveryClient(baseURL: " , "), DiscoveryClient(baseURLs: [])] {
+            #expect(client.baseURLs.count == 1)
+            await #expect(throws: DiscoveryError.self) { _ = try await client.relays() }
+        }
+    }
+
     @Test func backoffOrdersServersAndResetsOnSuccess() {
         let health = ServerHealth(count: 3)
         let start = ContinuousClock.now

@@ -66,18 +66,20 @@ public struct DiscoveryClient: Sendable {
     ///     `HTTPClient.shared`, a refused connection is retried until the timeout.)
     ///   - timeout: deadline for each request to one server. Default 5 s.
     public init(baseURL: String, httpClient: HTTPClient = DiscoveryClient.defaultHTTPClient, timeout: Duration = .seconds(5)) {
-        self.init(baseURLs: Self.splitURLs(baseURL), httpClient: httpClient, timeout: timeout)
+        let urls = Self.splitURLs(baseURL)
+        // An empty or blank URL is kept as given: requests then fail with an error naming it.
+        self.init(baseURLs: urls.isEmpty ? [baseURL] : urls, httpClient: httpClient, timeout: timeout)
     }
 
     /// Creates a client for several servers sharing one registry, tried in this order.
     ///
     /// - Parameters:
-    ///   - baseURLs: the servers' base URLs; must not be empty.
+    ///   - baseURLs: the servers' base URLs (an empty list behaves as one empty URL: every
+    ///     request fails as unreachable).
     ///   - httpClient: the AsyncHTTPClient to use; ``defaultHTTPClient`` by default.
     ///   - timeout: deadline for each request to one server. Default 5 s.
     public init(baseURLs: [String], httpClient: HTTPClient = DiscoveryClient.defaultHTTPClient, timeout: Duration = .seconds(5)) {
-        precondition(!baseURLs.isEmpty, "a discovery client needs at least one URL")
-        self.baseURLs = baseURLs.map { url in
+        self.baseURLs = (baseURLs.isEmpty ? [""] : baseURLs).map { url in
             var url = url
             while url.hasSuffix("/") {
                 url.removeLast()
@@ -86,7 +88,7 @@ public struct DiscoveryClient: Sendable {
         }
         self.httpClient = httpClient
         self.timeout = timeout
-        self.health = ServerHealth(count: baseURLs.count)
+        self.health = ServerHealth(count: self.baseURLs.count)
     }
 
     /// Splits a `URL1,URL2,…` list (as `--discovery` takes it), trimming spaces and dropping
