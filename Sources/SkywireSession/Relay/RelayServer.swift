@@ -60,11 +60,11 @@ public final class RelayServer: Service, Sendable {
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.recvAllocator, value: SessionEstablishment.carrierReceiveAllocator)
             .childChannelInitializer { [weak self] channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let link = try ChannelLink.install(on: channel)
                     SessionEstablishment.respond(
-                        over: link, context: SessionContext.relay, kind: .dmsg,
+                        on: channel, context: SessionContext.relay, kind: .dmsg,
                         settings: settings, acceptor: acceptor
                     ).whenComplete { result in
                         switch result {

@@ -74,6 +74,22 @@ final class PythonPeer {
         try input.fileHandleForWriting.write(contentsOf: [UInt8(frame.count >> 8), UInt8(frame.count & 0xff)] + frame)
     }
 
+    /// Writes bytes as they are (for peers that speak a wire format of their own).
+    func sendRaw(_ bytes: [UInt8]) throws {
+        try input.fileHandleForWriting.write(contentsOf: bytes)
+    }
+
+    /// Exactly `count` bytes of its output.
+    func receiveExactly(_ count: Int) throws -> [UInt8] {
+        try read(count)
+    }
+
+    /// One frame with its 2-byte length prefix, as it was on the pipe.
+    func receiveFrameBytes() throws -> [UInt8] {
+        let header = try read(2)
+        return try header + read(Int(header[0]) << 8 | Int(header[1]))
+    }
+
     func receive() throws -> [UInt8] {
         let header = try read(2)
         return try read(Int(header[0]) << 8 | Int(header[1]))
