@@ -118,7 +118,8 @@ import Testing
         var frames = 0
         while let buffer = try channel.readOutbound(as: ByteBuffer.self) {
             var probe = buffer
-            while let length = probe.readInteger(as: UInt16.self) {
+            // (The initiator's first buffer starts with the suite byte: its count is not used.)
+            while let length = probe.readInteger(as: UInt16.self), probe.readableBytes >= Int(length) {
                 probe.moveReaderIndex(forwardBy: Int(length))
                 frames += 1
             }
@@ -136,11 +137,13 @@ import Testing
     }
 
     /// Transport through the handlers: the peer's sealed handshake hash, then writes of every
-    /// size echoed back reversed frame by frame (a write above 65519 bytes is several frames).
+    /// size echoed back reversed (one frame each: the pipes hold less than two frames, so a
+    /// multi-frame write would deadlock the two processes; multi-frame writes are covered in
+    /// NoiseHandlerTests).
     private func exchangeThroughHandlers(_ channel: EmbeddedChannel, peer: PythonPeer, handshakeHash: [UInt8]) throws {
         try channel.writeInbound(ByteBuffer(bytes: peer.receiveFrameBytes()))
         #expect(try readPlaintext(channel) == handshakeHash)
-        for size in [1, 17, 1400, 40_000, NoiseCipher.maxPlaintextSize, 150_000] {
+        for size in [1, 17, 1400, 40_000, NoiseCipher.maxPlaintextSize] {
             let message = (0..<size).map { _ in UInt8.random(in: 0...255) }
             try channel.writeOutbound(ByteBuffer(bytes: message))
             let frames = try sendOutbound(channel, to: peer)

@@ -27,6 +27,8 @@ public final class NoiseTransportHandler: ChannelDuplexHandler, RemovableChannel
     private var partial: ByteBuffer
     /// Plaintext opened in this read batch, not yet passed on.
     private var plaintext: ByteBuffer?
+    /// The capacity to give ``plaintext`` when the batch's first frame opens.
+    private var batchEstimate = 2048
     private var inputFailed = false
 
     // Outbound
@@ -61,12 +63,9 @@ public final class NoiseTransportHandler: ChannelDuplexHandler, RemovableChannel
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !self.inputFailed else { return }
         var buffer = self.unwrapInboundIn(data)
-        if self.plaintext == nil {
-            // Sized for a whole read batch (NIO reads up to 4 times per wake-up), so the batch's
-            // plaintext is rarely reallocated (and copied) on the way.
-            let estimate = 4 * (buffer.readableBytes + self.partial.readableBytes)
-            self.plaintext = context.channel.allocator.buffer(capacity: min(max(estimate, 2048), Self.maxBatchPlaintext))
-        }
+        // Sized for a whole read batch (NIO reads up to 4 times per wake-up), so the batch's
+        // plaintext is rarely reallocated (and copied) on the way.
+        self.batchEstimate = min(max(4 * (buffer.readableBytes + self.partial.readableBytes), 2048), Self.maxBatchPlaintext)
         do {
             try self.open(&buffer, allocator: context.channel.allocator)
         } catch {
@@ -112,6 +111,7 @@ public final class NoiseTransportHandler: ChannelDuplexHandler, RemovableChannel
     private func passOnPlaintext(context: ChannelHandlerContext, complete: Bool = false) {
         guard let plaintext = self.plaintext else { return }
         self.plaintext = nil
+        guard plaintext.readableBytes > 0 else { return }
         context.fireChannelRead(self.wrapInboundOut(plaintext))
         if complete { context.fireChannelReadComplete() }
     }
@@ -163,7 +163,7 @@ public final class NoiseTransportHandler: ChannelDuplexHandler, RemovableChannel
 
     private func openFrame(_ frame: UnsafeRawBufferPointer, allocator: ByteBufferAllocator) throws {
         if self.plaintext == nil {
-            self.plaintext = allocator.buffer(capacity: max(frame.count, 16 * 1024))
+            self.plaintext = allocator.buffer(capacity: max(frame.count, self.batchEstimate))
         }
         try self.receiveCipher.open(frame, into: &self.plaintext!)
     }
