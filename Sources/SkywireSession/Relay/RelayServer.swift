@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Metrics
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
@@ -40,6 +41,10 @@ public final class RelayServer: Service, Sendable {
     private let registry = Mutex<[PublicKey: Session]>([:])
     private let bound = Mutex<SocketAddress?>(nil)
     private let onBound: (@Sendable (SocketAddress) -> Void)?
+    /// Relayed streams now open (one per spliced pair), for `skywire_relay_streams`.
+    fileprivate let openStreams = Atomic<Int>(0)
+    /// `skywire_relay_bytes_total`: moved once per relayed stream when it ends, never per chunk.
+    fileprivate let relayedBytes = Counter(label: "skywire_relay_bytes_total")
 
     public init(configuration: Configuration, group: any EventLoopGroup, logger: Logger, onBound: (@Sendable (SocketAddress) -> Void)? = nil) {
         self.configuration = configuration
@@ -60,7 +65,8 @@ public final class RelayServer: Service, Sendable {
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelInitializer { [weak self] channel in
+            // The relay lives as long as its listener: holding it strongly here is no cycle.
+            .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let link = try ChannelLink.install(on: channel)
                     SessionEstablishment.respond(
@@ -69,7 +75,7 @@ public final class RelayServer: Service, Sendable {
                     ).whenComplete { result in
                         switch result {
                         case .success(let session):
-                            self?.register(session)
+                            self.register(session)
                         case .failure(let error):
                             logger.info("relay handshake failed", metadata: ["peer.addr": "\(channel.remoteAddress.map { "\($0)" } ?? "?")", "error": "\(error)"])
                         }
@@ -138,6 +144,12 @@ public final class RelayServer: Service, Sendable {
     }
 
     fileprivate var log: Logger { self.logger }
+
+    /// Sets the scrape-time gauges `skywire_relay_sessions` and `skywire_relay_streams`.
+    public func collectMetrics() {
+        Gauge(label: "skywire_relay_sessions").record(self.registry.withLock { $0.count })
+        Gauge(label: "skywire_relay_streams").record(self.openStreams.load(ordering: .relaxed))
+    }
 }
 
 /// Handles DIAL streams: opens an INCOMING stream to the target and splices the two.
@@ -177,7 +189,15 @@ struct RelayAcceptor: StreamAcceptor {
                         boundTarget.eventLoop.execute { boundTarget.value.close(error: MuxError.sessionClosed) }
                         return
                     }
-                    LinkSplice.splice(NIOLoopBound<any Link>(stream, eventLoop: stream.eventLoop), boundTarget)
+                    let boundSource = NIOLoopBound(stream, eventLoop: stream.eventLoop)
+                    let targetMux = targetStream
+                    server.openStreams.add(1, ordering: .relaxed)
+                    LinkSplice.splice(NIOLoopBound<any Link>(stream, eventLoop: stream.eventLoop), boundTarget) { _ in
+                        server.openStreams.subtract(1, ordering: .relaxed)
+                        // Each side's bytesIn is what this relay passed on to the other side.
+                        boundSource.eventLoop.execute { server.relayedBytes.increment(by: boundSource.value.bytesIn) }
+                        targetMux.eventLoop.execute { server.relayedBytes.increment(by: targetMux.value.bytesIn) }
+                    }
                     log.debug("relayed stream", metadata: ["src.key": "\(source.fingerprint)", "dst.key": "\(target.fingerprint)"])
                 }
             case .failure(let error):

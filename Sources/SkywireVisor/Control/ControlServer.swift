@@ -56,6 +56,10 @@ struct ControlServer: Sendable {
             try ControlResponse.json(StoppedResponse(stopped: try await visor.skynetClients.stop(context.parameters.get("name") ?? "")))
         }
 
+        router.post("/v1/reload") { _, _ in
+            try ControlResponse.json(try await visor.reload())
+        }
+
         router.get("/v1/transports") { _, _ in
             try ControlResponse.json(await visor.transportList())
         }
