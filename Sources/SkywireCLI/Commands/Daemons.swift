@@ -112,7 +112,7 @@ struct DmsgServerCommand: AsyncParsableCommand {
             logger: logger
         )
         do {
-            try await runServices([relay] + self.metrics.endpoint(registry, logger: logger) { relay.collectMetrics() }, logger: logger)
+            try await runServices([relay] + self.metrics.endpoint(registry, logger: logger) { await relay.collectMetrics() }, logger: logger)
         } catch let error as IOError {
             throw listenError(error, address: self.addr)
         }

@@ -43,8 +43,10 @@ public final class RelayServer: Service, Sendable {
     private let onBound: (@Sendable (SocketAddress) -> Void)?
     /// Relayed streams now open (one per spliced pair), for `skywire_relay_streams`.
     fileprivate let openStreams = Atomic<Int>(0)
-    /// `skywire_relay_bytes_total`: moved once per relayed stream when it ends, never per chunk.
-    fileprivate let relayedBytes = Counter(label: "skywire_relay_bytes_total")
+    /// Bytes received from visors on sessions that have closed (live ones are read at scrape
+    /// time from their mux counters), and the total last reported to the metrics backend.
+    private let closedBytes = Atomic<UInt64>(0)
+    private let reportedBytes = Mutex<UInt64>(0)
 
     public init(configuration: Configuration, group: any EventLoopGroup, logger: Logger, onBound: (@Sendable (SocketAddress) -> Void)? = nil) {
         self.configuration = configuration
@@ -130,6 +132,7 @@ public final class RelayServer: Service, Sendable {
         self.logger.info("visor connected", metadata: ["peer.key": "\(session.remoteKey.fingerprint)", "session.id": "\(session.id)"])
         session.closeFuture.whenComplete { [weak self] _ in
             guard let self else { return }
+            Task { self.closedBytes.add(await session.stats().bytesIn, ordering: .relaxed) }
             self.registry.withLock { registry in
                 if registry[session.remoteKey]?.id == session.id {
                     registry[session.remoteKey] = nil
@@ -145,9 +148,22 @@ public final class RelayServer: Service, Sendable {
 
     fileprivate var log: Logger { self.logger }
 
-    /// Sets the scrape-time gauges `skywire_relay_sessions` and `skywire_relay_streams`.
-    public func collectMetrics() {
-        Gauge(label: "skywire_relay_sessions").record(self.registry.withLock { $0.count })
+    /// Sets the scrape-time gauges `skywire_relay_sessions` and `skywire_relay_streams`, and
+    /// moves `skywire_relay_bytes_total` (bytes received from visors: what the relay passes on)
+    /// by what the sessions' own counters gained since the last scrape; the data path counts
+    /// nothing extra.
+    public func collectMetrics() async {
+        let sessions = self.registry.withLock { Array($0.values) }
+        var live: UInt64 = 0
+        for session in sessions { live &+= await session.stats().bytesIn }
+        let total = self.closedBytes.load(ordering: .relaxed) &+ live
+        let delta = self.reportedBytes.withLock { reported -> UInt64 in
+            guard total > reported else { return 0 }
+            defer { reported = total }
+            return total - reported
+        }
+        if delta > 0 { Counter(label: "skywire_relay_bytes_total").increment(by: Int64(clamping: delta)) }
+        Gauge(label: "skywire_relay_sessions").record(sessions.count)
         Gauge(label: "skywire_relay_streams").record(self.openStreams.load(ordering: .relaxed))
     }
 }
@@ -189,14 +205,9 @@ struct RelayAcceptor: StreamAcceptor {
                         boundTarget.eventLoop.execute { boundTarget.value.close(error: MuxError.sessionClosed) }
                         return
                     }
-                    let boundSource = NIOLoopBound(stream, eventLoop: stream.eventLoop)
-                    let targetMux = targetStream
                     server.openStreams.add(1, ordering: .relaxed)
                     LinkSplice.splice(NIOLoopBound<any Link>(stream, eventLoop: stream.eventLoop), boundTarget) { _ in
                         server.openStreams.subtract(1, ordering: .relaxed)
-                        // Each side's bytesIn is what this relay passed on to the other side.
-                        boundSource.eventLoop.execute { server.relayedBytes.increment(by: boundSource.value.bytesIn) }
-                        targetMux.eventLoop.execute { server.relayedBytes.increment(by: targetMux.value.bytesIn) }
                     }
                     log.debug("relayed stream", metadata: ["src.key": "\(source.fingerprint)", "dst.key": "\(target.fingerprint)"])
                 }

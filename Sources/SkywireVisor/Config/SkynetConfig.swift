@@ -156,12 +156,6 @@ public struct SkynetConfig: Codable, Sendable, Equatable {
 /// A key the decoder does not know is an error rather than silently ignored: a typo such as
 /// `raw-tcp` for `raw_tcp` must not quietly change what a forward does.
 private func rejectUnknownKeys<Key: CodingKey & CaseIterable & RawRepresentable>(_ decoder: any Decoder, _: Key.Type) throws where Key.RawValue == String {
-    struct AnyKey: CodingKey {
-        var stringValue: String
-        var intValue: Int? { nil }
-        init(stringValue: String) { self.stringValue = stringValue }
-        init?(intValue: Int) { nil }
-    }
     let container = try decoder.container(keyedBy: AnyKey.self)
     let known = Set(Key.allCases.map(\.rawValue))
     for key in container.allKeys where !known.contains(key.stringValue) {
@@ -170,4 +164,12 @@ private func rejectUnknownKeys<Key: CodingKey & CaseIterable & RawRepresentable>
             debugDescription: "unknown field \"\(key.stringValue)\" (known: \(known.sorted().joined(separator: ", ")))"
         )
     }
+}
+
+/// Any key of a JSON object, to list them all.
+private struct AnyKey: CodingKey {
+    var stringValue: String
+    var intValue: Int? { nil }
+    init(stringValue: String) { self.stringValue = stringValue }
+    init?(intValue: Int) { nil }
 }
