@@ -127,7 +127,7 @@ class Demo:
     def wait_banner(self, timeout: float = 180.0) -> list[str]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if any(l.strip().startswith("Try:") for l in self.lines) and self.lines and self.lines[-1] == "":
+            if any("export PATH=" in l for l in self.lines):  # the banner's last line
                 return list(self.lines)
             assert self.popen.poll() is None, "\n".join(self.lines)
             time.sleep(0.1)
@@ -182,7 +182,7 @@ def test_demo_on_busy_port_is_one_line():
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-@pytest.mark.parametrize("shell, marker", [("bash", "complete -F"), ("zsh", "#compdef skywire"), ("fish", "complete -c skywire")])
+@pytest.mark.parametrize("shell, marker", [("bash", "-F _skywire skywire"), ("zsh", "#compdef skywire"), ("fish", "complete -c 'skywire'")])
 def test_completion_scripts(shell, marker):
     r = subprocess.run([BIN, "--generate-completion-script", shell], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
