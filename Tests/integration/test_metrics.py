@@ -181,6 +181,13 @@ def test_metrics_address_errors(mnet):
         assert p.popen.wait(60) != 0
         lines = [line for line in p.log().splitlines() if line.startswith("error: ")]
         assert lines == [f"error: cannot serve metrics on 127.0.0.1:{busy}: address already in use"], p.log()
+        # The visor stops gracefully around it: no cancellation noise.
+        p = net.start("visor-busy-metrics", "visor", "--config", str(net.gen_config("visor-busy-metrics")),
+                      "--metrics", f"127.0.0.1:{busy}")
+        assert p.popen.wait(60) != 0
+        lines = [line for line in p.log().splitlines() if line.startswith("error: ")]
+        assert lines == [f"error: cannot serve metrics on 127.0.0.1:{busy}: address already in use"], p.log()
+        assert "CancellationError" not in p.log() and "Server shutdown error" not in p.log()
     finally:
         blocker.close()
     p = net.start("visor-bad-metrics", "visor", "--config", "/nonexistent.json", "--metrics", "nonsense")
