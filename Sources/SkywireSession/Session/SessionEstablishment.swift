@@ -54,7 +54,7 @@ public enum SessionEstablishment {
             timeout: settings.handshakeTimeout
         ).assumeIsolated().map { noise in
             Self.makeSession(noise: noise, role: .initiator, kind: kind, settings: settings, acceptor: acceptor)
-        }.nonisolated()
+        }.nonisolated().recordingHandshakeFailure()
     }
 
     /// Runs the responder side over `link` (call on `link.eventLoop`). `validate` may refuse the
@@ -82,7 +82,7 @@ public enum SessionEstablishment {
                 actual = named
             }
             return Self.makeSession(noise: noise, role: .responder, kind: actual, settings: settings, acceptor: acceptor)
-        }.nonisolated()
+        }.nonisolated().recordingHandshakeFailure()
     }
 
     private static func makeSession(
@@ -95,8 +95,24 @@ public enum SessionEstablishment {
         makeSession(link: noise, remoteKey: noise.remoteKey, role: role, kind: kind, settings: settings, acceptor: acceptor)
     }
 
-    /// Runs a mux over an authenticated, encrypted `link` (a NoiseLink, or a sudph connection
-    /// whose datagrams are sealed with the keys of its own Noise handshake).
+    /// Runs a mux over an authenticated, encrypted channel (a sudph channel, whose datagrams are
+    /// sealed with the keys of its own Noise handshake): the mux sits on a ``ChannelLink`` at the
+    /// end of the channel's pipeline. Call on the channel's loop, before it becomes active.
+    static func makeSession(
+        channel: any Channel,
+        remoteKey: PublicKey,
+        role: MuxRole,
+        kind: TransportKind,
+        settings: SessionSettings,
+        acceptor: any StreamAcceptor
+    ) throws -> Session {
+        // ChannelLink turns the peer's FIN into the mux's EOF only with half-closure allowed.
+        try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
+        let link = try ChannelLink.install(on: channel)
+        return makeSession(link: link, remoteKey: remoteKey, role: role, kind: kind, settings: settings, acceptor: acceptor)
+    }
+
+    /// Runs a mux over an authenticated, encrypted `link` (a NoiseLink).
     static func makeSession(
         link: any Link,
         remoteKey: PublicKey,
@@ -186,7 +202,7 @@ public enum SessionEstablishment {
                     link: link, remoteKey: result.remoteKey, role: role, kind: kind,
                     settings: settings, acceptor: acceptor
                 )
-            }.nonisolated()
+            }.nonisolated().recordingHandshakeFailure()
         }
     }
 
