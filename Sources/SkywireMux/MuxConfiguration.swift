@@ -19,7 +19,8 @@ public struct MuxConfiguration: Sendable {
     public var maxFramePayload: Int
     /// Largest opaque OPEN header, in bytes. Default 1 KiB.
     public var maxOpenHeader: Int
-    /// Most streams open at once (ours, the peer's and opens awaiting a decision). Default 4096.
+    /// Most streams open at once (ours, the peer's and opens awaiting a decision). Default 16,384
+    /// (a forward carries one stream per connection, and 10,000 connections are a target).
     /// Beyond it, ``MuxSession/openStream(header:)`` fails with ``MuxError/tooManyStreams``
     /// and the peer's opens are rejected with ``MuxErrorCode/tooManyStreams``.
     public var maxStreams: Int
@@ -35,7 +36,7 @@ public struct MuxConfiguration: Sendable {
         initialWindow: Int = 256 * 1024,
         maxFramePayload: Int = 32 * 1024,
         maxOpenHeader: Int = 1024,
-        maxStreams: Int = 4096,
+        maxStreams: Int = 16_384,
         keepaliveInterval: TimeAmount = .seconds(2),
         deadPeerTimeout: TimeAmount = .seconds(8)
     ) {

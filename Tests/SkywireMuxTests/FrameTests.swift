@@ -51,18 +51,18 @@ struct FrameTests {
     @Test(
         "invalid headers are protocol errors, detected before the payload arrives",
         arguments: [
-            ("bad version", [2, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
-            ("unknown type", [1, 9, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
-            ("FIN on WINDOW_UPDATE", [1, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 4]),
-            ("unknown flag", [1, 0, 0x80, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
-            ("DATA on stream 0", [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
-            ("PING on a stream", [1, 6, 0, 0, 0, 0, 0, 1, 0, 0, 0, 8]),
-            ("oversized DATA", [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0x80, 1]),
-            ("4 GiB DATA", [1, 0, 0, 0, 0, 0, 0, 1, 0xFF, 0xFF, 0xFF, 0xFF]),
-            ("oversized OPEN", [1, 2, 0, 0, 0, 0, 0, 1, 0, 0, 0x04, 0x09]),
-            ("short WINDOW_UPDATE", [1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 3]),
-            ("short PING", [1, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]),
-            ("RST without code", [1, 5, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1]),
+            ("bad version", [3, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
+            ("unknown type", [2, 9, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
+            ("FIN on WINDOW_UPDATE", [2, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 4]),
+            ("unknown flag", [2, 0, 0x80, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
+            ("DATA on stream 0", [2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+            ("PING on a stream", [2, 6, 0, 0, 0, 0, 0, 1, 0, 0, 0, 8]),
+            ("oversized DATA", [2, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0x80, 1]),
+            ("4 GiB DATA", [2, 0, 0, 0, 0, 0, 0, 1, 0xFF, 0xFF, 0xFF, 0xFF]),
+            ("oversized OPEN", [2, 2, 0, 0, 0, 0, 0, 1, 0, 0, 0x04, 0x09]),
+            ("short WINDOW_UPDATE", [2, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 3]),
+            ("short PING", [2, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]),
+            ("RST without code", [2, 5, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1]),
         ] as [(String, [UInt8])]
     )
     func invalidHeaders(_ name: String, _ header: [UInt8]) throws {

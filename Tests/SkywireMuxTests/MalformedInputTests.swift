@@ -50,12 +50,12 @@ struct MalformedInputTests {
     }
 
     @Test func unknownType() async throws {
-        try await self.expectProtocolError(ByteBuffer(bytes: [1, 42, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0]), containing: "unknown frame type")
+        try await self.expectProtocolError(ByteBuffer(bytes: [2, 42, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0]), containing: "unknown frame type")
     }
 
     @Test func oversizedLength() async throws {
         // A 1 GiB DATA header: refused on the header, nothing is buffered for it.
-        try await self.expectProtocolError(ByteBuffer(bytes: [1, 0, 0, 0, 0, 0, 0, 2, 0x40, 0, 0, 0]), containing: "length")
+        try await self.expectProtocolError(ByteBuffer(bytes: [2, 0, 0, 0, 0, 0, 0, 2, 0x40, 0, 0, 0]), containing: "length")
     }
 
     @Test func wrongParity() async throws {
@@ -133,7 +133,7 @@ struct MalformedInputTests {
                 for _ in 0..<count { chunk.writeInteger(UInt8.random(in: 0...255, using: &generator)) }
                 if Bool.random(using: &generator) {
                     // A plausible header (version 1, a known type) with random fields.
-                    chunk.setInteger(UInt8(1), at: 0)
+                    chunk.setInteger(MuxFrame.version, at: 0)
                     chunk.setInteger(UInt8.random(in: 0...8, using: &generator), at: 1)
                 }
                 chunks.append(chunk)

@@ -96,7 +96,8 @@ public enum SessionEstablishment {
     }
 
     /// Runs a mux over an authenticated, encrypted `link` (a NoiseLink, or a sudph connection
-    /// whose datagrams are sealed with the keys of its own Noise handshake).
+    /// whose datagrams are sealed with the keys of its own Noise handshake), through a
+    /// ``LinkChannel`` bridge until those carriers are channels.
     static func makeSession(
         link: any Link,
         remoteKey: PublicKey,
@@ -105,14 +106,39 @@ public enum SessionEstablishment {
         settings: SessionSettings,
         acceptor: any StreamAcceptor
     ) -> Session {
-        let mux = MuxSession(link: link, role: role, configuration: settings.mux)
+        let channel = LinkChannel(link: link)
+        let session = Self.makeSession(
+            channel: channel, remoteKey: remoteKey, role: role, kind: kind, settings: settings, acceptor: acceptor
+        )
+        channel.start()
+        return session
+    }
+
+    /// Runs a mux in the pipeline of `channel`, which carries the session's plaintext (call on
+    /// its loop): the channel's handlers so far (Noise) authenticated `remoteKey`.
+    public static func makeSession(
+        channel: any Channel,
+        remoteKey: PublicKey,
+        role: MuxRole,
+        kind: TransportKind,
+        settings: SessionSettings,
+        acceptor: any StreamAcceptor
+    ) -> Session {
+        channel.eventLoop.preconditionInEventLoop()
         let adapter = AcceptorAdapter(acceptor: acceptor)
-        mux.delegate = adapter
-        let session = Session(mux: mux, remoteKey: remoteKey, kind: kind, isInitiator: role == .initiator)
+        let mux = MuxHandler(role: role, configuration: settings.mux, sessionInfo: remoteKey) { request in
+            adapter.didReceiveOpen(request)
+        }
+        do {
+            try channel.pipeline.syncOperations.addHandler(mux)
+        } catch {
+            // The channel is already gone: the session is born closed.
+            channel.close(promise: nil)
+        }
+        let session = Session(mux: mux, channel: channel, remoteKey: remoteKey, kind: kind, isInitiator: role == .initiator)
         adapter.session = session
         // The adapter holds the session weakly; keep it alive as long as the mux is.
-        mux.closeFuture.whenComplete { _ in _ = session }
-        mux.start()
+        channel.closeFuture.whenComplete { _ in _ = session }
         return session
     }
 
