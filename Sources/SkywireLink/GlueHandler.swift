@@ -91,7 +91,7 @@ extension GlueHandler {
 
     private func partnerWriteEOF() {
         if let context = self.context {
-            context.close(mode: .output, promise: nil)
+            Self.afterPendingWrites(context) { $0.close(mode: .output, promise: nil) }
         } else if !self.removed {
             self.earlyEOF = true
         }
@@ -99,10 +99,18 @@ extension GlueHandler {
 
     private func partnerCloseFull() {
         if let context = self.context {
-            context.close(promise: nil)
+            Self.afterPendingWrites(context) { $0.close(promise: nil) }
         } else if !self.removed {
             self.earlyClose = true
         }
+    }
+
+    /// NIO turns an output close into a full close once the input is shut down, and a full close
+    /// drops the writes still queued: closes wait until what the partner handed over is written.
+    private static func afterPendingWrites(_ context: ChannelHandlerContext, _ body: @escaping (ChannelHandlerContext) -> Void) {
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(NIOAny(ByteBuffer()), promise: promise)
+        promise.futureResult.assumeIsolated().whenComplete { _ in body(context) }
     }
 
     private func partnerBecameWritable() {
@@ -135,8 +143,8 @@ extension GlueHandler: ChannelDuplexHandler {
             self.early = []
             for data in early { context.write(NIOAny(data), promise: nil) }
             context.flush()
-            if self.earlyEOF { context.close(mode: .output, promise: nil) }
-            if self.earlyClose { context.close(promise: nil) }
+            if self.earlyEOF { Self.afterPendingWrites(context) { $0.close(mode: .output, promise: nil) } }
+            if self.earlyClose { Self.afterPendingWrites(context) { $0.close(promise: nil) } }
         }
         // The partner may have asked whether we were writable before we could answer.
         if context.channel.isWritable {
@@ -186,7 +194,8 @@ extension GlueHandler: ChannelDuplexHandler {
     }
 
     public func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        self.withPartner { $0.partnerCloseFull() }
+        // An abortive end (a reset stream, a failed socket): the partner closes now.
+        self.withPartner { $0.context?.close(promise: nil) }
     }
 
     public func channelWritabilityChanged(context: ChannelHandlerContext) {
