@@ -157,6 +157,7 @@ let package = Package(
             dependencies: [
                 "SkywireSession", "SkywireCrypto", "SkywireReliable", "SkywireDiscovery",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -95,8 +95,7 @@ public enum SessionEstablishment {
         makeSession(link: noise, remoteKey: noise.remoteKey, role: role, kind: kind, settings: settings, acceptor: acceptor)
     }
 
-    /// Runs a mux over an authenticated, encrypted `link` (a NoiseLink, or a sudph connection
-    /// whose datagrams are sealed with the keys of its own Noise handshake), through a
+    /// Runs a mux over an authenticated, encrypted `link` (a NoiseLink), through a
     /// ``LinkChannel`` bridge until those carriers are channels.
     static func makeSession(
         link: any Link,
@@ -107,9 +106,14 @@ public enum SessionEstablishment {
         acceptor: any StreamAcceptor
     ) -> Session {
         let channel = LinkChannel(link: link)
-        let session = Self.makeSession(
-            channel: channel, remoteKey: remoteKey, role: role, kind: kind, settings: settings, acceptor: acceptor
-        )
+        let session: Session
+        do {
+            session = try Self.makeSession(
+                channel: channel, remoteKey: remoteKey, role: role, kind: kind, settings: settings, acceptor: acceptor
+            )
+        } catch {
+            preconditionFailure("a fresh LinkChannel refused the mux handler: \(error)")
+        }
         channel.start()
         return session
     }
@@ -123,18 +127,13 @@ public enum SessionEstablishment {
         kind: TransportKind,
         settings: SessionSettings,
         acceptor: any StreamAcceptor
-    ) -> Session {
+    ) throws -> Session {
         channel.eventLoop.preconditionInEventLoop()
         let adapter = AcceptorAdapter(acceptor: acceptor)
         let mux = MuxHandler(role: role, configuration: settings.mux, sessionInfo: remoteKey) { request in
             adapter.didReceiveOpen(request)
         }
-        do {
-            try channel.pipeline.syncOperations.addHandler(mux)
-        } catch {
-            // The channel is already gone: the session is born closed.
-            channel.close(promise: nil)
-        }
+        try channel.pipeline.syncOperations.addHandler(mux)
         let session = Session(mux: mux, channel: channel, remoteKey: remoteKey, kind: kind, isInitiator: role == .initiator)
         adapter.session = session
         // The adapter holds the session weakly; keep it alive as long as the mux is.
