@@ -31,7 +31,7 @@ import NIOCore
 //      |               |           | acceptor accepts (8 bytes).
 //  4   | REJECT        | stream    | u16 code | UTF-8 message (0...1024 bytes). Answers an OPEN.
 //  5   | RST           | stream    | u16 code | UTF-8 message (0...1024 bytes). Abortive close; code 0
-//      |               |           | after the sender's FIN means "I will read no more" (see MuxStream).
+//      |               |           | after the sender's FIN means "I will read no more" (see MuxChildChannel).
 //  6   | PING          | 0         | 8 opaque bytes.
 //  7   | PONG          | 0         | the 8 bytes of the PING it answers.
 //  8   | GOAWAY        | 0         | u16 code | UTF-8 message (0...1024 bytes). The sender closes the

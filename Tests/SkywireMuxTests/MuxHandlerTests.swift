@@ -388,6 +388,70 @@ struct MuxHandlerTests {
         #expect(counter.flushes == 1)
     }
 
+    @Test("both sides open at once and move 4 MiB each way, byte-exact, then close in order")
+    func concurrentBulk() throws {
+        let pair = try MuxPair()
+        pair.acceptAllOnB()
+        var recordersA: [StreamRecorder] = []
+        pair.decideA = { request in
+            let recorder = StreamRecorder()
+            recordersA.append(recorder)
+            request.accept { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
+                    try channel.pipeline.syncOperations.addHandler(recorder)
+                    recorder.channel = channel
+                }
+            }
+        }
+        let (fromA, openerA) = pair.openFromA()
+        let fromB = pair.muxB.openStream(header: ByteBuffer(string: "from B"))
+        try pair.shuttle()
+        let a = try fromA.wait()
+        let b = try fromB.wait()
+        #expect(a.streamID % 2 == 1 && b.streamID % 2 == 0)
+        let size = 4 << 20
+        a.writeAndFlush(patternBytes(size, seed: 1), promise: nil)
+        pair.recordersB[0].channel!.writeAndFlush(patternBytes(size, seed: 2), promise: nil)
+        try pair.shuttle()
+        #expect(pair.recordersB[0].received == patternBytes(size, seed: 1))
+        #expect(openerA.received == patternBytes(size, seed: 2))
+        b.writeAndFlush(ByteBuffer(string: "hi A"), promise: nil)
+        try pair.shuttle()
+        #expect(recordersA.first?.text == "hi A")
+        a.close(mode: .output, promise: nil)
+        pair.recordersB[0].channel!.close(mode: .output, promise: nil)
+        try pair.shuttle()
+        #expect(openerA.inactive && pair.recordersB[0].inactive)
+        #expect(pair.muxA.openStreamCount == 1 && pair.muxB.openStreamCount == 1)
+    }
+
+    @Test("a PING flood from a peer that does not read: our output stays bounded, reads are withheld")
+    func pingFlood() throws {
+        let loop = EmbeddedEventLoop()
+        let channel = EmbeddedChannel(loop: loop)
+        let reads = ReadCounter()
+        try channel.pipeline.syncOperations.addHandler(reads)
+        let mux = MuxHandler(role: .responder, configuration: .testing)
+        try channel.pipeline.syncOperations.addHandler(mux)
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        channel.isWritable = false
+        channel.pipeline.fireChannelWritabilityChanged()
+        var pings = ByteBuffer()
+        for value in 0..<2000 {
+            pings.writeMuxHeader(.ping, streamID: 0, length: 8)
+            pings.writeInteger(UInt64(value))
+        }
+        for _ in 0..<20 { try channel.writeInbound(pings) }
+        let before = reads.reads
+        channel.read()
+        #expect(reads.reads == before, "reads are withheld while the peer does not take our answers")
+        channel.isWritable = true
+        channel.pipeline.fireChannelWritabilityChanged()
+        #expect(reads.reads == before + 1, "the held read goes out once the parent drains")
+        #expect(!mux.isClosed)
+    }
+
     @Test("session close: streams on both sides close with the reason; later opens fail")
     func sessionClose() throws {
         let pair = try MuxPair()
@@ -569,6 +633,16 @@ struct MuxMalformedInputTests {
             let (error, _, _) = try self.run(input, acceptOpens: true)
             if let error { #expect(error is MuxError) }
         }
+    }
+}
+
+/// Counts reads that reach the parent's head.
+final class ReadCounter: ChannelOutboundHandler {
+    typealias OutboundIn = NIOAny
+    var reads = 0
+    func read(context: ChannelHandlerContext) {
+        self.reads += 1
+        context.read()
     }
 }
 

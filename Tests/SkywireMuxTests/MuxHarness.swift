@@ -186,3 +186,22 @@ func decodeFrames(_ bytes: ByteBuffer, configuration: MuxConfiguration = .testin
     while let frame = try decoder.decode(buffer: &buffer) { frames.append(frame) }
     return frames
 }
+
+func frameBytes(_ frames: MuxFrame...) -> ByteBuffer {
+    var buffer = ByteBuffer()
+    for frame in frames { buffer.writeMuxFrame(frame) }
+    return buffer
+}
+
+func openFrame(id: UInt32, window: Int = 256 * 1024, maxFrame: Int = 32 * 1024, header: String = "") -> MuxFrame {
+    var payload = ByteBuffer()
+    payload.writeMultipleIntegers(UInt32(window), UInt32(maxFrame))
+    payload.writeString(header)
+    return MuxFrame(type: .open, streamID: id, payload: payload)
+}
+
+func acceptFrame(id: UInt32, window: Int = 256 * 1024, maxFrame: Int = 32 * 1024) -> MuxFrame {
+    var payload = ByteBuffer()
+    payload.writeMultipleIntegers(UInt32(window), UInt32(maxFrame))
+    return MuxFrame(type: .accept, streamID: id, payload: payload)
+}
