@@ -57,7 +57,7 @@ struct VisorCLICommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "visor",
         abstract: "The visor itself.",
-        subcommands: [PK.self, Info.self]
+        subcommands: [PK.self, Info.self, UI.self]
     )
 
     struct PK: AsyncParsableCommand {
@@ -92,6 +92,21 @@ struct VisorCLICommand: AsyncParsableCommand {
                     print("  #\(s.id) \(s.type) \(s.remotePublicKey) streams=\(s.streams) in=\(s.bytesIn) out=\(s.bytesOut)\(s.rttMs.map { String(format: " rtt=%.2fms", $0) } ?? "")")
                 }
             }
+        }
+    }
+
+    struct UI: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print a one-time login URL for the visor's web page.",
+            discussion: "The URL works once, within a minute; opening it logs the browser in (a session cookie) and shows the page."
+        )
+        @OptionGroup var rpc: RPCOptions
+
+        func run() async throws {
+            let client = try self.rpc.client()
+            let login: UILoginCode = try await client.post("/v1/ui/login-code", [String: String]())
+            print("http://\(client.display)/ui/login?code=\(login.code)")
+            FileHandle.standardError.write(Data("open it in a browser on this machine within \(login.expiresIn) s; it works once\n".utf8))
         }
     }
 }

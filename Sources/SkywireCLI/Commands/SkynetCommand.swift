@@ -29,20 +29,22 @@ struct SkynetCommand: AsyncParsableCommand {
         @Option(help: "Instance name (default skynet-client-<local port>).") var name: String?
         @Flag(help: "JSON output.") var json = false
 
+        /// The same form the web page fills in, so both refuse the same values with the same words.
+        var form: ForwardForm {
+            ForwardForm(
+                pk: self.pk, remote: String(self.remote), local: String(self.local), rawTCP: self.rawTCP,
+                network: self.skynet ? "skynet" : (self.dmsg ? "dmsg" : "auto"), name: self.name
+            )
+        }
+
         func validate() throws {
-            do { _ = try PublicKey(hex: self.pk) } catch { throw ValidationError("\(error)") }
-            try checkPort(self.remote)
-            try checkPort(self.local, allowZero: true)
             if self.skynet && self.dmsg { throw ValidationError("--skynet and --dmsg exclude each other") }
+            do { _ = try self.form.request() } catch { throw ValidationError(error.description) }
         }
 
         func run() async throws {
-            let request = StartClientRequest(
-                remotePublicKey: self.pk, remotePort: self.remote, localPort: self.local,
-                mode: self.rawTCP ? "raw-tcp" : "http",
-                network: self.skynet ? "skynet" : (self.dmsg ? "dmsg" : "auto"),
-                name: self.name
-            )
+            let request: StartClientRequest
+            do { request = try self.form.request() } catch { throw ValidationError(error.description) }
             let info: ClientInstanceInfo = try await self.rpc.client().post("/v1/skynet/clients", request)
             if self.json { try printJSON(info); return }
             print("\(info.name): 127.0.0.1:\(info.localPort) -> \(info.remotePublicKey):\(info.remotePort) (\(info.mode), via \(info.transport ?? info.network))")
@@ -103,35 +105,18 @@ struct SkynetCommand: AsyncParsableCommand {
         var preserveHost = false
         @Flag(help: "JSON output.") var json = false
 
+        /// The same form the web page fills in, so both refuse the same values with the same words.
+        var form: ServerForm {
+            ServerForm(ports: self.ports, whitelist: self.whitelist, name: self.name, backendTimeout: self.backendTimeout, preserveHost: self.preserveHost)
+        }
+
         func validate() throws {
-            _ = try parsePorts(self.ports)
-            for key in self.whitelistKeys {
-                do { _ = try PublicKey(hex: key) } catch { throw ValidationError("whitelist: \(error)") }
-            }
-            _ = try self.parsedBackendTimeout()
-        }
-
-        /// `--backend-timeout`: a number of seconds, 0.1 to 86400.
-        func parsedBackendTimeout() throws -> Double? {
-            guard let text = self.backendTimeout else { return nil }
-            guard let seconds = Double(text.trimmingCharacters(in: .whitespaces)), seconds.isFinite else {
-                throw ValidationError("invalid --backend-timeout \"\(text)\": expected a number of seconds")
-            }
-            guard (0.1...86_400).contains(seconds) else {
-                throw ValidationError("--backend-timeout \(text) is out of range (0.1-86400 seconds)")
-            }
-            return seconds
-        }
-
-        var whitelistKeys: [String] {
-            (self.whitelist ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            do { _ = try self.form.request() } catch { throw ValidationError(error.description) }
         }
 
         func run() async throws {
-            let request = StartServerRequest(
-                ports: try parsePorts(self.ports), whitelist: self.whitelistKeys.isEmpty ? nil : self.whitelistKeys, name: self.name,
-                backendTimeout: try self.parsedBackendTimeout(), preserveHost: self.preserveHost
-            )
+            let request: StartServerRequest
+            do { request = try self.form.request() } catch { throw ValidationError(error.description) }
             let info: ServerInstanceInfo = try await self.rpc.client().post("/v1/skynet/servers", request)
             if self.json { try printJSON(info); return }
             print("\(info.name): exposing \(info.ports.map(String.init).joined(separator: ",")) to \(info.whitelist.map { "\($0.count) whitelisted visor(s)" } ?? "every visor") (HTTP: backend timeout \(formatSeconds(info.backendTimeout))\(info.preserveHost ? ", Host preserved" : ""))")

@@ -280,3 +280,31 @@ extension SessionInfo {
         try c.encode(self.persistent, forKey: .persistent)
     }
 }
+
+/// `POST /v1/ui/login-code` (`visor ui`): a one-time code for the web page's login URL.
+public struct UILoginCode: Codable, Sendable {
+    /// 64 hex digits; `GET /ui/login?code=…` trades it once for a session cookie.
+    public var code: String
+    /// Seconds the code stays valid.
+    public var expiresIn: Int
+
+    public init(code: String, expiresIn: Int) {
+        self.code = code
+        self.expiresIn = expiresIn
+    }
+
+    enum CodingKeys: String, CodingKey { case code, expiresIn = "expires_in" }
+}
+
+/// `POST /ui/api/servers/stop`, `POST /ui/api/forwards/stop` (the page's stop buttons).
+public struct UIStopRequest: Codable, Sendable {
+    public var name: String
+}
+
+/// What the web page shows, pushed as server-sent events (`GET /ui/api/events`) and answered
+/// by `GET /ui/api/state`: the documents of `visor info`, `srv status` and `skynet status`.
+public struct UIState: Codable, Sendable {
+    public var visor: VisorInfo
+    public var servers: [ServerInstanceInfo]
+    public var forwards: [ClientInstanceInfo]
+}
