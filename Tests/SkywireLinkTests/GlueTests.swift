@@ -105,7 +105,7 @@ import Testing
         #expect(!right.isActive)
     }
 
-    @Test("partners on different loops: data, held reads and close cross over")
+    @Test("partners on different loops: data both ways and close cross over")
     func crossLoop() async throws {
         let left = NIOAsyncTestingChannel()
         let right = NIOAsyncTestingChannel()
