@@ -677,17 +677,21 @@ public struct MuxStreamOpener: Sendable {
     }
 
     /// Opens a stream and wraps it in a `NIOAsyncChannel` of bytes once accepted, for
-    /// control-plane code that reads and writes with `async`/`await`.
+    /// control-plane code that reads and writes with `async`/`await`. Finishing its outbound
+    /// writer sends FIN; the inbound sequence ends at the peer's FIN.
     public func openAsyncStream(
         header: ByteBuffer
     ) async throws -> NIOAsyncChannel<ByteBuffer, ByteBuffer> {
         let loop = self.handler.eventLoop
         // Wrapped inside the initializer, before any byte can reach the pipeline.
-        let box = NIOLoopBoundBox<NIOAsyncChannel<ByteBuffer, ByteBuffer>?>(nil, eventLoop: loop)
+        let box = NIOLoopBoundBox.makeEmptyBox(valueType: NIOAsyncChannel<ByteBuffer, ByteBuffer>.self, eventLoop: loop)
         let future = self.openStream(header: header) { channel in
             channel.eventLoop.makeCompletedFuture {
                 try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
-                box.value = try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                box.value = try NIOAsyncChannel<ByteBuffer, ByteBuffer>(
+                    wrappingChannelSynchronously: channel,
+                    configuration: .init(isOutboundHalfClosureEnabled: true)
+                )
             }
         }.flatMapThrowing { _ in
             guard let wrapped = box.value else { throw MuxError.sessionClosed }
