@@ -54,7 +54,7 @@ public enum SessionEstablishment {
             timeout: settings.handshakeTimeout
         ).assumeIsolated().map { noise in
             Self.makeSession(noise: noise, role: .initiator, kind: kind, settings: settings, acceptor: acceptor)
-        }.nonisolated()
+        }.nonisolated().recordingHandshakeFailure()
     }
 
     /// Runs the responder side over `link` (call on `link.eventLoop`). `validate` may refuse the
@@ -82,7 +82,7 @@ public enum SessionEstablishment {
                 actual = named
             }
             return Self.makeSession(noise: noise, role: .responder, kind: actual, settings: settings, acceptor: acceptor)
-        }.nonisolated()
+        }.nonisolated().recordingHandshakeFailure()
     }
 
     private static func makeSession(

@@ -40,7 +40,7 @@ enum Python {
     static func temporaryFile() throws -> (handle: FileHandle, contents: () -> String) {
         let path = FileManager.default.temporaryDirectory
             .appendingPathComponent("skywire-python-\(UUID().uuidString).log").path
-        FileManager.default.createFile(atPath: path, contents: nil)
+        _ = FileManager.default.createFile(atPath: path, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
         let reader = try FileHandle(forReadingFrom: URL(fileURLWithPath: path))
         // Unlinked at once: the open handles keep it readable, and nothing is left behind even
