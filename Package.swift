@@ -46,11 +46,11 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // Layer 2: stream multiplexing with per-stream flow control over one Link.
+        // Layer 2: stream multiplexing: a handler in a channel's pipeline whose streams are child
+        // channels with their own flow control.
         .target(
             name: "SkywireMux",
             dependencies: [
-                "SkywireLink",
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings

@@ -95,7 +95,7 @@ def wait_for(predicate, timeout: float, what: str):
 def mux_ping(s: socket.socket, conn, timeout: float = 10.0) -> bool:
     """Sends a mux PING inside the Noise session; True when the matching PONG comes back."""
     token = os.urandom(8)
-    frame = struct.pack(">BBHII", 1, 6, 0, 0, 8) + token  # version 1, PING, stream 0
+    frame = struct.pack(">BBHII", 2, 6, 0, 0, 8) + token  # mux version 2, PING, stream 0
     ct = conn.encrypt(frame)
     s.sendall(struct.pack(">H", len(ct)) + ct)
     plain = b""

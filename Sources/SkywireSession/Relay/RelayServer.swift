@@ -176,7 +176,7 @@ struct RelayAcceptor: StreamAcceptor {
         self.server = server
     }
 
-    func session(_ session: Session, didReceiveOpen request: MuxOpenRequest) {
+    func session(_ session: Session, didReceiveOpen request: MuxStreamRequest) {
         guard let server = self.server else {
             request.reject(code: RelayRejectCode.peerNotConnected, message: "relay is shutting down")
             return
@@ -195,21 +195,39 @@ struct RelayAcceptor: StreamAcceptor {
         let boundRequest = NIOLoopBound(request, eventLoop: session.eventLoop)
         let source = session.remoteKey
         let log = server.log
-        targetSession.openStream(header: RelayHeader.incoming(source: source).encode()) { result in
+        // The target's stream reads nothing until it is glued to the dialer's.
+        targetSession.openStream(header: RelayHeader.incoming(source: source).encode()) { targetStream in
+            targetStream.eventLoop.makeCompletedFuture {
+                try targetStream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
+                try targetStream.syncOptions!.setOption(.autoRead, value: false)
+            }
+        }.whenComplete { result in
             switch result {
             case .success(let targetStream):
-                let boundTarget = NIOLoopBound<any Link>(targetStream.value, eventLoop: targetStream.eventLoop)
                 boundRequest.eventLoop.execute {
-                    guard let stream = try? boundRequest.value.accept() else {
-                        // The dialer's session went away meanwhile: drop the target's stream too.
-                        boundTarget.eventLoop.execute { boundTarget.value.close(error: MuxError.sessionClosed) }
-                        return
+                    // The dialer's early data (its handshake's first message) waits in its stream
+                    // until the glue is in place; the two sessions may live on different loops.
+                    boundRequest.value.accept { stream in
+                        stream.eventLoop.makeCompletedFuture {
+                            try stream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
+                        }.flatMap {
+                            GlueHandler.glue(stream, targetStream)
+                        }.flatMap {
+                            targetStream.setOption(.autoRead, value: true)
+                        }
+                    }.whenComplete { result in
+                        switch result {
+                        case .success(let stream):
+                            server.openStreams.add(1, ordering: .relaxed)
+                            stream.closeFuture.whenComplete { _ in
+                                server.openStreams.subtract(1, ordering: .relaxed)
+                            }
+                            log.debug("relayed stream", metadata: ["src.key": "\(source.fingerprint)", "dst.key": "\(target.fingerprint)"])
+                        case .failure:
+                            // The dialer's session went away meanwhile: drop the target's stream too.
+                            targetStream.close(promise: nil)
+                        }
                     }
-                    server.openStreams.add(1, ordering: .relaxed)
-                    LinkSplice.splice(NIOLoopBound<any Link>(stream, eventLoop: stream.eventLoop), boundTarget) { _ in
-                        server.openStreams.subtract(1, ordering: .relaxed)
-                    }
-                    log.debug("relayed stream", metadata: ["src.key": "\(source.fingerprint)", "dst.key": "\(target.fingerprint)"])
                 }
             case .failure(let error):
                 boundRequest.eventLoop.execute {

@@ -215,23 +215,22 @@ final class SkynetForward: Sendable {
     private func bind() async throws -> any Channel {
         let accept: @Sendable (any Channel) -> EventLoopFuture<Void> = { [weak self] channel in
             channel.eventLoop.makeCompletedFuture {
-                let link = try ChannelLink.install(on: channel)
-                // Hold reads until the stream is open: nothing is read that has nowhere to go.
-                link.setReading(false)
                 guard let self, self.state != .stopped else { channel.close(promise: nil); return }
                 let id = ObjectIdentifier(channel)
                 self.connections.withLock { $0[id] = channel }
                 channel.closeFuture.whenComplete { [weak self] _ in
                     _ = self?.connections.withLock { $0.removeValue(forKey: id) }
                 }
-                self.handle(NIOLoopBound<any Link>(link, eventLoop: channel.eventLoop), channel: channel)
+                self.handle(channel)
             }
         }
         do {
             return try await ServerBootstrap(group: self.group, childGroup: self.loop)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
-                .childChannelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
+                // Reads wait for the stream: nothing is read that has nowhere to go.
+                .childChannelOption(.autoRead, value: false)
+                .childChannelOption(.writeBufferWaterMark, value: Self.waterMark)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelInitializer(accept)
                 .bind(host: "127.0.0.1", port: self.requestedLocalPort).get()
@@ -249,16 +248,11 @@ final class SkynetForward: Sendable {
         let header = SkynetHeader(port: UInt16(self.remotePort), probe: true, http: self.mode == "http").encode()
         let remote = self.remote
         let remotePort = self.remotePort
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            session.openStream(header: header) { result in
-                switch result {
-                case .success(let stream):
-                    stream.value.close(error: nil)
-                    continuation.resume()
-                case .failure(let error):
-                    continuation.resume(throwing: Self.mapOpenError(error, remote: remote, port: remotePort))
-                }
-            }
+        do {
+            let stream = try await session.openStream(header: header)
+            stream.close(promise: nil)
+        } catch {
+            throw Self.mapOpenError(error, remote: remote, port: remotePort)
         }
     }
 
@@ -273,8 +267,13 @@ final class SkynetForward: Sendable {
         }
     }
 
-    /// One accepted local connection: find (or make) the session, open a stream, splice.
-    private func handle(_ link: NIOLoopBound<any Link>, channel: any Channel) {
+    /// Local connections: reads wait for the stream (autoRead is off until the glue is in).
+    static let waterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 256 * 1024, high: 1024 * 1024)
+
+    /// One accepted local connection: find (or make) the session, open a stream, glue the two.
+    /// Raw mode glues in the stream's initializer, so the connection's first bytes follow the
+    /// OPEN at once (0-RTT); HTTP mode glues after ACCEPT, so that a refusal can still answer 502.
+    private func handle(_ channel: any Channel) {
         let http = self.mode == "http"
         let header = SkynetHeader(port: UInt16(self.remotePort), probe: false, http: http).encode()
         let counters = self.counters
@@ -282,23 +281,38 @@ final class SkynetForward: Sendable {
         let remote = self.remote
         let remotePort = self.remotePort
         let open: @Sendable (Session) -> Void = { session in
-            session.openStream(header: header) { result in
+            let glue: @Sendable (MuxChildChannel) -> EventLoopFuture<Void> = { stream in
+                stream.eventLoop.makeCompletedFuture {
+                    try stream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
+                }.flatMap {
+                    GlueHandler.glue(channel, stream)
+                }.flatMap {
+                    channel.setOption(.autoRead, value: true)
+                }
+            }
+            let opened: EventLoopFuture<MuxChildChannel>
+            if http {
+                opened = session.openStream(header: header) { stream in
+                    stream.eventLoop.makeCompletedFuture {
+                        try stream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
+                    }
+                }.flatMap { stream in glue(stream).map { stream } }
+            } else {
+                opened = session.openStream(header: header, initializer: glue)
+            }
+            opened.whenComplete { result in
                 switch result {
                 case .success(let stream):
                     counters.connectionOpened()
-                    let boundStream = NIOLoopBound<any Link>(stream.value, eventLoop: stream.eventLoop)
-                    let muxStream = stream
-                    LinkSplice.splice(link, boundStream) { _ in
-                        muxStream.eventLoop.execute {
-                            counters.connectionClosed(bytesIn: muxStream.value.bytesIn, bytesOut: muxStream.value.bytesOut)
-                        }
+                    stream.closeFuture.whenComplete { _ in
+                        counters.connectionClosed(bytesIn: stream.bytesIn, bytesOut: stream.bytesOut)
                     }
                 case .failure(let error):
                     counters.failed.add(1, ordering: .relaxed)
                     let reason = Self.mapOpenError(error, remote: remote, port: remotePort)
                     counters.noteFailure(Self.refuseReason(error), "\(reason)")
                     logger.info("connection refused by remote", metadata: ["error": "\(reason)"])
-                    Self.refuse(link, http: http, remote: remote, reason: "\(reason)")
+                    Self.refuse(channel, http: http, remote: remote, reason: "\(reason)")
                 }
             }
         }
@@ -317,7 +331,7 @@ final class SkynetForward: Sendable {
                 counters.failed.add(1, ordering: .relaxed)
                 counters.noteFailure(.unreachable, "\(error)")
                 logger.info("no session for new connection", metadata: ["error": "\(error)"])
-                Self.refuse(link, http: http, remote: remote, reason: "\(error)")
+                Self.refuse(channel, http: http, remote: remote, reason: "\(error)")
             }
         }
     }
@@ -334,15 +348,13 @@ final class SkynetForward: Sendable {
     }
 
     /// Closes a local connection the tunnel can't serve; in HTTP mode with a 502 first.
-    private static func refuse(_ link: NIOLoopBound<any Link>, http: Bool, remote: PublicKey, reason: String) {
-        link.eventLoop.execute {
-            if http {
-                link.value.write(TunnelDownResponse.bytes(remote: remote.hex, reason: reason))
-                link.value.flush()
-                link.value.close(error: nil)
-            } else {
-                link.value.close(error: SkynetError.rejected(reason))
+    private static func refuse(_ channel: any Channel, http: Bool, remote: PublicKey, reason: String) {
+        if http {
+            channel.writeAndFlush(TunnelDownResponse.bytes(remote: remote.hex, reason: reason)).whenComplete { _ in
+                channel.close(promise: nil)
             }
+        } else {
+            channel.close(promise: nil)
         }
     }
 

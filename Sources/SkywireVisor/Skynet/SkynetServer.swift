@@ -15,7 +15,7 @@ final class ServerInstance: Sendable {
     struct Admitted: Sendable {
         var remote: PublicKey
         var port: Int
-        var stream: NIOLoopBound<MuxStream>
+        var stream: MuxChildChannel
     }
 
     let name: String
@@ -155,10 +155,8 @@ final class SkynetServer: StreamAcceptor {
                 instance.admitted.withLock { $0[id] = connection }
             } else {
                 self.logger.info("closing connection no longer allowed", metadata: ["peer.key": "\(connection.remote.fingerprint)", "port": "\(connection.port)", "instance": "\(instance.name)"])
-                let stream = connection.stream
-                stream.eventLoop.execute {
-                    stream.value.close(error: MuxError.reset(code: SkynetRejectCode.notWhitelisted, message: "no longer whitelisted for port \(connection.port)"))
-                }
+                let reset = MuxChildChannel.Reset(code: SkynetRejectCode.notWhitelisted, message: "no longer whitelisted for port \(connection.port)")
+                connection.stream.triggerUserOutboundEvent(reset, promise: nil)
             }
         }
     }
@@ -215,7 +213,7 @@ final class SkynetServer: StreamAcceptor {
 
     // MARK: StreamAcceptor
 
-    func session(_ session: Session, didReceiveOpen request: MuxOpenRequest) {
+    func session(_ session: Session, didReceiveOpen request: MuxStreamRequest) {
         guard let header = SkynetHeader(request.header) else {
             request.reject(code: SkynetRejectCode.badRequest, message: "malformed skynet request")
             return
@@ -233,7 +231,7 @@ final class SkynetServer: StreamAcceptor {
             return
         }
         if header.probe {
-            (try? request.accept())?.close(error: nil)
+            request.accept().whenSuccess { $0.close(promise: nil) }
             return
         }
         let boundRequest = NIOLoopBound(request, eventLoop: session.eventLoop)
@@ -251,40 +249,49 @@ final class SkynetServer: StreamAcceptor {
         }
         let proxy = header.http ? self.httpProxy : nil
         let remoteHex = session.remoteKey.hex
+        let remote = session.remoteKey
+        // The backend's reads wait for the glue (a server that speaks first loses nothing).
         ClientBootstrap(group: session.eventLoop)
             .channelOption(.allowRemoteHalfClosure, value: true)
-            .channelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
+            .channelOption(.autoRead, value: false)
+            .channelOption(.writeBufferWaterMark, value: SkynetForward.waterMark)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(self.connectTimeout)
             .connect(host: "127.0.0.1", port: target)
             .whenComplete { result in
                 // The bootstrap's group is the session's loop, so this runs there.
                 switch result {
-                case .success(let channel):
-                    do {
-                        // Before any byte flows: tell the proxy whose connection this is.
-                        let proxyPort = channel.localAddress?.port ?? 0
-                        proxy?.register(localPort: proxyPort, route: .init(remoteKey: remoteHex, backendPort: port, options: instance.options))
-                        if let proxy { channel.closeFuture.whenComplete { _ in proxy.unregister(localPort: proxyPort) } }
-                        let link = try ChannelLink.install(on: channel)
-                        let stream = try boundRequest.value.accept()
-                        let counters = instance.counters
-                        counters.connectionOpened()
-                        let boundStream = NIOLoopBound(stream, eventLoop: stream.eventLoop)
-                        let id = SkynetServer.nextConnection.wrappingAdd(1, ordering: .relaxed).oldValue
-                        let remote = session.remoteKey
-                        instance.admitted.withLock { $0[id] = .init(remote: remote, port: port, stream: boundStream) }
-                        LinkSplice.splice(link, stream) { [weak self] _ in
-                            // The instance may have been replaced meanwhile: forget it everywhere.
-                            instance.admitted.withLock { _ = $0.removeValue(forKey: id) }
-                            self?.forget(connection: id)
-                            boundStream.eventLoop.execute {
-                                counters.connectionClosed(bytesIn: boundStream.value.bytesIn, bytesOut: boundStream.value.bytesOut)
-                            }
+                case .success(let backend):
+                    // Before any byte flows: tell the proxy whose connection this is.
+                    let proxyPort = backend.localAddress?.port ?? 0
+                    proxy?.register(localPort: proxyPort, route: .init(remoteKey: remoteHex, backendPort: port, options: instance.options))
+                    if let proxy { backend.closeFuture.whenComplete { _ in proxy.unregister(localPort: proxyPort) } }
+                    // Early data the opener sent with its OPEN reaches the backend once glued.
+                    boundRequest.value.accept { stream in
+                        stream.eventLoop.makeCompletedFuture {
+                            try stream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
+                        }.flatMap {
+                            GlueHandler.glue(stream, backend)
+                        }.flatMap {
+                            backend.setOption(.autoRead, value: true)
                         }
-                    } catch {
-                        channel.close(promise: nil)
-                        boundRequest.value.reject(code: SkynetRejectCode.backendUnavailable, message: "visor \(localKey.fingerprint) cannot serve port \(port): \(error)")
+                    }.whenComplete { [weak self] result in
+                        switch result {
+                        case .success(let stream):
+                            let counters = instance.counters
+                            counters.connectionOpened()
+                            let id = SkynetServer.nextConnection.wrappingAdd(1, ordering: .relaxed).oldValue
+                            instance.admitted.withLock { $0[id] = .init(remote: remote, port: port, stream: stream) }
+                            stream.closeFuture.whenComplete { [weak self] _ in
+                                // The instance may have been replaced meanwhile: forget it everywhere.
+                                instance.admitted.withLock { _ = $0.removeValue(forKey: id) }
+                                self?.forget(connection: id)
+                                counters.connectionClosed(bytesIn: stream.bytesIn, bytesOut: stream.bytesOut)
+                            }
+                        case .failure(let error):
+                            logger.info("stream not accepted", metadata: ["port": "\(port)", "error": "\(error)"])
+                            backend.close(promise: nil)
+                        }
                     }
                 case .failure(let error):
                     logger.info("backend unavailable", metadata: ["port": "\(port)", "error": "\(error)"])
