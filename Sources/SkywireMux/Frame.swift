@@ -2,7 +2,8 @@ import NIOCore
 
 // MARK: - Wire format
 //
-// A mux session is a sequence of frames over one ordered, reliable byte pipe (a `Link`).
+// A mux session is a sequence of frames over one ordered, reliable byte pipe (the plaintext side of
+// a Noise-encrypted channel, or any other channel: ``MuxHandler`` sits in its pipeline).
 // Every frame is a fixed 12-byte header followed by `length` payload bytes; all integers are
 // big-endian. Nothing relies on one read being one frame: the decoder reassembles frames from
 // arbitrary chunks and checks `length` against the per-type limit before waiting for (and so
@@ -13,7 +14,7 @@ import NIOCore
 //     |version |  type  |      flags      |             stream id             |              length               |
 //     +--------+--------+--------+--------+--------+--------+--------+--------+--------+--------+--------+--------+
 //
-// version: 1. Any other value is a protocol error (the session is closed).
+// version: 2 (2 added 0-RTT early data, see below). Any other value is a protocol error (the session is closed).
 // flags:   bit 0 (0x0001) = FIN, only on DATA. Any other bit, or FIN on another type, is a protocol error.
 // stream id: non-zero for stream frames; 0 for session frames (PING, PONG, GOAWAY). The initiator
 //          opens odd ids, the responder even ids, each strictly increasing; ids are never reused
@@ -30,7 +31,7 @@ import NIOCore
 //      |               |           | acceptor accepts (8 bytes).
 //  4   | REJECT        | stream    | u16 code | UTF-8 message (0...1024 bytes). Answers an OPEN.
 //  5   | RST           | stream    | u16 code | UTF-8 message (0...1024 bytes). Abortive close; code 0
-//      |               |           | after the sender's FIN means "I will read no more" (see MuxStream).
+//      |               |           | after the sender's FIN means "I will read no more" (see MuxChildChannel).
 //  6   | PING          | 0         | 8 opaque bytes.
 //  7   | PONG          | 0         | the 8 bytes of the PING it answers.
 //  8   | GOAWAY        | 0         | u16 code | UTF-8 message (0...1024 bytes). The sender closes the
@@ -38,7 +39,14 @@ import NIOCore
 //
 // Flow control is per stream and in bytes of DATA payload: each side may send at most the window
 // the other granted (initially the value in OPEN/ACCEPT, then increased by WINDOW_UPDATE).
-// DATA beyond the granted window is a protocol error. A stream's data may only flow after ACCEPT.
+// DATA beyond the granted window is a protocol error.
+//
+// 0-RTT (version 2): the opener may send DATA right after OPEN, before ACCEPT, up to
+// `earlyDataWindow` (64 KiB) bytes; every acceptor grants at least that much implicitly. The window
+// in ACCEPT counts from the start of the stream (it includes the early window and must be at least
+// `earlyDataWindow`), so the opener's credit on ACCEPT is `window - bytes already sent`. The
+// acceptor buffers early data until it decides; on REJECT the data is dropped. The acceptor sends
+// no DATA before its ACCEPT, and WINDOW_UPDATE flows only after ACCEPT.
 // Unknown types, versions or flags, wrong-parity or reused ids, and oversized lengths are
 // protocol errors: the detecting side sends GOAWAY(code 2, reason) and closes the session.
 
@@ -57,7 +65,9 @@ enum MuxFrameType: UInt8, Sendable, CaseIterable {
 
 /// One decoded frame. `payload` is a slice of the received bytes (no copy).
 struct MuxFrame: Equatable, Sendable {
-    static let version: UInt8 = 1
+    static let version: UInt8 = 2
+    /// Bytes an opener may send before ACCEPT (see the wire-format notes above).
+    static let earlyDataWindow = 64 * 1024
     static let headerSize = 12
     static let flagFIN: UInt16 = 0x0001
     /// Longest REJECT/RST/GOAWAY message accepted from a peer; we send at most `maxSentMessage`.

@@ -8,22 +8,24 @@ public enum MuxRole: Sendable, Equatable {
     case responder
 }
 
-/// Limits and timers of a ``MuxSession``. Both peers should use the same values for
+/// Limits and timers of a ``MuxHandler``. Both peers should use the same values for
 /// `maxOpenHeader` (an OPEN with a larger header is a protocol error at the receiver);
 /// windows and frame sizes are announced per stream, so those may differ between peers.
 public struct MuxConfiguration: Sendable {
     /// Receive window granted to the peer per stream, in bytes: the most data of one stream we
-    /// buffer when its reader is paused. Default 256 KiB. Clamped to 1...(2^32 - 1).
+    /// buffer when its reader is paused. Default 256 KiB. Clamped to 1...(2^32 - 1), and to at least
+    /// ``MuxFrame/earlyDataWindow`` by ``MuxHandler``.
     public var initialWindow: Int
     /// Largest DATA payload we send and accept, in bytes. Default 32 KiB. Clamped to 1...(2^24).
     public var maxFramePayload: Int
     /// Largest opaque OPEN header, in bytes. Default 1 KiB.
     public var maxOpenHeader: Int
-    /// Most streams open at once (ours, the peer's and opens awaiting a decision). Default 4096.
-    /// Beyond it, ``MuxSession/openStream(header:)`` fails with ``MuxError/tooManyStreams``
+    /// Most streams open at once (ours, the peer's and opens awaiting a decision). Default 16,384
+    /// (a forward carries one stream per connection, and 10,000 connections are a target).
+    /// Beyond it, ``MuxHandler/openStream(header:initializer:)`` fails with ``MuxError/tooManyStreams``
     /// and the peer's opens are rejected with ``MuxErrorCode/tooManyStreams``.
     public var maxStreams: Int
-    /// How often a PING is sent (it measures ``MuxSession/rtt`` and keeps the peer's dead-peer
+    /// How often a PING is sent (it measures ``MuxHandler/rtt`` and keeps the peer's dead-peer
     /// timer from firing). Default 2 s. Zero or negative disables pings.
     public var keepaliveInterval: TimeAmount
     /// The session closes with ``MuxError/deadPeer`` if nothing at all was received for this
@@ -35,7 +37,7 @@ public struct MuxConfiguration: Sendable {
         initialWindow: Int = 256 * 1024,
         maxFramePayload: Int = 32 * 1024,
         maxOpenHeader: Int = 1024,
-        maxStreams: Int = 4096,
+        maxStreams: Int = 16_384,
         keepaliveInterval: TimeAmount = .seconds(2),
         deadPeerTimeout: TimeAmount = .seconds(8)
     ) {

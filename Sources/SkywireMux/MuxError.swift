@@ -1,6 +1,6 @@
-/// Errors of a ``MuxSession`` and its streams.
+/// Errors of a ``MuxHandler`` session and its streams.
 public enum MuxError: Error, CustomStringConvertible, Equatable, Sendable {
-    /// The peer rejected our OPEN (``MuxOpenRequest/reject(code:message:)``).
+    /// The peer rejected our OPEN (``MuxStreamRequest/reject(code:message:)``).
     case rejected(code: UInt16, message: String)
     /// The peer reset the stream (RST), e.g. its side's `close(error:)`.
     case reset(code: UInt16, message: String)
@@ -18,7 +18,7 @@ public enum MuxError: Error, CustomStringConvertible, Equatable, Sendable {
     case headerTooLarge(size: Int, limit: Int)
     /// The underlying link ended (EOF or close) without a GOAWAY.
     case linkClosed
-    /// ``MuxOpenRequest/accept()`` after the request was already accepted or rejected.
+    /// ``MuxStreamRequest/accept(initializer:)`` after the request was already accepted or rejected.
     case requestNotPending
 
     public var description: String {
@@ -49,8 +49,7 @@ public enum MuxError: Error, CustomStringConvertible, Equatable, Sendable {
 
 /// The `u16` codes carried by REJECT, RST and GOAWAY frames. Codes from 0x100 up are free for
 /// applications (e.g. a forwarder's "backend refused"); pass them with
-/// ``MuxError/reset(code:message:)`` to ``MuxStream/close(error:)`` or to
-/// ``MuxOpenRequest/reject(code:message:)``.
+/// ``MuxChildChannel/reset(code:message:)`` or to ``MuxStreamRequest/reject(code:message:)``.
 public enum MuxErrorCode {
     /// Normal close. An RST with code 0 after the sender's FIN means "I will read no more".
     public static let noError: UInt16 = 0
@@ -60,7 +59,7 @@ public enum MuxErrorCode {
     public static let protocolError: UInt16 = 2
     /// The receiver has ``MuxConfiguration/maxStreams`` streams open.
     public static let tooManyStreams: UInt16 = 3
-    /// The receiver has no handler for opens (no ``MuxSession/delegate``).
+    /// The receiver has no handler for opens (no inbound stream handler).
     public static let refused: UInt16 = 4
     /// The sender's keepalive detected a dead peer.
     public static let deadPeer: UInt16 = 5

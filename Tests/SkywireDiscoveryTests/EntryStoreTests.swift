@@ -40,7 +40,7 @@ func withTestDatabase<T>(_ backend: StoreBackend, _ body: (String) async throws 
     case .postgres:
         let base = try PostgresLocation(url: try testPostgresURL())
         let name = "skywire_test_\(UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased())"
-        try await withAdminConnection(base) { connection in
+        _ = try await withAdminConnection(base) { connection in
             try await connection.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name)"), logger: quietLogger)
         }
         var location = base

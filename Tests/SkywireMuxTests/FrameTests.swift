@@ -20,7 +20,7 @@ struct FrameTests {
         let frames: [MuxFrame] = [
             MuxFrame(type: .data, streamID: 1, payload: ByteBuffer(string: "hello")),
             MuxFrame(type: .data, flags: MuxFrame.flagFIN, streamID: 1, payload: ByteBuffer()),
-            MuxFrame(type: .data, streamID: 5, payload: pattern(3000, seed: 1)),
+            MuxFrame(type: .data, streamID: 5, payload: patternBytes(3000, seed: 1)),
             openFrame(id: 2, header: "port=8080"),
             acceptFrame(id: 2),
             MuxFrame(type: .ping, streamID: 0, payload: ByteBuffer(bytes: [1, 2, 3, 4, 5, 6, 7, 8])),
@@ -51,18 +51,18 @@ struct FrameTests {
     @Test(
         "invalid headers are protocol errors, detected before the payload arrives",
         arguments: [
-            ("bad version", [2, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
-            ("unknown type", [1, 9, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
-            ("FIN on WINDOW_UPDATE", [1, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 4]),
-            ("unknown flag", [1, 0, 0x80, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
-            ("DATA on stream 0", [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
-            ("PING on a stream", [1, 6, 0, 0, 0, 0, 0, 1, 0, 0, 0, 8]),
-            ("oversized DATA", [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0x80, 1]),
-            ("4 GiB DATA", [1, 0, 0, 0, 0, 0, 0, 1, 0xFF, 0xFF, 0xFF, 0xFF]),
-            ("oversized OPEN", [1, 2, 0, 0, 0, 0, 0, 1, 0, 0, 0x04, 0x09]),
-            ("short WINDOW_UPDATE", [1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 3]),
-            ("short PING", [1, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]),
-            ("RST without code", [1, 5, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1]),
+            ("bad version", [3, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
+            ("unknown type", [2, 9, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
+            ("FIN on WINDOW_UPDATE", [2, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 4]),
+            ("unknown flag", [2, 0, 0x80, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
+            ("DATA on stream 0", [2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+            ("PING on a stream", [2, 6, 0, 0, 0, 0, 0, 1, 0, 0, 0, 8]),
+            ("oversized DATA", [2, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0x80, 1]),
+            ("4 GiB DATA", [2, 0, 0, 0, 0, 0, 0, 1, 0xFF, 0xFF, 0xFF, 0xFF]),
+            ("oversized OPEN", [2, 2, 0, 0, 0, 0, 0, 1, 0, 0, 0x04, 0x09]),
+            ("short WINDOW_UPDATE", [2, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 3]),
+            ("short PING", [2, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]),
+            ("RST without code", [2, 5, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1]),
         ] as [(String, [UInt8])]
     )
     func invalidHeaders(_ name: String, _ header: [UInt8]) throws {
@@ -86,54 +86,66 @@ struct FrameTests {
 
 @Suite("Mux stream state machine")
 struct StreamStateMachineTests {
-    @Test("lifecycle: idle, open, half-closed both ways, closed")
-    func lifecycle() throws {
-        var a = MuxStreamStateMachine(receiveWindow: 100)
-        #expect(a.lifecycle == .idle)
-        #expect(throws: MuxError.self) { try a.receiveData(count: 1, fin: false) }
-        try a.accept(peerWindow: 50)
-        #expect(a.lifecycle == .open)
-        #expect(throws: MuxError.self) { try a.accept(peerWindow: 50) }
-        a.sendFIN()
-        #expect(a.lifecycle == .halfClosedLocal)
-        #expect(!a.canSend)
-        try a.receiveData(count: 10, fin: true)
-        #expect(a.lifecycle == .closed)
+    static let early = MuxFrame.earlyDataWindow
 
-        var b = MuxStreamStateMachine(receiveWindow: 100, acceptedWithPeerWindow: 10)
-        try b.receiveData(count: 0, fin: true)
-        #expect(b.lifecycle == .halfClosedRemote)
-        #expect(b.canSend)
-        #expect(throws: MuxError.self) { try b.receiveData(count: 1, fin: false) }
-        b.reset()
-        #expect(b.lifecycle == .closed)
+    @Test("opener: early data before ACCEPT; ACCEPT's window counts from the start; FINs close")
+    func opener() throws {
+        var a = MuxChannelState.opener(receiveWindow: 4 * Self.early)
+        #expect(a.canSend && a.sendWindow == Self.early)
+        #expect(throws: MuxError.self) { try a.receiveData(count: 1, fin: false) }
+        #expect(throws: MuxError.self) { try a.receiveWindowUpdate(1) }
+        a.sent(1000)
+        #expect(throws: MuxError.self) { try a.receiveAccept(window: Self.early - 1) }
+        try a.receiveAccept(window: 2 * Self.early)
+        #expect(a.sendWindow == 2 * Self.early - 1000)
+        #expect(throws: MuxError.self) { try a.receiveAccept(window: 2 * Self.early) }
+        a.sendFIN()
+        #expect(!a.canSend && !a.isClosed)
+        try a.receiveData(count: 10, fin: true)
+        #expect(a.isClosed)
+        #expect(throws: MuxError.self) { try a.receiveData(count: 0, fin: false) }
     }
 
-    @Test("receive window: data beyond the grant is an error; credit is returned after half is consumed")
+    @Test("acceptor: the early window before accepting, the full window after; no sending before")
+    func acceptor() throws {
+        var b = MuxChannelState.acceptor(receiveWindow: 4 * Self.early, peerWindow: 10)
+        #expect(!b.canSend)
+        try b.receiveData(count: Self.early - 1, fin: false)
+        #expect(throws: MuxError.self) { try b.receiveData(count: 2, fin: false) }
+        b.acceptLocally()
+        #expect(b.canSend && b.sendWindow == 10)
+        try b.receiveData(count: 3 * Self.early, fin: false)
+        #expect(b.receiveCredit == 1)
+        b.reset()
+        #expect(b.isClosed && !b.canSend)
+    }
+
+    @Test("receive window: credit returns as data is delivered, once half the window is used")
     func receiveWindow() throws {
-        var s = MuxStreamStateMachine(receiveWindow: 100, acceptedWithPeerWindow: 0)
-        try s.receiveData(count: 60, fin: false)
-        #expect(s.receiveWindow == 40)
-        #expect(throws: MuxError.self) { try s.receiveData(count: 41, fin: false) }
-        s.consumed(49)
-        #expect(s.takeWindowIncrement() == nil)
-        s.consumed(1)
-        #expect(s.takeWindowIncrement() == 50)
-        #expect(s.receiveWindow == 90)
-        try s.receiveData(count: 90, fin: false)
+        let window = 2 * Self.early
+        var s = MuxChannelState.acceptor(receiveWindow: window, peerWindow: 0)
+        s.acceptLocally()
+        try s.receiveData(count: window / 2 - 1, fin: false)
+        // Delivered, but more than half the window is still available: no update yet.
+        #expect(s.unbuffer(window / 2 - 1) == nil)
+        try s.receiveData(count: 2, fin: false)
+        // Half is left (a byte still buffered counts as used): top up to the full window.
+        #expect(s.unbuffer(1) == UInt32(window / 2))
+        #expect(s.receiveCredit + s.bufferedBytes == window)
+        #expect(s.unbuffer(1) == nil)
+        try s.receiveData(count: window - 1, fin: false)
         #expect(throws: MuxError.self) { try s.receiveData(count: 1, fin: false) }
     }
 
     @Test("send window: updates add, zero and overflow are errors")
     func sendWindow() throws {
-        var s = MuxStreamStateMachine(receiveWindow: 100, acceptedWithPeerWindow: 10)
+        var s = MuxChannelState.acceptor(receiveWindow: Self.early, peerWindow: 10)
+        s.acceptLocally()
         s.sent(10)
         #expect(s.sendWindow == 0)
         try s.receiveWindowUpdate(5)
         #expect(s.sendWindow == 5)
         #expect(throws: MuxError.self) { try s.receiveWindowUpdate(0) }
         #expect(throws: MuxError.self) { try s.receiveWindowUpdate(UInt32.max) }
-        var idle = MuxStreamStateMachine(receiveWindow: 100)
-        #expect(throws: MuxError.self) { try idle.receiveWindowUpdate(1) }
     }
 }

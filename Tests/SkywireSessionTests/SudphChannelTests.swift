@@ -280,8 +280,10 @@ struct SudphChannelSemanticsTests {
 
     /// The outcome of a future of the embedded loop (`wait()` would trap there), nil if pending.
     static func outcome<T>(_ future: EventLoopFuture<T>) -> Result<T, any Error>? {
+        // Called on the embedded loop's thread (its futures complete there): the isolated view
+        // takes a non-Sendable callback without a check that would need a loop-bound box.
         var result: Result<T, any Error>?
-        future.whenComplete { result = $0 }
+        future.assumeIsolatedUnsafeUnchecked().whenComplete { result = $0 }
         return result
     }
 

@@ -74,12 +74,13 @@ struct SkynetCommand: AsyncParsableCommand {
             let list: [ClientInstanceInfo] = try await self.rpc.client().get(path)
             if self.json { try printJSON(list); return }
             if list.isEmpty { print("no client instances"); return }
-            var rows = [["NAME", "STATE", "MODE", "NETWORK", "TRANSPORT", "LOCAL", "REMOTE", "CONNS", "TOTAL", "IN", "OUT", "ERROR"]]
+            var rows = [["NAME", "SOURCE", "STATE", "MODE", "NETWORK", "TRANSPORT", "LOCAL", "REMOTE", "CONNS", "TOTAL", "IN", "OUT", "ERROR"]]
             for i in list {
                 rows.append([
-                    i.name, i.state, i.mode, i.network, i.transport ?? "-", i.localAddress,
+                    i.name, i.source, i.state, i.mode, i.network, i.transport ?? "-", i.localAddress,
                     "\(i.remotePublicKey.prefix(8))…:\(i.remotePort)", "\(i.connectionsOpen)", "\(i.connectionsTotal)",
-                    "\(i.bytesIn)", "\(i.bytesOut)", i.error ?? i.directError.map { "direct: \($0)" } ?? "",
+                    "\(i.bytesIn)", "\(i.bytesOut)",
+                    i.error ?? lastErrorText(i.lastError, i.lastErrorAt) ?? i.directError.map { "direct: \($0)" } ?? "",
                 ])
             }
             printTable(rows)
@@ -146,18 +147,28 @@ struct SkynetCommand: AsyncParsableCommand {
             let list: [ServerInstanceInfo] = try await self.rpc.client().get(path)
             if self.json { try printJSON(list); return }
             if list.isEmpty { print("no server instances"); return }
-            var rows = [["NAME", "STATE", "PORTS", "WHITELIST", "TIMEOUT", "HOST", "CONNS", "TOTAL", "REFUSED", "IN", "OUT"]]
+            var rows = [["NAME", "SOURCE", "STATE", "PORTS", "WHITELIST", "TIMEOUT", "HOST", "CONNS", "TOTAL", "REFUSED", "IN", "OUT", "LAST ERROR"]]
             for i in list {
                 rows.append([
-                    i.name, i.state, i.ports.map(String.init).joined(separator: ","),
+                    i.name, i.source, i.state, i.ports.map(String.init).joined(separator: ","),
                     i.whitelist.map { "\($0.count) key(s)" } ?? "open (any visor)",
                     formatSeconds(i.backendTimeout), i.preserveHost ? "preserved" : "rewritten",
                     "\(i.connectionsOpen)", "\(i.connectionsTotal)", "\(i.refused)", "\(i.bytesIn)", "\(i.bytesOut)",
+                    lastErrorText(i.lastError, i.lastErrorAt) ?? "",
                 ])
             }
             printTable(rows)
         }
     }
+}
+
+/// "last HH:MM:SSZ: message" for a status table, or nil.
+func lastErrorText(_ message: String?, _ at: Date?) -> String? {
+    guard let message else { return nil }
+    guard let at else { return "last: \(message)" }
+    let formatter = ISO8601DateFormatter()
+    formatter.formatOptions = [.withFullDate, .withTime, .withColonSeparatorInTime, .withTimeZone]
+    return "last \(formatter.string(from: at)): \(message)"
 }
 
 /// "30s", "1.5s".

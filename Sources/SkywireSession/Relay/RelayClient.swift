@@ -2,7 +2,6 @@ import Logging
 import NIOCore
 import SkywireCrypto
 import SkywireDiscovery
-import SkywireLink
 import SkywireMux
 
 /// A visor's session with one relay: reaches other visors through it and receives their calls.
@@ -45,25 +44,29 @@ public final class RelayClient: Sendable {
         return RelayClient(relay: relay, session: session, settings: settings, peerAcceptor: peerAcceptor)
     }
 
-    /// Opens an end-to-end session with `peer` through this relay.
+    /// Opens an end-to-end session with `peer` through this relay: the session's handshake runs
+    /// inside the DIAL stream, its first message sent right after the OPEN (0-RTT).
     public func dial(_ peer: PublicKey) async throws -> Session {
         let settings = self.settings
         let acceptor = self.peerAcceptor
         let relayKey = self.relay.publicKey
         let promise = self.session.eventLoop.makePromise(of: Session.self)
-        self.session.openStream(header: RelayHeader.dial(target: peer).encode()) { result in
-            switch result {
-            case .success(let stream):
+        let open: EventLoopFuture<MuxChildChannel> = self.session.openStream(header: RelayHeader.dial(target: peer).encode()) { stream in
+            stream.eventLoop.makeCompletedFuture {
+                try stream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
+                // Noise and the inner session's mux sit in the relayed stream's own pipeline.
                 SessionEstablishment.initiate(
-                    over: stream.value, remote: peer, context: SessionContext.visor, kind: .dmsg,
+                    on: stream, remote: peer, context: SessionContext.visor, kind: .dmsg,
                     settings: settings, acceptor: acceptor
                 ).cascade(to: promise)
-            case .failure(let error):
-                if case MuxError.rejected(let code, let message) = error {
-                    promise.fail(RelayError.refused(relay: relayKey, code: code, message: message))
-                } else {
-                    promise.fail(RelayError.relayUnavailable(relay: relayKey, reason: "\(error)"))
-                }
+            }
+        }
+        // A refused DIAL fails the handshake too; the open's reason, which comes first, wins.
+        open.whenFailure { error in
+            if case MuxError.rejected(let code, let message) = error {
+                promise.fail(RelayError.refused(relay: relayKey, code: code, message: message))
+            } else {
+                promise.fail(RelayError.relayUnavailable(relay: relayKey, reason: "\(error)"))
             }
         }
         return try await promise.futureResult.get()
@@ -93,23 +96,29 @@ struct IncomingAcceptor: StreamAcceptor {
     let logger: Logger
     let onInboundSession: @Sendable (Session) -> Void
 
-    func session(_ session: Session, didReceiveOpen request: MuxOpenRequest) {
+    func session(_ session: Session, didReceiveOpen request: MuxStreamRequest) {
         guard case .incoming? = RelayHeader(request.header) else {
             request.reject(code: RelayRejectCode.badRequest, message: "malformed relay request")
             return
         }
-        guard let stream = try? request.accept() else { return }
         let logger = self.logger
         let onInbound = self.onInboundSession
-        SessionEstablishment.respond(
-            over: stream, context: SessionContext.visor, kind: .dmsg,
-            settings: self.settings, acceptor: self.peerAcceptor
-        ).whenComplete { result in
-            switch result {
-            case .success(let inner):
-                onInbound(inner)
-            case .failure(let error):
-                logger.info("end-to-end handshake through relay failed", metadata: ["error": "\(error)"])
+        let settings = self.settings
+        let peerAcceptor = self.peerAcceptor
+        request.accept { stream in
+            stream.eventLoop.makeCompletedFuture {
+                try stream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
+                SessionEstablishment.respond(
+                    on: stream, context: SessionContext.visor, kind: .dmsg,
+                    settings: settings, acceptor: peerAcceptor
+                ).whenComplete { result in
+                    switch result {
+                    case .success(let inner):
+                        onInbound(inner)
+                    case .failure(let error):
+                        logger.info("end-to-end handshake through relay failed", metadata: ["error": "\(error)"])
+                    }
+                }
             }
         }
     }

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Metrics
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
@@ -40,6 +41,12 @@ public final class RelayServer: Service, Sendable {
     private let registry = Mutex<[PublicKey: Session]>([:])
     private let bound = Mutex<SocketAddress?>(nil)
     private let onBound: (@Sendable (SocketAddress) -> Void)?
+    /// Relayed streams now open (one per spliced pair), for `skywire_relay_streams`.
+    fileprivate let openStreams = Atomic<Int>(0)
+    /// Bytes received from visors on sessions that have closed (live ones are read at scrape
+    /// time from their mux counters), and the total last reported to the metrics backend.
+    private let closedBytes = Atomic<UInt64>(0)
+    private let reportedBytes = Mutex<UInt64>(0)
 
     public init(configuration: Configuration, group: any EventLoopGroup, logger: Logger, onBound: (@Sendable (SocketAddress) -> Void)? = nil) {
         self.configuration = configuration
@@ -60,16 +67,17 @@ public final class RelayServer: Service, Sendable {
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelInitializer { [weak self] channel in
+            .childChannelOption(.recvAllocator, value: SessionEstablishment.carrierReceiveAllocator)
+            // The relay lives as long as its listener: holding it strongly here is no cycle.
+            .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let link = try ChannelLink.install(on: channel)
                     SessionEstablishment.respond(
-                        over: link, context: SessionContext.relay, kind: .dmsg,
+                        on: channel, context: SessionContext.relay, kind: .dmsg,
                         settings: settings, acceptor: acceptor
                     ).whenComplete { result in
                         switch result {
                         case .success(let session):
-                            self?.register(session)
+                            self.register(session)
                         case .failure(let error):
                             logger.info("relay handshake failed", metadata: ["peer.addr": "\(channel.remoteAddress.map { "\($0)" } ?? "?")", "error": "\(error)"])
                         }
@@ -124,6 +132,7 @@ public final class RelayServer: Service, Sendable {
         self.logger.info("visor connected", metadata: ["peer.key": "\(session.remoteKey.fingerprint)", "session.id": "\(session.id)"])
         session.closeFuture.whenComplete { [weak self] _ in
             guard let self else { return }
+            Task { self.closedBytes.add(await session.stats().bytesIn, ordering: .relaxed) }
             self.registry.withLock { registry in
                 if registry[session.remoteKey]?.id == session.id {
                     registry[session.remoteKey] = nil
@@ -138,6 +147,25 @@ public final class RelayServer: Service, Sendable {
     }
 
     fileprivate var log: Logger { self.logger }
+
+    /// Sets the scrape-time gauges `skywire_relay_sessions` and `skywire_relay_streams`, and
+    /// moves `skywire_relay_bytes_total` (bytes received from visors: what the relay passes on)
+    /// by what the sessions' own counters gained since the last scrape; the data path counts
+    /// nothing extra.
+    public func collectMetrics() async {
+        let sessions = self.registry.withLock { Array($0.values) }
+        var live: UInt64 = 0
+        for session in sessions { live &+= await session.stats().bytesIn }
+        let total = self.closedBytes.load(ordering: .relaxed) &+ live
+        let delta = self.reportedBytes.withLock { reported -> UInt64 in
+            guard total > reported else { return 0 }
+            defer { reported = total }
+            return total - reported
+        }
+        if delta > 0 { Counter(label: "skywire_relay_bytes_total").increment(by: Int64(clamping: delta)) }
+        Gauge(label: "skywire_relay_sessions").record(sessions.count)
+        Gauge(label: "skywire_relay_streams").record(self.openStreams.load(ordering: .relaxed))
+    }
 }
 
 /// Handles DIAL streams: opens an INCOMING stream to the target and splices the two.
@@ -148,7 +176,7 @@ struct RelayAcceptor: StreamAcceptor {
         self.server = server
     }
 
-    func session(_ session: Session, didReceiveOpen request: MuxOpenRequest) {
+    func session(_ session: Session, didReceiveOpen request: MuxStreamRequest) {
         guard let server = self.server else {
             request.reject(code: RelayRejectCode.peerNotConnected, message: "relay is shutting down")
             return
@@ -167,18 +195,39 @@ struct RelayAcceptor: StreamAcceptor {
         let boundRequest = NIOLoopBound(request, eventLoop: session.eventLoop)
         let source = session.remoteKey
         let log = server.log
-        targetSession.openStream(header: RelayHeader.incoming(source: source).encode()) { result in
+        // The target's stream reads nothing until it is glued to the dialer's.
+        targetSession.openStream(header: RelayHeader.incoming(source: source).encode()) { targetStream in
+            targetStream.eventLoop.makeCompletedFuture {
+                try targetStream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
+                try targetStream.syncOptions!.setOption(.autoRead, value: false)
+            }
+        }.whenComplete { result in
             switch result {
             case .success(let targetStream):
-                let boundTarget = NIOLoopBound<any Link>(targetStream.value, eventLoop: targetStream.eventLoop)
                 boundRequest.eventLoop.execute {
-                    guard let stream = try? boundRequest.value.accept() else {
-                        // The dialer's session went away meanwhile: drop the target's stream too.
-                        boundTarget.eventLoop.execute { boundTarget.value.close(error: MuxError.sessionClosed) }
-                        return
+                    // The dialer's early data (its handshake's first message) waits in its stream
+                    // until the glue is in place; the two sessions may live on different loops.
+                    boundRequest.value.accept { stream in
+                        stream.eventLoop.makeCompletedFuture {
+                            try stream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
+                        }.flatMap {
+                            GlueHandler.glue(stream, targetStream)
+                        }.flatMap {
+                            targetStream.setOption(.autoRead, value: true)
+                        }
+                    }.whenComplete { result in
+                        switch result {
+                        case .success(let stream):
+                            server.openStreams.add(1, ordering: .relaxed)
+                            stream.closeFuture.whenComplete { _ in
+                                server.openStreams.subtract(1, ordering: .relaxed)
+                            }
+                            log.debug("relayed stream", metadata: ["src.key": "\(source.fingerprint)", "dst.key": "\(target.fingerprint)"])
+                        case .failure:
+                            // The dialer's session went away meanwhile: drop the target's stream too.
+                            targetStream.close(promise: nil)
+                        }
                     }
-                    LinkSplice.splice(NIOLoopBound<any Link>(stream, eventLoop: stream.eventLoop), boundTarget)
-                    log.debug("relayed stream", metadata: ["src.key": "\(source.fingerprint)", "dst.key": "\(target.fingerprint)"])
                 }
             case .failure(let error):
                 boundRequest.eventLoop.execute {

@@ -1,7 +1,6 @@
 import Foundation
 import NIOCore
 import SkywireCrypto
-import SkywireLink
 import SkywireMux
 import Synchronization
 
@@ -19,23 +18,25 @@ public enum TransportKind: String, Codable, Sendable, CaseIterable {
 }
 
 /// Decides on the streams a peer opens on a session. Called on the session's event loop; it must
-/// eventually call `accept()` or `reject(code:message:)` on the request (on that loop).
+/// eventually call `accept(initializer:)` or `reject(code:message:)` on the request (on that loop).
 public protocol StreamAcceptor: Sendable {
-    func session(_ session: Session, didReceiveOpen request: MuxOpenRequest)
+    func session(_ session: Session, didReceiveOpen request: MuxStreamRequest)
 }
 
 /// Rejects every stream: for sessions on which the peer has no business opening streams.
 public struct RejectAllStreams: StreamAcceptor {
     public init() {}
-    public func session(_ session: Session, didReceiveOpen request: MuxOpenRequest) {
+    public func session(_ session: Session, didReceiveOpen request: MuxStreamRequest) {
         request.reject(code: 1, message: "streams are not accepted on this session")
     }
 }
 
-/// One authenticated, encrypted, multiplexed session with a remote key.
+/// One authenticated, encrypted, multiplexed session with a remote key: a ``MuxHandler`` in the
+/// pipeline of the channel that carries the session's plaintext. Its streams are
+/// ``MuxChildChannel``s.
 ///
-/// The identity fields are immutable and readable from anywhere; the mux underneath is confined
-/// to ``eventLoop`` and is reached through ``onLoop(_:)``.
+/// The identity fields are immutable and readable from anywhere; the mux is confined to
+/// ``eventLoop``.
 public final class Session: Sendable, CustomStringConvertible {
     private static let nextID = Atomic<UInt64>(1)
 
@@ -50,44 +51,47 @@ public final class Session: Sendable, CustomStringConvertible {
     public let eventLoop: any EventLoop
     /// Completes when the session has closed, for whatever reason.
     public let closeFuture: EventLoopFuture<Void>
-    private let mux: NIOLoopBound<MuxSession>
+    /// The channel the mux runs in (its parent).
+    public let channel: any Channel
+    private let mux: NIOLoopBound<MuxHandler>
 
-    init(mux: MuxSession, remoteKey: PublicKey, kind: TransportKind, isInitiator: Bool) {
+    init(mux: MuxHandler, channel: any Channel, remoteKey: PublicKey, kind: TransportKind, isInitiator: Bool) {
         self.id = Self.nextID.wrappingAdd(1, ordering: .relaxed).oldValue
         self.remoteKey = remoteKey
         self.kind = kind
         self.isInitiator = isInitiator
         self.since = Date()
-        self.eventLoop = mux.eventLoop
-        self.closeFuture = mux.closeFuture
-        self.mux = NIOLoopBound(mux, eventLoop: mux.eventLoop)
+        self.eventLoop = channel.eventLoop
+        self.channel = channel
+        // The mux closes its channel when it ends, and ends when its channel closes.
+        self.closeFuture = channel.closeFuture
+        self.mux = NIOLoopBound(mux, eventLoop: channel.eventLoop)
     }
 
     public var description: String {
         "\(self.kind.rawValue) session #\(self.id) with \(self.remoteKey.fingerprint)"
     }
 
-    /// Opens a stream (on the session's loop) and hands it, still on that loop, to `body`.
-    /// `body` receives the failure if the peer rejects or the session is gone.
+    /// Opens a stream whose OPEN carries `header`; `initializer` runs at once on the stream's
+    /// channel (so it may write before the peer accepts: 0-RTT). The future succeeds with the
+    /// channel once the peer accepts, and fails with ``MuxError/rejected(code:message:)`` or the
+    /// session's error. See ``MuxHandler/openStream(header:initializer:)``.
     public func openStream(
         header: ByteBuffer,
-        _ body: @escaping @Sendable (Result<NIOLoopBound<MuxStream>, any Error>) -> Void
-    ) {
-        let mux = self.mux
-        let loop = self.eventLoop
-        loop.execute {
-            mux.value.openStream(header: header).assumeIsolated().whenComplete { result in
-                switch result {
-                case .success(let stream):
-                    body(.success(NIOLoopBound(stream, eventLoop: loop)))
-                case .failure(let error):
-                    body(.failure(error))
-                }
-            }
-        }
+        initializer: (@Sendable (MuxChildChannel) -> EventLoopFuture<Void>)? = nil
+    ) -> EventLoopFuture<MuxChildChannel> {
+        MuxStreamOpener(handler: self.mux).openStream(header: header, initializer: initializer)
     }
 
-    /// Closes the session (every stream on it is reset).
+    /// ``openStream(header:initializer:)`` for async callers.
+    public func openStream(
+        header: ByteBuffer,
+        initializer: (@Sendable (MuxChildChannel) -> EventLoopFuture<Void>)? = nil
+    ) async throws -> MuxChildChannel {
+        try await self.openStream(header: header, initializer: initializer).get()
+    }
+
+    /// Closes the session (every stream on it is closed).
     public func close(error: (any Error)? = nil) {
         let mux = self.mux
         self.eventLoop.execute { mux.value.close(error: error) }
@@ -119,8 +123,8 @@ public struct SessionStats: Sendable, Codable {
     public var closed: Bool
 }
 
-/// Glues a `MuxSession`'s delegate callback to a `Sendable` ``StreamAcceptor``.
-final class AcceptorAdapter: MuxSessionDelegate {
+/// Hands the mux's inbound opens to a `Sendable` ``StreamAcceptor`` with their ``Session``.
+final class AcceptorAdapter {
     weak var session: Session?
     let acceptor: any StreamAcceptor
 
@@ -128,7 +132,7 @@ final class AcceptorAdapter: MuxSessionDelegate {
         self.acceptor = acceptor
     }
 
-    func muxSession(_ mux: MuxSession, didReceiveOpen request: MuxOpenRequest) {
+    func didReceiveOpen(_ request: MuxStreamRequest) {
         guard let session = self.session else {
             request.reject(code: 1, message: "session is shutting down")
             return

@@ -93,9 +93,15 @@ public struct ServerInstanceInfo: Codable, Sendable {
     public var backendTimeout: Double
     /// HTTP mode: whether the client's `Host` goes to the backend unchanged.
     public var preserveHost: Bool
+    /// The last connection this instance could not serve (backend refused, not whitelisted), and when.
+    public var lastError: String?
+    public var lastErrorAt: Date?
+    /// "config" (declared in the visor config) or "runtime" (started through the API/CLI).
+    public var source: String
 
     enum CodingKeys: String, CodingKey {
         case uptimeSeconds = "uptime_seconds", backendTimeout = "backend_timeout", preserveHost = "preserve_host"
+        case lastError = "last_error", lastErrorAt = "last_error_at", source
         case name, ports, whitelist, state
         case connectionsOpen = "connections_open", connectionsTotal = "connections_total", refused
         case bytesIn = "bytes_in", bytesOut = "bytes_out", since
@@ -154,9 +160,16 @@ public struct ClientInstanceInfo: Codable, Sendable {
     public var uptimeSeconds: Int
     /// Keepalive round trip of the session in use, milliseconds.
     public var rttMs: Double?
+    /// The last local connection that could not be served (remote refused, backend down, no
+    /// session), and when; kept while the instance runs.
+    public var lastError: String?
+    public var lastErrorAt: Date?
+    /// "config" (declared in the visor config) or "runtime" (started through the API/CLI).
+    public var source: String
 
     enum CodingKeys: String, CodingKey {
         case uptimeSeconds = "uptime_seconds", rttMs = "rtt_ms"
+        case lastError = "last_error", lastErrorAt = "last_error_at", source
         case name, remotePublicKey = "remote_pk", remotePort = "remote_port", localPort = "local_port"
         case localAddress = "local_address", mode, network, transport, state, error
         case directError = "direct_error"
@@ -177,6 +190,33 @@ public struct AddTransportRequest: Codable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey { case remotePublicKey = "remote_pk", type }
+}
+
+/// Where an instance comes from: the visor config's `skynet` section, or the control API.
+public enum InstanceSource: String, Codable, Sendable {
+    /// Declared in the config file: started with the visor, changed by `reload`, not in the state file.
+    case config
+    /// Started with `skynet start` / `srv start`: kept in the state file, never touched by `reload`.
+    case runtime
+}
+
+/// `POST /v1/reload`: what applying the config's `skynet` section did, by instance name.
+public struct ReloadResponse: Codable, Sendable {
+    public var started: [String]
+    public var replaced: [String]
+    public var stopped: [String]
+    public var unchanged: [String]
+    /// Entries that were valid but could not be started (e.g. a local port taken by another
+    /// program): "NAME: reason". The reload exits non-zero when this is not empty.
+    public var failed: [String]
+
+    public init(started: [String] = [], replaced: [String] = [], stopped: [String] = [], unchanged: [String] = [], failed: [String] = []) {
+        self.started = started
+        self.replaced = replaced
+        self.stopped = stopped
+        self.unchanged = unchanged
+        self.failed = failed
+    }
 }
 
 /// `DELETE` answers: the names of the instances stopped.
@@ -223,6 +263,9 @@ extension ServerInstanceInfo {
         try c.encode(self.uptimeSeconds, forKey: .uptimeSeconds)
         try c.encode(self.backendTimeout, forKey: .backendTimeout)
         try c.encode(self.preserveHost, forKey: .preserveHost)
+        try c.encode(self.lastError, forKey: .lastError)
+        try c.encode(self.lastErrorAt, forKey: .lastErrorAt)
+        try c.encode(self.source, forKey: .source)
     }
 }
 
@@ -263,6 +306,9 @@ extension ClientInstanceInfo {
         try c.encode(self.since, forKey: .since)
         try c.encode(self.uptimeSeconds, forKey: .uptimeSeconds)
         try c.encode(self.rttMs, forKey: .rttMs)
+        try c.encode(self.lastError, forKey: .lastError)
+        try c.encode(self.lastErrorAt, forKey: .lastErrorAt)
+        try c.encode(self.source, forKey: .source)
     }
 }
 

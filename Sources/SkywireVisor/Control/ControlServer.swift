@@ -87,6 +87,10 @@ struct ControlServer: Sendable {
             try ControlResponse.json(StoppedResponse(stopped: try await visor.skynetClients.stop(context.parameters.get("name") ?? "")))
         }
 
+        router.post("/reload") { _, _ in
+            try ControlResponse.json(try await visor.reload())
+        }
+
         router.get("/transports") { _, _ in
             try ControlResponse.json(await visor.transportList())
         }

@@ -85,11 +85,11 @@ final class DirectNetwork: Sendable {
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
                 .childChannelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.recvAllocator, value: SessionEstablishment.carrierReceiveAllocator)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        let link = try ChannelLink.install(on: channel)
                         SessionEstablishment.respond(
-                            over: link, context: SessionContext.visor, kind: .stcpr,
+                            on: channel, context: SessionContext.visor, kind: .stcpr,
                             settings: settings, acceptor: acceptor, allowedKinds: [.stcpr, .stcp]
                         ).whenComplete { result in
                             switch result {

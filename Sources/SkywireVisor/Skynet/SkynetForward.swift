@@ -43,6 +43,8 @@ final class SkynetForward: Sendable {
     let network: NetworkChoice
     let since = Date()
     let counters = Counters()
+    /// Declared in the visor config, or started through the control API.
+    let source: InstanceSource
 
     private let manager: TransportManager
     private let group: any EventLoopGroup
@@ -55,8 +57,9 @@ final class SkynetForward: Sendable {
     /// Accepted local connections, closed when the forward stops.
     private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
 
-    init(name: String, remote: PublicKey, remotePort: Int, localPort: Int, mode: String, network: NetworkChoice, manager: TransportManager, group: any EventLoopGroup, logger: Logger) {
+    init(name: String, remote: PublicKey, remotePort: Int, localPort: Int, mode: String, network: NetworkChoice, source: InstanceSource = .runtime, manager: TransportManager, group: any EventLoopGroup, logger: Logger) {
         self.nameBox = Mutex(name)
+        self.source = source
         self.remote = remote
         self.remotePort = remotePort
         self.requestedLocalPort = localPort
@@ -212,23 +215,22 @@ final class SkynetForward: Sendable {
     private func bind() async throws -> any Channel {
         let accept: @Sendable (any Channel) -> EventLoopFuture<Void> = { [weak self] channel in
             channel.eventLoop.makeCompletedFuture {
-                let link = try ChannelLink.install(on: channel)
-                // Hold reads until the stream is open: nothing is read that has nowhere to go.
-                link.setReading(false)
                 guard let self, self.state != .stopped else { channel.close(promise: nil); return }
                 let id = ObjectIdentifier(channel)
                 self.connections.withLock { $0[id] = channel }
                 channel.closeFuture.whenComplete { [weak self] _ in
                     _ = self?.connections.withLock { $0.removeValue(forKey: id) }
                 }
-                self.handle(NIOLoopBound<any Link>(link, eventLoop: channel.eventLoop), channel: channel)
+                self.handle(channel)
             }
         }
         do {
             return try await ServerBootstrap(group: self.group, childGroup: self.loop)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
-                .childChannelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
+                // Reads wait for the stream: nothing is read that has nowhere to go.
+                .childChannelOption(.autoRead, value: false)
+                .childChannelOption(.writeBufferWaterMark, value: Self.waterMark)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelInitializer(accept)
                 .bind(host: "127.0.0.1", port: self.requestedLocalPort).get()
@@ -246,16 +248,11 @@ final class SkynetForward: Sendable {
         let header = SkynetHeader(port: UInt16(self.remotePort), probe: true, http: self.mode == "http").encode()
         let remote = self.remote
         let remotePort = self.remotePort
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            session.openStream(header: header) { result in
-                switch result {
-                case .success(let stream):
-                    stream.value.close(error: nil)
-                    continuation.resume()
-                case .failure(let error):
-                    continuation.resume(throwing: Self.mapOpenError(error, remote: remote, port: remotePort))
-                }
-            }
+        do {
+            let stream = try await session.openStream(header: header)
+            stream.close(promise: nil)
+        } catch {
+            throw Self.mapOpenError(error, remote: remote, port: remotePort)
         }
     }
 
@@ -270,31 +267,52 @@ final class SkynetForward: Sendable {
         }
     }
 
-    /// One accepted local connection: find (or make) the session, open a stream, splice.
-    private func handle(_ link: NIOLoopBound<any Link>, channel: any Channel) {
+    /// Local connections: reads wait for the stream (autoRead is off until the glue is in).
+    static let waterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 256 * 1024, high: 1024 * 1024)
+
+    /// One accepted local connection: find (or make) the session, open a stream, glue the two.
+    /// Raw mode glues in the stream's initializer, so the connection's first bytes follow the
+    /// OPEN at once (0-RTT); HTTP mode glues after ACCEPT, so that a refusal can still answer 502.
+    private func handle(_ channel: any Channel) {
         let http = self.mode == "http"
         let header = SkynetHeader(port: UInt16(self.remotePort), probe: false, http: http).encode()
         let counters = self.counters
         let logger = self.logger
         let remote = self.remote
         let remotePort = self.remotePort
-        let open: @Sendable (Session) -> Void = { [weak self] session in
-            session.openStream(header: header) { result in
+        let open: @Sendable (Session) -> Void = { session in
+            let glue: @Sendable (MuxChildChannel) -> EventLoopFuture<Void> = { stream in
+                stream.eventLoop.makeCompletedFuture {
+                    try stream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
+                }.flatMap {
+                    GlueHandler.glue(channel, stream)
+                }.flatMap {
+                    channel.setOption(.autoRead, value: true)
+                }
+            }
+            let opened: EventLoopFuture<MuxChildChannel>
+            if http {
+                opened = session.openStream(header: header) { stream in
+                    stream.eventLoop.makeCompletedFuture {
+                        try stream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
+                    }
+                }.flatMap { stream in glue(stream).map { stream } }
+            } else {
+                opened = session.openStream(header: header, initializer: glue)
+            }
+            opened.whenComplete { result in
                 switch result {
                 case .success(let stream):
                     counters.connectionOpened()
-                    let boundStream = NIOLoopBound<any Link>(stream.value, eventLoop: stream.eventLoop)
-                    let muxStream = stream
-                    LinkSplice.splice(link, boundStream) { _ in
-                        muxStream.eventLoop.execute {
-                            counters.connectionClosed(bytesIn: muxStream.value.bytesIn, bytesOut: muxStream.value.bytesOut)
-                        }
+                    stream.closeFuture.whenComplete { _ in
+                        counters.connectionClosed(bytesIn: stream.bytesIn, bytesOut: stream.bytesOut)
                     }
                 case .failure(let error):
                     counters.failed.add(1, ordering: .relaxed)
                     let reason = Self.mapOpenError(error, remote: remote, port: remotePort)
+                    counters.noteFailure(Self.refuseReason(error), "\(reason)")
                     logger.info("connection refused by remote", metadata: ["error": "\(reason)"])
-                    Self.refuse(link, http: http, remote: remote, reason: "\(reason)")
+                    Self.refuse(channel, http: http, remote: remote, reason: "\(reason)")
                 }
             }
         }
@@ -311,22 +329,32 @@ final class SkynetForward: Sendable {
                 open(session)
             } catch {
                 counters.failed.add(1, ordering: .relaxed)
+                counters.noteFailure(.unreachable, "\(error)")
                 logger.info("no session for new connection", metadata: ["error": "\(error)"])
-                Self.refuse(link, http: http, remote: remote, reason: "\(error)")
+                Self.refuse(channel, http: http, remote: remote, reason: "\(error)")
             }
         }
     }
 
+    /// The metric label for a failed stream open.
+    static func refuseReason(_ error: any Error) -> RefuseReason {
+        guard case MuxError.rejected(let code, _) = error else { return .unreachable }
+        switch code {
+        case SkynetRejectCode.notExposed: return .notExposed
+        case SkynetRejectCode.notWhitelisted: return .notWhitelisted
+        case SkynetRejectCode.backendUnavailable: return .backendUnavailable
+        default: return .rejected
+        }
+    }
+
     /// Closes a local connection the tunnel can't serve; in HTTP mode with a 502 first.
-    private static func refuse(_ link: NIOLoopBound<any Link>, http: Bool, remote: PublicKey, reason: String) {
-        link.eventLoop.execute {
-            if http {
-                link.value.write(TunnelDownResponse.bytes(remote: remote.hex, reason: reason))
-                link.value.flush()
-                link.value.close(error: nil)
-            } else {
-                link.value.close(error: SkynetError.rejected(reason))
+    private static func refuse(_ channel: any Channel, http: Bool, remote: PublicKey, reason: String) {
+        if http {
+            channel.writeAndFlush(TunnelDownResponse.bytes(remote: remote.hex, reason: reason)).whenComplete { _ in
+                channel.close(promise: nil)
             }
+        } else {
+            channel.close(promise: nil)
         }
     }
 
@@ -337,6 +365,7 @@ final class SkynetForward: Sendable {
 
     private func snapshotInfo(rtt: Double?) -> ClientInstanceInfo {
         let snapshot = self.mutable.withLock { $0 }
+        let last = self.counters.lastFailure
         var error: String?
         if case .errored(let reason) = snapshot.state { error = reason }
         if case .reconnecting(let reason) = snapshot.state { error = reason }
@@ -356,7 +385,10 @@ final class SkynetForward: Sendable {
             bytesOut: self.counters.bytesOut.load(ordering: .relaxed),
             since: self.since,
             uptimeSeconds: Int(Date().timeIntervalSince(self.since)),
-            rttMs: rtt
+            rttMs: rtt,
+            lastError: last?.message,
+            lastErrorAt: last?.at,
+            source: self.source.rawValue
         )
     }
 }

@@ -15,7 +15,7 @@ final class ServerInstance: Sendable {
     struct Admitted: Sendable {
         var remote: PublicKey
         var port: Int
-        var stream: NIOLoopBound<MuxStream>
+        var stream: MuxChildChannel
     }
 
     let name: String
@@ -27,12 +27,15 @@ final class ServerInstance: Sendable {
     let since: Date
     let counters: Counters
     let admitted: Mutex<[UInt64: Admitted]>
+    /// Declared in the visor config, or started through the control API.
+    let source: InstanceSource
 
-    init(name: String, ports: [Int], whitelist: Set<PublicKey>?, options: ProxyOptions = .init(), replacing previous: ServerInstance? = nil) {
+    init(name: String, ports: [Int], whitelist: Set<PublicKey>?, options: ProxyOptions = .init(), source: InstanceSource = .runtime, replacing previous: ServerInstance? = nil) {
         self.name = name
         self.ports = ports
         self.whitelist = whitelist
         self.options = options
+        self.source = source
         self.since = previous?.since ?? Date()
         self.counters = previous?.counters ?? Counters()
         self.admitted = Mutex([:])
@@ -50,8 +53,16 @@ final class ServerInstance: Sendable {
         )
     }
 
+    /// Whether `request` (as the config declares it) describes this instance as it runs.
+    func matches(_ request: StartServerRequest) -> Bool {
+        let keys = (request.whitelist ?? []).isEmpty ? nil : Set((request.whitelist ?? []).compactMap { try? PublicKey(hex: $0) })
+        return self.ports == request.ports && self.whitelist == keys
+            && (try? ProxyOptions(backendTimeout: request.backendTimeout, preserveHost: request.preserveHost)) == self.options
+    }
+
     func info() -> ServerInstanceInfo {
-        ServerInstanceInfo(
+        let last = self.counters.lastFailure
+        return ServerInstanceInfo(
             name: self.name, ports: self.ports,
             whitelist: self.whitelist.map { $0.map(\.hex).sorted() },
             state: "running",
@@ -63,7 +74,10 @@ final class ServerInstance: Sendable {
             since: self.since,
             uptimeSeconds: Int(Date().timeIntervalSince(self.since)),
             backendTimeout: self.options.backendTimeout,
-            preserveHost: self.options.preserveHost
+            preserveHost: self.options.preserveHost,
+            lastError: last?.message,
+            lastErrorAt: last?.at,
+            source: self.source.rawValue
         )
     }
 }
@@ -93,7 +107,7 @@ final class SkynetServer: StreamAcceptor {
         self.connectTimeout = connectTimeout
     }
 
-    func start(_ request: StartServerRequest) throws -> ServerInstanceInfo {
+    func start(_ request: StartServerRequest, source: InstanceSource = .runtime) throws -> ServerInstanceInfo {
         guard !request.ports.isEmpty else { throw SkynetError.invalidArgument("no ports given") }
         for port in request.ports where !(1...65535).contains(port) {
             throw SkynetError.invalidArgument("port \(port) is out of range (1-65535)")
@@ -117,7 +131,7 @@ final class SkynetServer: StreamAcceptor {
             for port in request.ports {
                 if let owner = state.byPort[port], owner != name { throw SkynetError.portAlreadyExposed(port, owner) }
             }
-            let instance = ServerInstance(name: name, ports: request.ports, whitelist: whitelist, options: options, replacing: previous)
+            let instance = ServerInstance(name: name, ports: request.ports, whitelist: whitelist, options: options, source: source, replacing: previous)
             if let previous { for port in previous.ports { state.byPort[port] = nil } }
             state.instances[name] = instance
             for port in request.ports { state.byPort[port] = name }
@@ -141,10 +155,8 @@ final class SkynetServer: StreamAcceptor {
                 instance.admitted.withLock { $0[id] = connection }
             } else {
                 self.logger.info("closing connection no longer allowed", metadata: ["peer.key": "\(connection.remote.fingerprint)", "port": "\(connection.port)", "instance": "\(instance.name)"])
-                let stream = connection.stream
-                stream.eventLoop.execute {
-                    stream.value.close(error: MuxError.reset(code: SkynetRejectCode.notWhitelisted, message: "no longer whitelisted for port \(connection.port)"))
-                }
+                let reset = MuxChildChannel.Reset(code: SkynetRejectCode.notWhitelisted, message: "no longer whitelisted for port \(connection.port)")
+                connection.stream.triggerUserOutboundEvent(reset, promise: nil)
             }
         }
     }
@@ -170,9 +182,14 @@ final class SkynetServer: StreamAcceptor {
         return stopped
     }
 
-    /// The instances as saved in the state file.
+    /// The instances as saved in the state file: the runtime ones (the config declares the others).
     var saved: [SavedInstance] {
-        self.state.withLock { $0.instances.values.map(\.saved) }
+        self.state.withLock { $0.instances.values.filter { $0.source == .runtime }.map(\.saved) }
+    }
+
+    /// Every instance, for reload and metrics.
+    var instances: [ServerInstance] {
+        self.state.withLock { Array($0.instances.values) }
     }
 
     func list(_ name: String?) throws -> [ServerInstanceInfo] {
@@ -196,7 +213,7 @@ final class SkynetServer: StreamAcceptor {
 
     // MARK: StreamAcceptor
 
-    func session(_ session: Session, didReceiveOpen request: MuxOpenRequest) {
+    func session(_ session: Session, didReceiveOpen request: MuxStreamRequest) {
         guard let header = SkynetHeader(request.header) else {
             request.reject(code: SkynetRejectCode.badRequest, message: "malformed skynet request")
             return
@@ -208,12 +225,13 @@ final class SkynetServer: StreamAcceptor {
         }
         if let whitelist = instance.whitelist, !whitelist.contains(session.remoteKey) {
             instance.counters.refused.add(1, ordering: .relaxed)
+            instance.counters.noteFailure(.notWhitelisted, "refused visor \(session.remoteKey.fingerprint)… (not whitelisted) for port \(port)")
             self.logger.warning("refused visor not on whitelist", metadata: ["peer.key": "\(session.remoteKey.fingerprint)", "port": "\(port)", "instance": "\(instance.name)"])
             request.reject(code: SkynetRejectCode.notWhitelisted, message: "visor \(session.remoteKey.hex) is not whitelisted for port \(port) on visor \(self.localKey.hex)")
             return
         }
         if header.probe {
-            (try? request.accept())?.close(error: nil)
+            request.accept().whenSuccess { $0.close(promise: nil) }
             return
         }
         let boundRequest = NIOLoopBound(request, eventLoop: session.eventLoop)
@@ -231,43 +249,53 @@ final class SkynetServer: StreamAcceptor {
         }
         let proxy = header.http ? self.httpProxy : nil
         let remoteHex = session.remoteKey.hex
+        let remote = session.remoteKey
+        // The backend's reads wait for the glue (a server that speaks first loses nothing).
         ClientBootstrap(group: session.eventLoop)
             .channelOption(.allowRemoteHalfClosure, value: true)
-            .channelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
+            .channelOption(.autoRead, value: false)
+            .channelOption(.writeBufferWaterMark, value: SkynetForward.waterMark)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(self.connectTimeout)
             .connect(host: "127.0.0.1", port: target)
             .whenComplete { result in
                 // The bootstrap's group is the session's loop, so this runs there.
                 switch result {
-                case .success(let channel):
-                    do {
-                        // Before any byte flows: tell the proxy whose connection this is.
-                        let proxyPort = channel.localAddress?.port ?? 0
-                        proxy?.register(localPort: proxyPort, route: .init(remoteKey: remoteHex, backendPort: port, options: instance.options))
-                        if let proxy { channel.closeFuture.whenComplete { _ in proxy.unregister(localPort: proxyPort) } }
-                        let link = try ChannelLink.install(on: channel)
-                        let stream = try boundRequest.value.accept()
-                        let counters = instance.counters
-                        counters.connectionOpened()
-                        let boundStream = NIOLoopBound(stream, eventLoop: stream.eventLoop)
-                        let id = SkynetServer.nextConnection.wrappingAdd(1, ordering: .relaxed).oldValue
-                        let remote = session.remoteKey
-                        instance.admitted.withLock { $0[id] = .init(remote: remote, port: port, stream: boundStream) }
-                        LinkSplice.splice(link, stream) { [weak self] _ in
-                            // The instance may have been replaced meanwhile: forget it everywhere.
-                            instance.admitted.withLock { _ = $0.removeValue(forKey: id) }
-                            self?.forget(connection: id)
-                            boundStream.eventLoop.execute {
-                                counters.connectionClosed(bytesIn: boundStream.value.bytesIn, bytesOut: boundStream.value.bytesOut)
-                            }
+                case .success(let backend):
+                    // Before any byte flows: tell the proxy whose connection this is.
+                    let proxyPort = backend.localAddress?.port ?? 0
+                    proxy?.register(localPort: proxyPort, route: .init(remoteKey: remoteHex, backendPort: port, options: instance.options))
+                    if let proxy { backend.closeFuture.whenComplete { _ in proxy.unregister(localPort: proxyPort) } }
+                    // Early data the opener sent with its OPEN reaches the backend once glued.
+                    boundRequest.value.accept { stream in
+                        stream.eventLoop.makeCompletedFuture {
+                            try stream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
+                        }.flatMap {
+                            GlueHandler.glue(stream, backend)
+                        }.flatMap {
+                            backend.setOption(.autoRead, value: true)
                         }
-                    } catch {
-                        channel.close(promise: nil)
-                        boundRequest.value.reject(code: SkynetRejectCode.backendUnavailable, message: "visor \(localKey.fingerprint) cannot serve port \(port): \(error)")
+                    }.whenComplete { [weak self] result in
+                        switch result {
+                        case .success(let stream):
+                            let counters = instance.counters
+                            counters.connectionOpened()
+                            let id = SkynetServer.nextConnection.wrappingAdd(1, ordering: .relaxed).oldValue
+                            instance.admitted.withLock { $0[id] = .init(remote: remote, port: port, stream: stream) }
+                            stream.closeFuture.whenComplete { [weak self] _ in
+                                // The instance may have been replaced meanwhile: forget it everywhere.
+                                instance.admitted.withLock { _ = $0.removeValue(forKey: id) }
+                                self?.forget(connection: id)
+                                counters.connectionClosed(bytesIn: stream.bytesIn, bytesOut: stream.bytesOut)
+                            }
+                        case .failure(let error):
+                            logger.info("stream not accepted", metadata: ["port": "\(port)", "error": "\(error)"])
+                            backend.close(promise: nil)
+                        }
                     }
                 case .failure(let error):
                     logger.info("backend unavailable", metadata: ["port": "\(port)", "error": "\(error)"])
+                    instance.counters.noteFailure(.backendUnavailable, "nothing is listening on port \(port) (\(error))")
                     boundRequest.value.reject(
                         code: SkynetRejectCode.backendUnavailable,
                         message: "nothing is listening on port \(port) of visor \(localKey.hex) (\(error))"

@@ -26,6 +26,9 @@ protocol EntryStore: Sendable {
     /// The row for `pk` if it was updated at or after `liveSince`.
     func fetch(kind: EntryKind, pk: String, liveSince: Int64) async throws -> EntryStoreRow?
 
+    /// How many rows were updated at or after `liveSince` (the metrics' entry gauge).
+    func count(kind: EntryKind, liveSince: Int64) async throws -> Int
+
     /// Every row updated at or after `liveSince`, ordered by key.
     func list(kind: EntryKind, liveSince: Int64) async throws -> [EntryStoreRow]
 

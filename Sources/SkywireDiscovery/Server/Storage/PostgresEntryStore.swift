@@ -152,6 +152,16 @@ final class PostgresEntryStore: EntryStore {
         }
     }
 
+    /// How many rows were updated at or after `liveSince` (metrics, at scrape time).
+    func count(kind: EntryKind, liveSince: Int64) async throws -> Int {
+        let table = EntryStoreSchema.table(kind)
+        let rows = try await self.client.query(
+            "SELECT COUNT(*)::BIGINT FROM \(unescaped: table) WHERE updated_at >= \(liveSince)", logger: self.logger
+        )
+        for try await n in rows.decode(Int64.self) { return Int(n) }
+        return 0
+    }
+
     func list(kind: EntryKind, liveSince: Int64) async throws -> [EntryStoreRow] {
         switch kind {
         case .relay: try await self.all(List<RelaysTable>(liveSince: liveSince))

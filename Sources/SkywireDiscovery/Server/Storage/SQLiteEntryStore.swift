@@ -119,6 +119,15 @@ final class SQLiteEntryStore: EntryStore {
         return rows.first.flatMap(Self.row)
     }
 
+    /// How many rows were updated at or after `liveSince` (metrics).
+    func count(kind: EntryKind, liveSince: Int64) async throws -> Int {
+        let rows = try await self.connection.query(
+            "SELECT COUNT(*) AS n FROM \(EntryStoreSchema.table(kind)) WHERE updated_at >= ?",
+            [.integer(SQLiteInt64(liveSince))]
+        )
+        return rows.first?.column("n")?.integer.map { Int($0) } ?? 0
+    }
+
     /// Every row updated at or after `liveSince`, ordered by key.
     func list(kind: EntryKind, liveSince: Int64) async throws -> [EntryStoreRow] {
         let rows = try await self.connection.query(
