@@ -80,18 +80,18 @@ struct RendezvousMessageTests {
         #expect(Array(connectBytes[34..<66]) == self.bob.publicKey.rawBytes)
 
         let bound = RendezvousMessage.bound(observed: try SocketAddress(ipAddress: "192.0.2.1", port: 0x1234), refreshSeconds: 0x0A0B)
-        #expect(bytes(of: bound) == [0x02, 0x01, 4, 192, 0, 2, 1, 0x12, 0x34, 0x0A, 0x0B])
+        #expect(bytes(of: bound) == [0x02, 0x01, 4, 192, 0, 2, 1, 0x12, 0x34, 0x0A, 0x0B] + Array(repeating: 0, count: 8 + 64))
 
         let peer = RendezvousMessage.peer(key: self.bob.publicKey, endpoint: try SocketAddress(ipAddress: "::1", port: 7), peerAsked: true)
         let peerBytes = bytes(of: peer)
-        #expect(peerBytes.count == 2 + 32 + 1 + 16 + 2 + 1)
+        #expect(peerBytes.count == 2 + 32 + 1 + 16 + 2 + 1 + 8 + 64)
         #expect(peerBytes[0..<2] == [0x04, 0x01])
         #expect(peerBytes[34] == 6)
         #expect(Array(peerBytes[35..<51]) == Array(repeating: 0, count: 15) + [1])
-        #expect(Array(peerBytes[51...]) == [0, 7, 1])
+        #expect(Array(peerBytes[51..<54]) == [0, 7, 1])
 
         let error = RendezvousMessage.error(about: self.bob.publicKey, code: .stale, message: "hé")
-        #expect(Array(bytes(of: error)[34...]) == [3, 0, 3, 0x68, 0xC3, 0xA9])
+        #expect(Array(bytes(of: error)[34..<40]) == [3, 0, 3, 0x68, 0xC3, 0xA9])
     }
 
     @Test func signaturesCoverTheDocumentedBytes() {
@@ -142,6 +142,36 @@ struct RendezvousMessageTests {
         #expect(RendezvousMessage.error(about: other, code: .stale, message: "x").hasValidSignature)
     }
 
+    @Test func answersAreSignedForTheirRecipient() throws {
+        let rendezvous = KeyPair.generate()
+        let endpoint = try SocketAddress(ipAddress: "192.0.2.1", port: 9)
+        let answers: [RendezvousMessage] = [
+            .bound(observed: endpoint, refreshSeconds: 10, inReplyTo: 42),
+            .peer(key: self.bob.publicKey, endpoint: endpoint, peerAsked: true, inReplyTo: 43),
+            .error(about: self.bob.publicKey, code: .notBound, message: String(repeating: "x", count: 600), inReplyTo: 44),
+        ]
+        for answer in answers {
+            let signed = answer.signedAnswer(for: self.alice.publicKey, by: rendezvous)
+            let decoded = try decode(bytes(of: signed))
+            #expect(decoded.isValidAnswer(for: self.alice.publicKey, from: rendezvous.publicKey))
+            #expect(decoded.inReplyTo == answer.inReplyTo)
+            // Another recipient, another signer, an unsigned answer, any flipped byte: refused.
+            #expect(!decoded.isValidAnswer(for: self.bob.publicKey, from: rendezvous.publicKey))
+            #expect(!decoded.isValidAnswer(for: self.alice.publicKey, from: self.alice.publicKey))
+            #expect(!answer.isValidAnswer(for: self.alice.publicKey, from: rendezvous.publicKey))
+            let encoded = bytes(of: signed)
+            for index in 2..<encoded.count {
+                var tampered = encoded
+                tampered[index] ^= 0x01
+                if let message = try? decode(tampered) {
+                    #expect(!message.isValidAnswer(for: self.alice.publicKey, from: rendezvous.publicKey), "byte \(index)")
+                }
+            }
+        }
+        // Requests are never answers.
+        #expect(!RendezvousMessage.bind(identity: self.alice).isValidAnswer(for: self.alice.publicKey, from: self.alice.publicKey))
+    }
+
     @Test func stampsOfOneProcessNeverRepeat() {
         let now = Date()
         var previous: UInt64 = 0
@@ -185,7 +215,7 @@ struct RendezvousMessageTests {
         family[2] = 5
         #expect(kind(family) == .malformed)
         var role = peer
-        role[role.count - 1] = 2
+        role[role.count - 1 - 72] = 2
         #expect(kind(role) == .malformed)
         var code = error
         code[34] = 9
@@ -215,7 +245,7 @@ struct RendezvousMessageTests {
     @Test func longErrorTextsAreCutAtACharacterBoundary() throws {
         let text = String(repeating: "é", count: 300)  // 600 bytes
         let decoded = try decode(bytes(of: .error(about: self.bob.publicKey, code: .malformed, message: text)))
-        guard case .error(_, _, let message) = decoded else {
+        guard case .error(_, _, let message, _, _) = decoded else {
             Issue.record("not an error")
             return
         }

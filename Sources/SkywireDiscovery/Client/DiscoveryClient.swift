@@ -132,6 +132,15 @@ public struct DiscoveryClient: Sendable {
     ///   service runs no rendezvous, ``DiscoveryError/Kind/invalidResponse`` for a port outside
     ///   1...65535, ``DiscoveryError/Kind/unreachable`` when the host does not resolve.
     public func rendezvousAddress() async throws(DiscoveryError) -> SocketAddress {
+        try await self.rendezvous().address
+    }
+
+    /// Where this service's sudph rendezvous listens (as ``rendezvousAddress()``) and the key its
+    /// answers are signed with.
+    ///
+    /// - Throws: ``DiscoveryError``, also ``DiscoveryError/Kind/invalidResponse`` for a
+    ///   `public_key` that is not 64 hex characters of a valid Ed25519 key.
+    public func rendezvous() async throws(DiscoveryError) -> RendezvousInfo {
         let path = "/v1/rendezvous"
         let data = try await self.send(.GET, path, body: nil, notFoundIsNil: false) ?? Data()
         let body = try self.decode(RendezvousBody.self, from: data, path: path)
@@ -147,11 +156,18 @@ public struct DiscoveryClient: Sendable {
         if host.hasPrefix("["), host.hasSuffix("]") {
             host = String(host.dropFirst().dropLast())
         }
+        guard let key = try? PublicKey(hex: body.publicKey) else {
+            throw DiscoveryError(
+                kind: .invalidResponse,
+                message: "discovery at \(self.baseURL): GET \(path) returned public_key \(EntryValidation.quoted(body.publicKey)), expected 64 hex characters"
+            )
+        }
         let port = body.udpPort
         do {
-            return try await NIOThreadPool.singleton.runIfActive { [host] in
+            let address = try await NIOThreadPool.singleton.runIfActive { [host] in
                 try SocketAddress.makeAddressResolvingHost(host, port: port)
             }
+            return RendezvousInfo(address: address, publicKey: key)
         } catch {
             throw DiscoveryError(
                 kind: .unreachable,
@@ -303,4 +319,19 @@ public struct DiscoveryError: Error, Sendable, CustomStringConvertible {
 
     /// The one-line message.
     public var description: String { self.message }
+}
+
+/// Where a discovery service's sudph rendezvous listens and the key that signs its answers
+/// (``RendezvousMessage/isValidAnswer(for:from:)``).
+public struct RendezvousInfo: Sendable, Hashable {
+    /// The rendezvous's UDP address.
+    public var address: SocketAddress
+    /// The rendezvous's answer-signing key.
+    public var publicKey: PublicKey
+
+    /// Creates the pair.
+    public init(address: SocketAddress, publicKey: PublicKey) {
+        self.address = address
+        self.publicKey = publicKey
+    }
 }

@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import SkywireCrypto
+import SkywireSupport
 
 /// The rendezvous protocol on the server's UDP channel: bindings, introductions, refusals.
 /// Confined to the channel's event loop; every input is handled without trapping.
@@ -24,19 +25,28 @@ final class RendezvousHandler: ChannelInboundHandler {
 
     /// A reply may be at most this much larger than the request that caused it.
     static let maxReplyGrowth = 40
-    /// Bytes of an ERROR before its text.
-    static let errorOverhead = 2 + PublicKey.byteCount + 1 + 2
+    /// Bytes of an ERROR besides its text.
+    static let errorOverhead = 2 + PublicKey.byteCount + 1 + 2 + 8 + RendezvousMessage.signatureByteCount
 
     private let policy: RendezvousPolicy
     private let logger: Logger
+    /// Signs every answer (its public key is published by discovery).
+    private let identity: KeyPair
+    /// Whatever senders cause (junk, refusals, a full table) is logged once per interval with a
+    /// count: anyone can send datagrams.
+    private let refusals: RateLimitedLog
+    private let fullTable: RateLimitedLog
     private var records: [PublicKey: Record] = [:]
     private var limiter: RendezvousRateLimiter
     private var sweepTask: Scheduled<Void>?
     private var pendingFlush = false
 
-    init(policy: RendezvousPolicy, logger: Logger) {
+    init(policy: RendezvousPolicy, identity: KeyPair, logger: Logger) {
         self.policy = policy
+        self.identity = identity
         self.logger = logger
+        self.refusals = RateLimitedLog(logger: logger, level: .debug)
+        self.fullTable = RateLimitedLog(logger: logger, level: .warning)
         self.limiter = RendezvousRateLimiter(
             ratePerSecond: policy.ratePerSecond,
             burst: policy.burst,
@@ -82,7 +92,7 @@ final class RendezvousHandler: ChannelInboundHandler {
             return  // empty, or visor-to-visor traffic that reached us: not ours to answer
         }
         guard RendezvousEndpoint.isPlausibleSource(source) else {
-            self.logger.debug("rendezvous datagram from an implausible source dropped", metadata: ["rendezvous.source": "\(source)"])
+            self.refusals.record("rendezvous datagram from an implausible source dropped", metadata: ["rendezvous.source": "\(source)"])
             return
         }
         let now = self.policy.monotonicNanoseconds()
@@ -91,9 +101,9 @@ final class RendezvousHandler: ChannelInboundHandler {
         case .admitted:
             break
         case .limitedFirst:
-            self.logger.debug("rendezvous source rate limited", metadata: ["rendezvous.source": "\(source)"])
+            self.refusals.record("rendezvous source rate limited", metadata: ["rendezvous.source": "\(source)"])
             if let about = Self.claimedKey(datagram) {
-                self.sendError(about: about, .rateLimited, "rate limited: slow down", to: source, requestSize: size, context: context)
+                self.sendError(about: about, for: about, inReplyTo: 0, .rateLimited, "rate limited: slow down", to: source, requestSize: size, context: context)
             }
             return
         case .limited:
@@ -104,7 +114,7 @@ final class RendezvousHandler: ChannelInboundHandler {
         do {
             message = try RendezvousMessage(decoding: datagram)
         } catch {
-            self.logger.debug(
+            self.refusals.record(
                 "malformed rendezvous datagram",
                 metadata: ["rendezvous.source": "\(source)", "error": "\(error.message)"]
             )
@@ -113,7 +123,7 @@ final class RendezvousHandler: ChannelInboundHandler {
             if first == RendezvousMessage.TypeByte.bind.rawValue || first == RendezvousMessage.TypeByte.connect.rawValue,
                 let about = Self.claimedKey(datagram)
             {
-                self.sendError(about: about, .malformed, error.message, to: source, requestSize: size, context: context)
+                self.sendError(about: about, for: about, inReplyTo: 0, .malformed, error.message, to: source, requestSize: size, context: context)
             }
             return
         }
@@ -124,7 +134,7 @@ final class RendezvousHandler: ChannelInboundHandler {
         case .connect(let from, let to, let timestamp, _):
             self.handleConnect(message, from: from, to: to, timestamp: timestamp, source: source, requestSize: size, now: now, context: context)
         case .bound, .peer, .error:
-            self.logger.debug("rendezvous answer sent to the rendezvous dropped", metadata: ["rendezvous.source": "\(source)"])
+            self.refusals.record("rendezvous answer sent to the rendezvous dropped", metadata: ["rendezvous.source": "\(source)"])
         }
     }
 
@@ -141,11 +151,11 @@ final class RendezvousHandler: ChannelInboundHandler {
         context: ChannelHandlerContext
     ) -> Bool {
         if let refusal = self.timestampRefusal(timestamp, last: last, kind: kind) {
-            self.refuse(key, .stale, refusal, to: source, requestSize: requestSize, context: context)
+            self.refuse(key, for: key, inReplyTo: timestamp, .stale, refusal, to: source, requestSize: requestSize, context: context)
             return false
         }
         guard message.hasValidSignature else {
-            self.refuse(key, .badSignature, "\(kind) signature does not verify for \(key.fingerprint)", to: source, requestSize: requestSize, context: context)
+            self.refuse(key, for: key, inReplyTo: timestamp, .badSignature, "\(kind) signature does not verify for \(key.fingerprint)", to: source, requestSize: requestSize, context: context)
             return false
         }
         return true
@@ -167,8 +177,8 @@ final class RendezvousHandler: ChannelInboundHandler {
         if self.records[key] == nil && self.records.count >= self.policy.maxKeys {
             self.sweep(now: now)
             guard self.records.count < self.policy.maxKeys else {
-                self.logger.warning("rendezvous binding table full; BIND refused", metadata: ["peer.key": "\(key.fingerprint)"])
-                self.refuse(key, .rateLimited, "rendezvous is full: try again later", to: source, requestSize: requestSize, context: context)
+                self.fullTable.record("rendezvous binding table full; BIND refused", metadata: ["peer.key": "\(key.fingerprint)"])
+                self.refuse(key, for: key, inReplyTo: timestamp, .rateLimited, "rendezvous is full: try again later", to: source, requestSize: requestSize, context: context)
                 return
             }
         }
@@ -186,7 +196,8 @@ final class RendezvousHandler: ChannelInboundHandler {
             self.logger.debug("sudph binding", metadata: ["peer.key": "\(key.fingerprint)", "peer.addr": "\(source)"])
         }
         self.send(
-            .bound(observed: RendezvousEndpoint.normalized(source), refreshSeconds: self.policy.refreshSeconds),
+            .bound(observed: RendezvousEndpoint.normalized(source), refreshSeconds: self.policy.refreshSeconds, inReplyTo: timestamp),
+            for: key,
             to: source,
             requestSize: requestSize,
             context: context
@@ -210,18 +221,18 @@ final class RendezvousHandler: ChannelInboundHandler {
         // The requester must be bound from this very endpoint: the PEER we send to the target
         // names it, so it has to be an address the requester proved (by a BIND) it receives on.
         guard var requester = self.records[from], self.isLive(requester, now: now), requester.endpointKey == EndpointKey(source) else {
-            self.refuse(from, .notBound, "bind first: \(from.fingerprint) has no sudph binding from this address", to: source, requestSize: requestSize, context: context)
+            self.refuse(from, for: from, inReplyTo: timestamp, .notBound, "bind first: \(from.fingerprint) has no sudph binding from this address", to: source, requestSize: requestSize, context: context)
             return
         }
         requester.lastConnect = timestamp
         requester.activeAt = now
         self.records[from] = requester
         guard from != to else {
-            self.refuse(from, .malformed, "CONNECT to yourself", to: source, requestSize: requestSize, context: context)
+            self.refuse(from, for: from, inReplyTo: timestamp, .malformed, "CONNECT to yourself", to: source, requestSize: requestSize, context: context)
             return
         }
         guard let target = self.records[to], self.isLive(target, now: now) else {
-            self.refuse(to, .notBound, "\(to.fingerprint) has no sudph binding (offline or sudph disabled)", to: source, requestSize: requestSize, context: context)
+            self.refuse(to, for: from, inReplyTo: timestamp, .notBound, "\(to.fingerprint) has no sudph binding (offline or sudph disabled)", to: source, requestSize: requestSize, context: context)
             return
         }
         self.logger.debug(
@@ -232,13 +243,15 @@ final class RendezvousHandler: ChannelInboundHandler {
             ]
         )
         self.send(
-            .peer(key: to, endpoint: RendezvousEndpoint.normalized(target.endpoint), peerAsked: false),
+            .peer(key: to, endpoint: RendezvousEndpoint.normalized(target.endpoint), peerAsked: false, inReplyTo: timestamp),
+            for: from,
             to: source,
             requestSize: requestSize,
             context: context
         )
         self.send(
-            .peer(key: from, endpoint: RendezvousEndpoint.normalized(source), peerAsked: true),
+            .peer(key: from, endpoint: RendezvousEndpoint.normalized(source), peerAsked: true, inReplyTo: timestamp),
+            for: to,
             to: target.endpoint,
             requestSize: requestSize,
             context: context
@@ -278,22 +291,26 @@ final class RendezvousHandler: ChannelInboundHandler {
 
     private func refuse(
         _ about: PublicKey,
+        for recipient: PublicKey,
+        inReplyTo stamp: UInt64,
         _ code: RendezvousErrorCode,
         _ text: String,
         to destination: SocketAddress,
         requestSize: Int,
         context: ChannelHandlerContext
     ) {
-        self.logger.debug(
+        self.refusals.record(
             "rendezvous request refused",
             metadata: ["peer.key": "\(about.fingerprint)", "rendezvous.source": "\(destination)", "error": "\(code): \(text)"]
         )
-        self.sendError(about: about, code, text, to: destination, requestSize: requestSize, context: context)
+        self.sendError(about: about, for: recipient, inReplyTo: stamp, code, text, to: destination, requestSize: requestSize, context: context)
     }
 
     /// Sends an ERROR whose text is cut so the reply stays within the amplification budget.
     private func sendError(
         about: PublicKey,
+        for recipient: PublicKey,
+        inReplyTo stamp: UInt64,
         _ code: RendezvousErrorCode,
         _ text: String,
         to destination: SocketAddress,
@@ -303,15 +320,15 @@ final class RendezvousHandler: ChannelInboundHandler {
         let room = requestSize + Self.maxReplyGrowth - Self.errorOverhead
         guard room >= 0 else { return }
         let cut = RendezvousMessage.truncatedUTF8(text, maxBytes: min(room, RendezvousMessage.maxErrorMessageBytes))
-        let message = RendezvousMessage.error(about: about, code: code, message: String(decoding: cut, as: UTF8.self))
-        self.send(message, to: destination, requestSize: requestSize, context: context)
+        let message = RendezvousMessage.error(about: about, code: code, message: String(decoding: cut, as: UTF8.self), inReplyTo: stamp)
+        self.send(message, for: recipient, to: destination, requestSize: requestSize, context: context)
     }
 
-    /// Queues one datagram (flushed at the end of the read batch), never one larger than the
-    /// request plus ``maxReplyGrowth``.
-    private func send(_ message: RendezvousMessage, to destination: SocketAddress, requestSize: Int, context: ChannelHandlerContext) {
-        var buffer = context.channel.allocator.buffer(capacity: 64)
-        message.encode(into: &buffer)
+    /// Signs the answer for `recipient` and queues it (flushed at the end of the read batch),
+    /// never one larger than the request plus ``maxReplyGrowth``.
+    private func send(_ message: RendezvousMessage, for recipient: PublicKey, to destination: SocketAddress, requestSize: Int, context: ChannelHandlerContext) {
+        var buffer = context.channel.allocator.buffer(capacity: 160)
+        message.signedAnswer(for: recipient, by: self.identity).encode(into: &buffer)
         guard buffer.readableBytes <= requestSize + Self.maxReplyGrowth else {
             self.logger.debug("rendezvous reply larger than its request not sent", metadata: ["rendezvous.source": "\(destination)"])
             return

@@ -9,6 +9,7 @@ import NIOPosix
 import SkywireCrypto
 import SkywireDiscovery
 import SkywireReliable
+import SkywireSupport
 import Synchronization
 
 /// A visor's sudph endpoint: one UDP socket for the rendezvous binding, hole punching and every
@@ -94,9 +95,10 @@ public final class SudphEndpoint: Sendable {
     public var publicAddress: SocketAddress? { observed.withLockedValue { $0 } }
 
     /// Starts (or moves) the rendezvous binding: BIND now and then every refresh interval.
-    public func setRendezvous(_ address: SocketAddress) {
+    /// Only answers signed by `key` (discovery publishes it with the address) are acted on.
+    public func setRendezvous(_ address: SocketAddress, key: PublicKey) {
         let core = self.core
-        channel.eventLoop.execute { core.value.setRendezvous(address) }
+        channel.eventLoop.execute { core.value.setRendezvous(address, key: key) }
     }
 
     /// Dials `key` through the rendezvous; fails after `timeout` with the reason.
@@ -151,6 +153,12 @@ final class SudphCore {
     let onInboundSession: @Sendable (Session) -> Void
 
     private var rendezvous: SocketAddress?
+    /// The key the rendezvous signs its answers with.
+    private var rendezvousKey: PublicKey?
+    /// Peer-caused junk (bad datagrams, refused handshakes), logged once per interval with a count.
+    private lazy var junkLog = RateLimitedLog(logger: logger, level: .debug)
+    /// Timestamps of our latest BINDs and CONNECTs: an answer must reply to one of them.
+    private var sentStamps: [UInt64] = []
     private var bindTimer: Scheduled<Void>?
     private var boundOnce = false
     private var refresh: TimeAmount = .seconds(10)
@@ -172,6 +180,10 @@ final class SudphCore {
     static let handshakeRetransmit: TimeAmount = .milliseconds(250)
     static let connectRetransmit: TimeAmount = .milliseconds(500)
     static let payloadPrefix = Array(TransportKindName.sudph.utf8)
+    /// Request stamps remembered for matching answers (a few seconds of binds and dial retries).
+    static let sentStampMemory = 64
+    /// How far the stamp of a PEER saying someone asked for us may be from our clock.
+    static let peerAskedWindowMilliseconds: UInt64 = 120_000
 
     struct AnsweredKey: Hashable {
         var address: SocketAddress
@@ -220,13 +232,35 @@ final class SudphCore {
         var buffer = ByteBuffer()
         message.encode(into: &buffer)
         send(buffer, to: rendezvous)
+        if case .bind(_, let stamp, _) = message { remember(stamp) }
+        if case .connect(_, _, let stamp, _) = message { remember(stamp) }
+    }
+
+    private func remember(_ stamp: UInt64) {
+        if sentStamps.count >= Self.sentStampMemory { sentStamps.removeFirst() }
+        sentStamps.append(stamp)
+    }
+
+    /// Whether an answer is signed by the rendezvous for us and replies to something recent: our
+    /// own BIND or CONNECT, or (PEER saying someone asked for us) a CONNECT stamped near our clock.
+    /// Anything else (forged, redirected, replayed) could misdirect punching: dropped.
+    private func isAuthentic(_ message: RendezvousMessage) -> Bool {
+        guard let key = rendezvousKey, message.isValidAnswer(for: settings.identity.publicKey, from: key),
+            let stamp = message.inReplyTo
+        else { return false }
+        if case .peer(_, _, true, _, _) = message {
+            let now = UInt64(Date().timeIntervalSince1970 * 1000)
+            return (now > stamp ? now - stamp : stamp - now) <= Self.peerAskedWindowMilliseconds
+        }
+        return sentStamps.contains(stamp)
     }
 
     // MARK: rendezvous binding
 
-    func setRendezvous(_ address: SocketAddress) {
+    func setRendezvous(_ address: SocketAddress, key: PublicKey) {
         guard !isShutDown else { return }
         rendezvous = address
+        rendezvousKey = key
         bindTimer?.cancel()
         sendBind()
     }
@@ -250,7 +284,11 @@ final class SudphCore {
             do {
                 message = try RendezvousMessage(decoding: datagram)
             } catch {
-                logger.debug("sudph: bad rendezvous datagram", metadata: ["error": "\(error)"])
+                junkLog.record("sudph: bad rendezvous datagram", metadata: ["error": "\(error)"])
+                return
+            }
+            guard isAuthentic(message) else {
+                junkLog.record("sudph: rendezvous answer without a valid signature or not replying to us dropped")
                 return
             }
             logger.trace("sudph rendezvous message", metadata: ["message": "\(message)"])
@@ -286,7 +324,7 @@ final class SudphCore {
 
     private func handleRendezvous(_ message: RendezvousMessage) {
         switch message {
-        case .bound(let address, let refreshSeconds):
+        case .bound(let address, let refreshSeconds, _, _):
             let first = !boundOnce
             boundOnce = true
             refresh = .seconds(Int64(max(2, min(Int(refreshSeconds), 60))))
@@ -297,7 +335,7 @@ final class SudphCore {
             if first || changed {
                 logger.info("sudph bound with the rendezvous", metadata: ["sudph.public": "\(address.hostPort)"])
             }
-        case .peer(let key, let endpoint, let peerAsked):
+        case .peer(let key, let endpoint, let peerAsked, _, _):
             if peerAsked {
                 // Someone is about to send us message 1: open our NAT towards them.
                 logger.debug("sudph punching", metadata: ["peer.key": "\(key.fingerprint)", "peer.addr": "\(endpoint.hostPort)"])
@@ -305,7 +343,7 @@ final class SudphCore {
             } else if let dial = dials[key], dial.initiator == nil || dial.peer != endpoint {
                 startHandshake(dial, peer: endpoint)
             }
-        case .error(let about, let code, let text):
+        case .error(let about, let code, let text, _, _):
             if let dial = dials[about] {
                 fail(dial, SudphError.rendezvous("\(text) (\(code))"))
             } else if about == settings.identity.publicKey {
@@ -456,7 +494,7 @@ final class SudphCore {
             }
         } catch {
             // Debug only: anyone can send garbage to a UDP port, and at any rate.
-            logger.debug("sudph handshake refused", metadata: ["peer.addr": "\(address.hostPort)", "error": "\(error)"])
+            junkLog.record("sudph handshake refused", metadata: ["peer.addr": "\(address.hostPort)", "error": "\(error)"])
             return
         }
         handshakeClock[response.remoteKey] = stamp

@@ -68,15 +68,15 @@ final class SudphNetwork: Sendable {
         let logger = self.logger
         try? await cancelWhenGracefulShutdown {
             // Learn (and re-learn: discovery may move) the rendezvous address.
-            var current: SocketAddress?
+            var current: RendezvousInfo?
             var backoff = Duration.seconds(1)
             while !Task.isCancelled {
                 do {
-                    let address = try await discovery.rendezvousAddress()
-                    if address != current {
-                        current = address
-                        endpoint.setRendezvous(address)
-                        logger.info("sudph rendezvous", metadata: ["rendezvous": "\(address.hostPort)"])
+                    let info = try await discovery.rendezvous()
+                    if info != current {
+                        current = info
+                        endpoint.setRendezvous(info.address, key: info.publicKey)
+                        logger.info("sudph rendezvous", metadata: ["rendezvous": "\(info.address.hostPort)", "rendezvous.key": "\(info.publicKey.fingerprint)"])
                     }
                     backoff = .seconds(1)
                     try await Task.sleep(for: .seconds(30))
