@@ -224,9 +224,12 @@ final class SkynetForward: Sendable {
                 self.handle(NIOLoopBound<any Link>(link, eventLoop: channel.eventLoop), channel: channel)
             }
         }
+        // Out of file descriptors, the listener would stay readable and spin: pause accepts.
+        let listenerGuard = ListenerGuard(name: "forward \(self.name)", logger: self.logger)
         do {
             return try await ServerBootstrap(group: self.group, childGroup: self.loop)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .serverChannelInitializer { channel in listenerGuard.installAcceptBackoff(on: channel) }
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
                 .childChannelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
