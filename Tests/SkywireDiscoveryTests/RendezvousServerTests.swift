@@ -108,8 +108,7 @@ extension RendezvousMessage {
         switch self {
         case .bound(let observed, let refresh, _, _): return .bound(observed: observed, refreshSeconds: refresh)
         case .peer(let key, let endpoint, let asked, _, _): return .peer(key: key, endpoint: endpoint, peerAsked: asked)
-        case .error(let about, let code, let text, _, _): return .error(about: about, code: code, message: text)
-        case .bind, .connect: return self
+        case .bind, .connect, .error: return self
         }
     }
 }
@@ -164,7 +163,7 @@ func expectError(
     requestSize: Int,
     sourceLocation: SourceLocation = #_sourceLocation
 ) {
-    guard case .error(let subject, let got, let text, _, _) = answer.message else {
+    guard case .error(let subject, let got, let text) = answer.message else {
         Issue.record("expected ERROR \(code), got \(answer.message)", sourceLocation: sourceLocation)
         return
     }

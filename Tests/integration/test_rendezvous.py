@@ -118,11 +118,10 @@ def test_python_bind_gets_bound_with_its_own_address(disc):
         # The same datagram again is a replay: ERROR stale (3) about our key.
         s.sendto(request, server)
         data, _ = s.recvfrom(2048)
-        body, in_reply_to = answer_fields(data, pk, info["public_key"])
-        assert body[0] == ERROR and body[2:34] == pk and body[34] == 3 and in_reply_to == stamp, data
-        (length,) = struct.unpack(">H", body[35:37])
-        assert len(body) == 37 + length and len(data) <= len(request) + 40
-        assert "not after" in body[37:].decode()
+        assert data[0] == ERROR and data[2:34] == pk and data[34] == 3, data
+        (length,) = struct.unpack(">H", data[35:37])
+        assert len(data) == 37 + length and len(data) <= len(request) + 40
+        assert "not after" in data[37:].decode()
 
         # A tampered signature: ERROR bad signature (2).
         forged = bytearray(bind_datagram(key, now_ms() + 1))
@@ -160,7 +159,6 @@ def test_python_peers_are_introduced(disc):
         stranger = bytes(nacl.signing.SigningKey.generate().verify_key)
         a.sendto(connect_datagram(ka, stranger, now_ms() + 1), server)
         data, _ = a.recvfrom(2048)
-        data, _ = answer_fields(data, pa, info["public_key"])
         assert data[0] == ERROR and data[2:34] == stranger and data[34] == 1, data
         assert data[37:].decode() == f"{stranger.hex()[:8]} has no sudph binding (offline or sudph disabled)"
 

@@ -25,8 +25,8 @@ final class RendezvousHandler: ChannelInboundHandler {
 
     /// A reply may be at most this much larger than the request that caused it.
     static let maxReplyGrowth = 40
-    /// Bytes of an ERROR besides its text.
-    static let errorOverhead = 2 + PublicKey.byteCount + 1 + 2 + 8 + RendezvousMessage.signatureByteCount
+    /// Bytes of an ERROR before its text (ERROR is not signed: see ``RendezvousMessage``).
+    static let errorOverhead = 2 + PublicKey.byteCount + 1 + 2
 
     private let policy: RendezvousPolicy
     private let logger: Logger
@@ -103,7 +103,7 @@ final class RendezvousHandler: ChannelInboundHandler {
         case .limitedFirst:
             self.refusals.record("rendezvous source rate limited", metadata: ["rendezvous.source": "\(source)"])
             if let about = Self.claimedKey(datagram) {
-                self.sendError(about: about, for: about, inReplyTo: 0, .rateLimited, "rate limited: slow down", to: source, requestSize: size, context: context)
+                self.sendError(about: about, .rateLimited, "rate limited: slow down", to: source, requestSize: size, context: context)
             }
             return
         case .limited:
@@ -123,7 +123,7 @@ final class RendezvousHandler: ChannelInboundHandler {
             if first == RendezvousMessage.TypeByte.bind.rawValue || first == RendezvousMessage.TypeByte.connect.rawValue,
                 let about = Self.claimedKey(datagram)
             {
-                self.sendError(about: about, for: about, inReplyTo: 0, .malformed, error.message, to: source, requestSize: size, context: context)
+                self.sendError(about: about, .malformed, error.message, to: source, requestSize: size, context: context)
             }
             return
         }
@@ -151,11 +151,11 @@ final class RendezvousHandler: ChannelInboundHandler {
         context: ChannelHandlerContext
     ) -> Bool {
         if let refusal = self.timestampRefusal(timestamp, last: last, kind: kind) {
-            self.refuse(key, for: key, inReplyTo: timestamp, .stale, refusal, to: source, requestSize: requestSize, context: context)
+            self.refuse(key, .stale, refusal, to: source, requestSize: requestSize, context: context)
             return false
         }
         guard message.hasValidSignature else {
-            self.refuse(key, for: key, inReplyTo: timestamp, .badSignature, "\(kind) signature does not verify for \(key.fingerprint)", to: source, requestSize: requestSize, context: context)
+            self.refuse(key, .badSignature, "\(kind) signature does not verify for \(key.fingerprint)", to: source, requestSize: requestSize, context: context)
             return false
         }
         return true
@@ -178,7 +178,7 @@ final class RendezvousHandler: ChannelInboundHandler {
             self.sweep(now: now)
             guard self.records.count < self.policy.maxKeys else {
                 self.fullTable.record("rendezvous binding table full; BIND refused", metadata: ["peer.key": "\(key.fingerprint)"])
-                self.refuse(key, for: key, inReplyTo: timestamp, .rateLimited, "rendezvous is full: try again later", to: source, requestSize: requestSize, context: context)
+                self.refuse(key, .rateLimited, "rendezvous is full: try again later", to: source, requestSize: requestSize, context: context)
                 return
             }
         }
@@ -221,18 +221,18 @@ final class RendezvousHandler: ChannelInboundHandler {
         // The requester must be bound from this very endpoint: the PEER we send to the target
         // names it, so it has to be an address the requester proved (by a BIND) it receives on.
         guard var requester = self.records[from], self.isLive(requester, now: now), requester.endpointKey == EndpointKey(source) else {
-            self.refuse(from, for: from, inReplyTo: timestamp, .notBound, "bind first: \(from.fingerprint) has no sudph binding from this address", to: source, requestSize: requestSize, context: context)
+            self.refuse(from, .notBound, "bind first: \(from.fingerprint) has no sudph binding from this address", to: source, requestSize: requestSize, context: context)
             return
         }
         requester.lastConnect = timestamp
         requester.activeAt = now
         self.records[from] = requester
         guard from != to else {
-            self.refuse(from, for: from, inReplyTo: timestamp, .malformed, "CONNECT to yourself", to: source, requestSize: requestSize, context: context)
+            self.refuse(from, .malformed, "CONNECT to yourself", to: source, requestSize: requestSize, context: context)
             return
         }
         guard let target = self.records[to], self.isLive(target, now: now) else {
-            self.refuse(to, for: from, inReplyTo: timestamp, .notBound, "\(to.fingerprint) has no sudph binding (offline or sudph disabled)", to: source, requestSize: requestSize, context: context)
+            self.refuse(to, .notBound, "\(to.fingerprint) has no sudph binding (offline or sudph disabled)", to: source, requestSize: requestSize, context: context)
             return
         }
         self.logger.debug(
@@ -291,8 +291,6 @@ final class RendezvousHandler: ChannelInboundHandler {
 
     private func refuse(
         _ about: PublicKey,
-        for recipient: PublicKey,
-        inReplyTo stamp: UInt64,
         _ code: RendezvousErrorCode,
         _ text: String,
         to destination: SocketAddress,
@@ -303,14 +301,12 @@ final class RendezvousHandler: ChannelInboundHandler {
             "rendezvous request refused",
             metadata: ["peer.key": "\(about.fingerprint)", "rendezvous.source": "\(destination)", "error": "\(code): \(text)"]
         )
-        self.sendError(about: about, for: recipient, inReplyTo: stamp, code, text, to: destination, requestSize: requestSize, context: context)
+        self.sendError(about: about, code, text, to: destination, requestSize: requestSize, context: context)
     }
 
     /// Sends an ERROR whose text is cut so the reply stays within the amplification budget.
     private func sendError(
         about: PublicKey,
-        for recipient: PublicKey,
-        inReplyTo stamp: UInt64,
         _ code: RendezvousErrorCode,
         _ text: String,
         to destination: SocketAddress,
@@ -320,11 +316,11 @@ final class RendezvousHandler: ChannelInboundHandler {
         let room = requestSize + Self.maxReplyGrowth - Self.errorOverhead
         guard room >= 0 else { return }
         let cut = RendezvousMessage.truncatedUTF8(text, maxBytes: min(room, RendezvousMessage.maxErrorMessageBytes))
-        let message = RendezvousMessage.error(about: about, code: code, message: String(decoding: cut, as: UTF8.self), inReplyTo: stamp)
-        self.send(message, for: recipient, to: destination, requestSize: requestSize, context: context)
+        let message = RendezvousMessage.error(about: about, code: code, message: String(decoding: cut, as: UTF8.self))
+        self.send(message, for: about, to: destination, requestSize: requestSize, context: context)
     }
 
-    /// Signs the answer for `recipient` and queues it (flushed at the end of the read batch),
+    /// Signs the answer for `recipient` (BOUND, PEER) and queues it (flushed at the end of the read batch),
     /// never one larger than the request plus ``maxReplyGrowth``.
     private func send(_ message: RendezvousMessage, for recipient: PublicKey, to destination: SocketAddress, requestSize: Int, context: ChannelHandlerContext) {
         var buffer = context.channel.allocator.buffer(capacity: 160)

@@ -18,19 +18,21 @@ import SkywireCrypto
 /// | 0x02 | BOUND | endpoint · refresh (u16 seconds) · in-reply-to (u64) · signature (64) |
 /// | 0x03 | CONNECT | from (32) · to (32) · timestamp (u64 ms) · signature (64) |
 /// | 0x04 | PEER | key (32) · endpoint · role (u8: 0 you asked to reach this key, 1 this key asked to reach you) · in-reply-to (u64) · signature (64) |
-/// | 0x05 | ERROR | about (32) · code (u8, ``RendezvousErrorCode``) · length (u16) · UTF-8 text (≤ 512 bytes) · in-reply-to (u64) · signature (64) |
+/// | 0x05 | ERROR | about (32) · code (u8, ``RendezvousErrorCode``) · length (u16) · UTF-8 text (≤ 512 bytes) |
 ///
 /// An endpoint is `family (u8: 4 or 6) · address (4 or 16 bytes) · port (u16)`. The BIND
 /// signature is Ed25519 by `key` over `"skywire/1 sudph-bind" · key · timestamp`; the CONNECT
 /// signature is by `from` over `"skywire/1 sudph-connect" · from · to · timestamp`. A datagram
 /// holds exactly one message: trailing bytes make it malformed.
 ///
-/// Answers (BOUND, PEER, ERROR) are signed by the rendezvous's own key (published by discovery
-/// in `GET /v1/rendezvous`) over `"skywire/1 sudph-answer" · recipient key · the datagram up to
-/// the signature`, so an on-path attacker can neither forge nor redirect one to another visor.
-/// `in-reply-to` is the timestamp of the request that caused the answer (the BIND or CONNECT of
-/// the recipient; for a PEER with role 1, the CONNECT of the key that asked; 0 for refusals of
-/// requests that did not decode), so a visor accepts only answers to what it recently asked.
+/// BOUND and PEER are signed by the rendezvous's own key (published by discovery in
+/// `GET /v1/rendezvous`) over `"skywire/1 sudph-answer" · recipient key · the datagram up to the
+/// signature`, so an on-path attacker can neither forge nor redirect one to another visor.
+/// `in-reply-to` is the timestamp of the request that caused the answer (the recipient's BIND or
+/// CONNECT; for a PEER with role 1, the CONNECT of the key that asked), so a visor accepts only
+/// answers to what it recently asked. ERROR stays unsigned: signing it would eat the 40-byte
+/// amplification budget its text lives in, and all a forged ERROR can do is fail a dial or
+/// trigger a re-BIND — what dropping packets on the path does anyway.
 public enum RendezvousMessage: Sendable, Hashable {
     /// Visor → rendezvous: "this key is reachable at the address you see this datagram from".
     case bind(key: PublicKey, timestamp: UInt64, signature: [UInt8])
@@ -43,7 +45,7 @@ public enum RendezvousMessage: Sendable, Hashable {
     /// own CONNECT, `true` when `key` asked to reach you.
     case peer(key: PublicKey, endpoint: SocketAddress, peerAsked: Bool, inReplyTo: UInt64 = 0, signature: [UInt8] = [])
     /// Rendezvous → visor: a refusal about `about` (the requester, or the unknown target).
-    case error(about: PublicKey, code: RendezvousErrorCode, message: String, inReplyTo: UInt64 = 0, signature: [UInt8] = [])
+    case error(about: PublicKey, code: RendezvousErrorCode, message: String)
 
     /// The protocol version in byte 1.
     public static let version: UInt8 = 1
@@ -130,7 +132,7 @@ public enum RendezvousMessage: Sendable, Hashable {
         }
     }
 
-    /// Whether this is an answer (BOUND, PEER, ERROR).
+    /// Whether this is an answer (BOUND, PEER, ERROR; only the first two are signed).
     public var isAnswer: Bool {
         switch self {
         case .bound, .peer, .error: return true
@@ -138,11 +140,11 @@ public enum RendezvousMessage: Sendable, Hashable {
         }
     }
 
-    /// The timestamp of the request an answer replies to (`nil` for requests).
+    /// The timestamp of the request a signed answer replies to (`nil` for requests and ERROR).
     public var inReplyTo: UInt64? {
         switch self {
-        case .bound(_, _, let stamp, _), .peer(_, _, _, let stamp, _), .error(_, _, _, let stamp, _): return stamp
-        case .bind, .connect: return nil
+        case .bound(_, _, let stamp, _), .peer(_, _, _, let stamp, _): return stamp
+        case .bind, .connect, .error: return nil
         }
     }
 
@@ -157,7 +159,8 @@ public enum RendezvousMessage: Sendable, Hashable {
         return bytes
     }
 
-    /// This answer, signed by `rendezvous` for `recipient` (a request is returned unchanged).
+    /// This BOUND or PEER, signed by `rendezvous` for `recipient` (requests and ERROR are
+    /// returned unchanged).
     public func signedAnswer(for recipient: PublicKey, by rendezvous: KeyPair) -> RendezvousMessage {
         let signature = rendezvous.sign(self.answerSignedBytes(recipient: recipient))
         switch self {
@@ -165,22 +168,19 @@ public enum RendezvousMessage: Sendable, Hashable {
             return .bound(observed: observed, refreshSeconds: refresh, inReplyTo: stamp, signature: signature)
         case .peer(let key, let endpoint, let peerAsked, let stamp, _):
             return .peer(key: key, endpoint: endpoint, peerAsked: peerAsked, inReplyTo: stamp, signature: signature)
-        case .error(let about, let code, let message, let stamp, _):
-            let text = String(decoding: Self.truncatedUTF8(message, maxBytes: Self.maxErrorMessageBytes), as: UTF8.self)
-            return .error(about: about, code: code, message: text, inReplyTo: stamp, signature: signature)
-        case .bind, .connect:
+        case .bind, .connect, .error:
             return self
         }
     }
 
-    /// For an answer: whether its signature is a valid one by `rendezvous` for `recipient`.
-    /// Requests: `false`.
+    /// For BOUND and PEER: whether the signature is a valid one by `rendezvous` for `recipient`.
+    /// Requests and ERROR (unsigned): `false`.
     public func isValidAnswer(for recipient: PublicKey, from rendezvous: PublicKey) -> Bool {
         switch self {
-        case .bound(_, _, _, let signature), .peer(_, _, _, _, let signature), .error(_, _, _, _, let signature):
+        case .bound(_, _, _, let signature), .peer(_, _, _, _, let signature):
             return signature.count == Self.signatureByteCount
                 && rendezvous.isValidSignature(signature, for: self.answerSignedBytes(recipient: recipient))
-        case .bind, .connect:
+        case .bind, .connect, .error:
             return false
         }
     }
@@ -202,12 +202,14 @@ public enum RendezvousMessage: Sendable, Hashable {
         self.encodeUnsigned(into: &buffer)
         switch self {
         case .bind(_, _, let signature), .connect(_, _, _, let signature), .bound(_, _, _, let signature),
-            .peer(_, _, _, _, let signature), .error(_, _, _, _, let signature):
+            .peer(_, _, _, _, let signature):
             Self.writeSignature(signature, into: &buffer)
+        case .error:
+            break
         }
     }
 
-    /// Every byte of the datagram but the final signature.
+    /// Every byte of the datagram but the final signature (ERROR has none).
     private func encodeUnsigned(into buffer: inout ByteBuffer) {
         switch self {
         case .bind(let key, let timestamp, _):
@@ -230,14 +232,13 @@ public enum RendezvousMessage: Sendable, Hashable {
             RendezvousEndpoint.write(endpoint, into: &buffer)
             buffer.writeInteger(UInt8(peerAsked ? 1 : 0))
             buffer.writeInteger(stamp)
-        case .error(let about, let code, let message, let stamp, _):
+        case .error(let about, let code, let message):
             Self.writeHeader(.error, into: &buffer)
             buffer.writeBytes(about.rawBytes)
             buffer.writeInteger(code.rawValue)
             let text = Self.truncatedUTF8(message, maxBytes: Self.maxErrorMessageBytes)
             buffer.writeInteger(UInt16(text.count))
             buffer.writeBytes(text)
-            buffer.writeInteger(stamp)
         }
     }
 
@@ -343,9 +344,7 @@ public enum RendezvousMessage: Sendable, Hashable {
             guard let text = String(validating: bytes, as: UTF8.self) else {
                 throw RendezvousError(.malformed, "\(name) text is not UTF-8")
             }
-            let stamp = try Self.readU64(&buffer, field: "\(name) in-reply-to")
-            let signature = try Self.readSignature(&buffer, field: "\(name) signature")
-            self = .error(about: about, code: code, message: text, inReplyTo: stamp, signature: signature)
+            self = .error(about: about, code: code, message: text)
         }
         guard buffer.readableBytes == 0 else {
             throw RendezvousError(.malformed, "\(name) has \(buffer.readableBytes) trailing bytes")

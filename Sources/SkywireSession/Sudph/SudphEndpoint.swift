@@ -243,8 +243,10 @@ final class SudphCore {
 
     /// Whether an answer is signed by the rendezvous for us and replies to something recent: our
     /// own BIND or CONNECT, or (PEER saying someone asked for us) a CONNECT stamped near our clock.
-    /// Anything else (forged, redirected, replayed) could misdirect punching: dropped.
+    /// Anything else (forged, redirected, replayed) could misdirect punching: dropped. ERROR is
+    /// unsigned and only ever fails a dial or triggers a BIND: taken as it is.
     private func isAuthentic(_ message: RendezvousMessage) -> Bool {
+        if case .error = message { return true }
         guard let key = rendezvousKey, message.isValidAnswer(for: settings.identity.publicKey, from: key),
             let stamp = message.inReplyTo
         else { return false }
@@ -343,7 +345,7 @@ final class SudphCore {
             } else if let dial = dials[key], dial.initiator == nil || dial.peer != endpoint {
                 startHandshake(dial, peer: endpoint)
             }
-        case .error(let about, let code, let text, _, _):
+        case .error(let about, let code, let text):
             if let dial = dials[about] {
                 fail(dial, SudphError.rendezvous("\(text) (\(code))"))
             } else if about == settings.identity.publicKey {
