@@ -90,7 +90,7 @@ enum Seeds {
             .connect(identity: initiator, to: responder.publicKey),
             RendezvousMessage.bound(observed: endpoint, refreshSeconds: 10, inReplyTo: 1).signedAnswer(for: initiator.publicKey, by: responder),
             RendezvousMessage.peer(key: responder.publicKey, endpoint: endpoint6, peerAsked: true, inReplyTo: 2).signedAnswer(for: initiator.publicKey, by: responder),
-            RendezvousMessage.error(about: responder.publicKey, code: .notBound, message: "not bound", inReplyTo: 3).signedAnswer(for: initiator.publicKey, by: responder),
+            .error(about: responder.publicKey, code: .notBound, message: "not bound"),
         ]
         seeds["rendezvous"] = rendezvous.map { Array($0.encoded.readableBytesView) }
 
