@@ -3,7 +3,7 @@
 //
 // Our modules are compiled here from the repository's sources (Modules/* are symlinks to
 // ../Sources/*) with coverage instrumentation and AddressSanitizer; the dependencies are built
-// plainly, which keeps this build close to a normal debug build. The executable calls libFuzzer's
+// plainly, and scripts/fuzz builds in the repository's .build so they are those of `swift build`. The executable calls libFuzzer's
 // `LLVMFuzzerRunDriver`; scripts/fuzz links libclang_rt.fuzzer_no_main. Keep the module list and
 // dependencies in step with ../Package.swift.
 import PackageDescription
