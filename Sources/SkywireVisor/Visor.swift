@@ -26,6 +26,10 @@ public final class Visor: Service, Sendable {
     let store: InstanceStore
     let saver: StateSaver
     let httpProxy: HTTPProxy
+    /// Where `config` came from (`reload` reads it again); `nil` for an embedded visor.
+    let configPath: String?
+    let applier: ConfigApplier
+    let metrics = ScrapeCollector()
     private let rpcBound = Mutex<String?>(nil)
     private let onReady: (@Sendable (String) -> Void)?
 
@@ -34,6 +38,7 @@ public final class Visor: Service, Sendable {
     ///   - onReady: called with the bound control address once the API is listening.
     public init(config: VisorConfig, configPath: String? = nil, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger, onReady: (@Sendable (String) -> Void)? = nil) throws {
         self.config = config
+        self.configPath = configPath
         self.identity = try config.keyPair()
         self.group = group
         self.logger = logger
@@ -68,6 +73,7 @@ public final class Visor: Service, Sendable {
         self.skynetServer = SkynetServer(localKey: self.identity.publicKey, logger: logger, httpProxy: self.httpProxy) { saver.save() }
         self.skynetClients = SkynetClients(manager: self.sessions, group: group, logger: logger) { saver.save() }
         saver.attach(server: self.skynetServer, clients: self.skynetClients)
+        self.applier = ConfigApplier(server: self.skynetServer, clients: self.skynetClients)
         self.persistent = PersistentTransports(config: config, configPath: configPath, manager: self.sessions, logger: logger)
         let sessions = self.sessions
         self.dmsg.attach(acceptor: self.skynetServer) { session in sessions.register(session) }
@@ -96,6 +102,7 @@ public final class Visor: Service, Sendable {
             VisorEntry(publicKey: identity.publicKey, relays: dmsg.homeRelays.map(\.publicKey), addresses: direct.publishedAddresses)
         }
         let control = ControlServer(host: rpcHost, port: rpcPort, visor: self, logger: logger)
+        let (listening, listeningContinuation) = AsyncStream.makeStream(of: Void.self)
         let app = control.makeApplication { [weak self] address in
             let host = address.ipAddress ?? rpcHost
             let port = address.port ?? rpcPort
@@ -104,10 +111,12 @@ public final class Visor: Service, Sendable {
             self?.rpcBound.withLock { $0 = shown }
             logger.info("control API listening", metadata: ["rpc": "\(shown)", "pk": "\(identity.publicKey.hex)"])
             self?.onReady?(shown)
+            listeningContinuation.yield()
             return token
         }
         logger.info("visor starting", metadata: ["pk": "\(identity.publicKey.hex)", "discovery": "\(self.config.discovery)"])
         await self.restoreInstances()
+        await self.startDeclaredInstances()
         defer {
             if let address = self.rpcAddress, let (host, port) = parseLoopbackHostPort(address) {
                 ControlToken.remove(host: host, port: port)
@@ -117,13 +126,18 @@ public final class Visor: Service, Sendable {
         // for it; the relay keeper is cancelled by it), so nothing is closed twice.
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask {
+                defer { listeningContinuation.finish() }
                 do {
                     try await app.run()
                 } catch let error as IOError where error.errnoCode == EADDRINUSE {
                     throw ConfigError("cannot listen for the control API on \(rpcHost):\(rpcPort): address already in use (is another visor running?)")
                 }
             }
-            group.addTask { try? await cancelWhenGracefulShutdown { await dmsg.run() } }
+            // The rest starts once the control API listens: a busy address then ends the visor
+            // with its one error line, before there is anything else to cancel.
+            var ready = listening.makeAsyncIterator()
+            guard await ready.next() != nil else { return }
+            group.addTask { await cancelWhenGracefulShutdown { await dmsg.run() } }
             group.addTask { try await direct.run() }
             group.addTask { try await sudph.run() }
             group.addTask { [httpProxy = self.httpProxy] in try await httpProxy.run() }
@@ -198,6 +212,21 @@ public final class Visor: Service, Sendable {
             }
         }
         self.saver.resume(saveNow: false)
+    }
+
+    /// Starts what the config's `skynet` section declares; an entry that cannot start is logged
+    /// (a later `reload` tries it again) and the rest start.
+    private func startDeclaredInstances() async {
+        guard let skynet = self.config.skynet, !(skynet.servers.isEmpty && skynet.forwards.isEmpty) else { return }
+        do {
+            let result = try await self.applier.apply(skynet)
+            for failure in result.failed {
+                self.logger.error("config instance not started", metadata: ["problem": "\(failure)"])
+            }
+            self.logger.info("config instances started", metadata: ["started": "\(result.started)"])
+        } catch {
+            self.logger.error("config instances not started", metadata: ["error": "\(error)"])
+        }
     }
 
     /// `tp ls`.

@@ -523,7 +523,7 @@ struct RendezvousDiscoveryTests {
         let blocker = try await DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get()
         let port = try #require(blocker.localAddress?.port)
         do {
-            try await withTestServer(configure: { $0.rendezvous = RendezvousSettings(port: port) }) { _, _ in
+            _ = try await withTestServer(configure: { $0.rendezvous = RendezvousSettings(port: port) }) { _, _ in
                 Issue.record("discovery started with a busy rendezvous port")
             }
             Issue.record("no error")

@@ -88,7 +88,7 @@ final class CollectThenEcho: ChannelInboundHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case ChannelEvent.inputClosed = event {
-            context.writeAndFlush(self.wrapOutboundOut(self.collected)).whenComplete { _ in
+            context.writeAndFlush(self.wrapOutboundOut(self.collected)).assumeIsolated().whenComplete { _ in
                 context.close(promise: nil)
             }
         }

@@ -135,10 +135,11 @@ class Network:
         return path
 
     def start_visor(self, name: str, config: Path | None = None, wait_relay: bool = True, stcpr: bool = False,
-                    netns: str | None = None) -> "Visor":
-        """A visor (inside `netns` if given: its CLI calls then run there too)."""
+                    netns: str | None = None, extra: tuple[str, ...] = ()) -> "Visor":
+        """A visor (inside `netns` if given: its CLI calls then run there too); `extra`: more
+        arguments of `skywire visor`."""
         config = config or self.gen_config(name, *(["--stcpr", "127.0.0.1:0"] if stcpr else []))
-        p = self.start(name, "visor", "--config", str(config), netns=netns)
+        p = self.start(name, "visor", "--config", str(config), *extra, netns=netns)
         rpc = p.wait_log(r"rpc=(127\.0\.0\.1:\d+).*control API listening").group(1)
         v = Visor(self, p, rpc, config, netns=netns)
         if wait_relay:

@@ -149,9 +149,8 @@ def test_whitelist_admits_listed_key_and_refuses_others(abc):
                   "--raw-tcp", "--dmsg")
         expect_fail(r, "not whitelisted")
         assert c.pk in r.stderr
-        errored = [i for i in c.json("skynet", "status") if i["name"] == f"skynet-client-{c_port}"]
-        assert len(errored) == 1 and errored[0]["state"] == "errored", errored
-        assert "not whitelisted" in errored[0]["error"]
+        # The failed start leaves nothing behind.
+        assert [i for i in c.json("skynet", "status") if i["name"] == f"skynet-client-{c_port}"] == []
 
         st = srv(a, name)
         assert st["whitelist"] == [b.pk]

@@ -21,23 +21,13 @@ struct RPCOptions: ParsableArguments {
     }
 }
 
-/// Parses "8080,3000" into ports, with one clear error for anything else.
+/// Parses "8080,3000" into ports (the rules and words are the control API's, shared with the web page).
 func parsePorts(_ text: String, allowZero: Bool = false) throws -> [Int] {
-    let parts = text.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
-    var ports: [Int] = []
-    for part in parts {
-        guard let port = Int(part) else { throw ValidationError("invalid port \"\(part)\": expected a number") }
-        try checkPort(port, allowZero: allowZero)
-        ports.append(port)
-    }
-    return ports
+    do { return try parsePortList(text, allowZero: allowZero) } catch { throw ValidationError(error.description) }
 }
 
 func checkPort(_ port: Int, allowZero: Bool = false) throws {
-    let low = allowZero ? 0 : 1
-    guard (low...65535).contains(port) else {
-        throw ValidationError("port \(port) is out of range (\(low)-65535)")
-    }
+    do { try checkPortRange(port, allowZero: allowZero) } catch { throw ValidationError(error.description) }
 }
 
 /// Prints JSON (sorted keys, ISO dates) on stdout.

@@ -57,8 +57,38 @@ struct VisorCLICommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "visor",
         abstract: "The visor itself.",
-        subcommands: [PK.self, Info.self]
+        subcommands: [PK.self, Info.self, UI.self, Reload.self]
     )
+
+    struct Reload: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Apply the config file's skynet section again (same as SIGHUP).",
+            discussion: "New entries start, removed ones stop, changed ones are replaced; instances started with the CLI are left alone. An invalid file changes nothing."
+        )
+        @OptionGroup var rpc: RPCOptions
+        @Flag(help: "JSON output.") var json = false
+
+        func run() async throws {
+            let result: ReloadResponse = try await self.rpc.client().post("/v1/reload", [String: String]())
+            if self.json {
+                try printJSON(result)
+            } else {
+                func line(_ label: String, _ names: [String]) {
+                    if !names.isEmpty { print("\(label): \(names.joined(separator: ", "))") }
+                }
+                line("started", result.started)
+                line("replaced", result.replaced)
+                line("stopped", result.stopped)
+                line("unchanged", result.unchanged)
+                if result.started.isEmpty && result.replaced.isEmpty && result.stopped.isEmpty && result.unchanged.isEmpty && result.failed.isEmpty {
+                    print("the config declares no skynet instances")
+                }
+            }
+            if !result.failed.isEmpty {
+                throw CLIError("reload: not started: \(result.failed.joined(separator: "; "))")
+            }
+        }
+    }
 
     struct PK: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "pk", abstract: "Print the visor's public key.")
@@ -92,6 +122,21 @@ struct VisorCLICommand: AsyncParsableCommand {
                     print("  #\(s.id) \(s.type) \(s.remotePublicKey) streams=\(s.streams) in=\(s.bytesIn) out=\(s.bytesOut)\(s.rttMs.map { String(format: " rtt=%.2fms", $0) } ?? "")")
                 }
             }
+        }
+    }
+
+    struct UI: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print a one-time login URL for the visor's web page.",
+            discussion: "The URL works once, within a minute; opening it logs the browser in (a session cookie) and shows the page."
+        )
+        @OptionGroup var rpc: RPCOptions
+
+        func run() async throws {
+            let client = try self.rpc.client()
+            let login: UILoginCode = try await client.post("/v1/ui/login-code", [String: String]())
+            print("http://\(client.display)/ui/login?code=\(login.code)")
+            FileHandle.standardError.write(Data("open it in a browser on this machine within \(login.expiresIn) s; it works once\n".utf8))
         }
     }
 }

@@ -1,8 +1,12 @@
 import ArgumentParser
 import Foundation
 import Logging
+import NIOCore
 import NIOPosix
+import Prometheus
 import ServiceLifecycle
+import Synchronization
+import UnixSignals
 import SkywireCrypto
 import SkywireDiscovery
 import SkywireSession
@@ -36,6 +40,8 @@ struct DiscoveryCommand: AsyncParsableCommand {
         return folder.isEmpty ? "discovery.key" : (folder as NSString).appendingPathComponent("discovery.key")
     }
 
+    @OptionGroup var metrics: MetricsOption
+
     func validate() throws {
         _ = try parseListenAddress(self.addr, flag: "--addr")
         if let rendezvous = self.rendezvous {
@@ -45,6 +51,7 @@ struct DiscoveryCommand: AsyncParsableCommand {
             throw ValidationError("PostgreSQL storage is not available yet; use a SQLite file for --db")
         }
         guard self.entryTTL >= 1 else { throw ValidationError("--entry-ttl must be at least 1 second") }
+        try self.metrics.validate()
     }
 
     func run() async throws {
@@ -61,6 +68,7 @@ struct DiscoveryCommand: AsyncParsableCommand {
         } catch {
             throw CLIError("\(error)")
         }
+        let registry = self.metrics.bootstrap()
         let server = DiscoveryServer(
             configuration: DiscoveryServerConfiguration(
                 host: host,
@@ -71,7 +79,11 @@ struct DiscoveryCommand: AsyncParsableCommand {
             ),
             logger: logger
         )
-        try await runServices([server], logger: logger)
+        do {
+            try await runServices([server] + self.metrics.endpoint(registry, logger: logger) { await server.collectMetrics() }, logger: logger)
+        } catch let error as IOError {
+            throw listenError(error, address: self.addr)
+        }
     }
 }
 
@@ -93,8 +105,11 @@ struct DmsgServerCommand: AsyncParsableCommand {
     @Option(name: .customLong("public-addr"), help: "Address to publish in discovery (default: the bound address).")
     var publicAddr: String?
 
+    @OptionGroup var metrics: MetricsOption
+
     func validate() throws {
         _ = try parseListenAddress(self.addr, flag: "--addr")
+        try self.metrics.validate()
         guard URL(string: self.discovery)?.scheme?.hasPrefix("http") == true else {
             throw ValidationError("invalid --discovery \"\(self.discovery)\": expected an http:// URL")
         }
@@ -105,12 +120,17 @@ struct DmsgServerCommand: AsyncParsableCommand {
         let identity: KeyPair
         do { identity = try KeyPair.loadOrCreate(path: self.keyFile) } catch { throw CLIError("\(error)") }
         let logger = makeLogger("skywire.dmsg-server")
+        let registry = self.metrics.bootstrap()
         let relay = RelayServer(
             configuration: .init(host: host, port: port, identity: identity, discoveryURL: self.discovery, publicAddress: self.publicAddr),
             group: daemonEventLoopGroup,
             logger: logger
         )
-        try await runServices([relay], logger: logger)
+        do {
+            try await runServices([relay] + self.metrics.endpoint(registry, logger: logger) { await relay.collectMetrics() }, logger: logger)
+        } catch let error as IOError {
+            throw listenError(error, address: self.addr)
+        }
     }
 }
 
@@ -123,27 +143,102 @@ struct VisorCommand: AsyncParsableCommand {
     @Option(help: "Config file written by `skywire cli config gen`.")
     var config = "skywire-config.json"
 
+    @OptionGroup var metrics: MetricsOption
+
+    func validate() throws {
+        try self.metrics.validate()
+    }
+
     func run() async throws {
         let config: VisorConfig
         do { config = try VisorConfig.load(path: self.config) } catch { throw CLIError("\(error)") }
         let logger = makeLogger("skywire.visor")
+        let registry = self.metrics.bootstrap()
         let visor = try Visor(config: config, configPath: self.config, group: daemonEventLoopGroup, logger: logger)
-        try await runServices([visor], logger: logger)
+        let services: [any Service] = [visor, ReloadOnHangup(visor: visor, logger: logger)]
+            + self.metrics.endpoint(registry, logger: logger) { await visor.collectMetrics() }
+        try await runServices(services, logger: logger)
+    }
+}
+
+/// SIGHUP applies the config file's `skynet` section again, like `skywire cli visor reload`.
+struct ReloadOnHangup: Service {
+    let visor: Visor
+    let logger: Logger
+
+    func run() async throws {
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
+        await cancelWhenGracefulShutdown {
+            for await _ in hangups {
+                do {
+                    let result = try await self.visor.reload()
+                    if !result.failed.isEmpty {
+                        self.logger.error("reload: some instances did not start", metadata: ["failed": "\(result.failed)"])
+                    }
+                } catch {
+                    self.logger.error("reload refused; nothing changed", metadata: ["error": "\(error)"])
+                }
+            }
+        }
+    }
+}
+
+/// `--metrics H:P`, shared by the daemons.
+struct MetricsOption: ParsableArguments {
+    @Option(name: .customLong("metrics"), help: ArgumentHelp("Serve Prometheus metrics at http://H:P/metrics (off unless given).", valueName: "host:port"))
+    var address: String?
+
+    func validate() throws {
+        if let address { _ = try parseListenAddress(address, flag: "--metrics") }
+    }
+
+    /// The registry, once bootstrapped (only when `--metrics` is given).
+    func bootstrap() -> PrometheusCollectorRegistry? {
+        self.address == nil ? nil : MetricsEndpoint.bootstrap()
+    }
+
+    /// The endpoint service, if asked for.
+    func endpoint(_ registry: PrometheusCollectorRegistry?, logger: Logger, collect: @escaping @Sendable () async -> Void) -> [any Service] {
+        guard let address = self.address, let registry, let (host, port) = try? parseListenAddress(address, flag: "--metrics") else { return [] }
+        return [MetricsEndpoint(host: host, port: port, registry: registry, collect: collect, logger: logger)]
     }
 }
 
 /// Runs services until SIGTERM/SIGINT, then shuts them down gracefully.
-func runServices(_ services: [any Service], logger: Logger) async throws {
+///
+/// A service that ends (or fails, e.g. a busy address) shuts the others down gracefully rather
+/// than cancelling them: cancelled HTTP servers log `CancellationError` noise that would bury the
+/// one line that matters. `switch`, if given, lets a service ask for that shutdown itself.
+func runServices(_ services: [any Service], logger: Logger, switch shutdown: ShutdownSwitch? = nil) async throws {
     let group = ServiceGroup(
         configuration: .init(
-            services: services.map { .init(service: $0) },
+            services: services.map {
+                .init(service: $0, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup)
+            },
             gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: logger
+            logger: quietServerLogger(logger)
         )
     )
+    shutdown?.attach(group)
     do {
         try await group.run()
     } catch let error as ServiceGroupError {
         throw CLIError("\(error)")
     }
+}
+
+/// Lets a service shut its own group down gracefully (see ``runServices(_:logger:switch:)``).
+final class ShutdownSwitch: Sendable {
+    private let group = Mutex<ServiceGroup?>(nil)
+
+    func attach(_ group: ServiceGroup) { self.group.withLock { $0 = group } }
+
+    func trigger() async {
+        await self.group.withLock { $0 }?.triggerGracefulShutdown()
+    }
+}
+
+/// A listener that could not bind, as one line naming the address.
+func listenError(_ error: IOError, address: String) -> CLIError {
+    CLIError("cannot listen on \(address): \(describeBindError(error))")
 }

@@ -39,8 +39,9 @@ struct DemoCommand: AsyncParsableCommand {
         }
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         defer { if temporary { try? FileManager.default.removeItem(atPath: folder) } }
-        let demo = DemoService(folder: folder, localPort: self.local, logger: logger)
-        try await runServices([demo], logger: logger)
+        let shutdown = ShutdownSwitch()
+        let demo = DemoService(folder: folder, localPort: self.local, logger: logger, shutdown: shutdown)
+        try await runServices([demo], logger: logger, switch: shutdown)
     }
 }
 
@@ -48,11 +49,22 @@ struct DemoService: Service {
     let folder: String
     let localPort: Int
     let logger: Logger
+    let shutdown: ShutdownSwitch
 
     func run() async throws {
         // Every part watches for graceful shutdown itself (Ctrl-C), so the group just waits.
         try await withThrowingTaskGroup(of: Void.self) { group in
-            try await self.runDemo(group: &group)
+            do {
+                try await self.runDemo(group: &group)
+            } catch {
+                // Stop the parts gracefully, then report: cancelling them would log noise
+                // (`CancellationError`, "Server shutdown error") around the one useful line.
+                await self.shutdown.trigger()
+                while true {
+                    do { if try await group.next() == nil { break } } catch { continue }
+                }
+                throw error
+            }
         }
     }
 
@@ -126,6 +138,9 @@ struct DemoService: Service {
         }
         guard let forward else { throw CLIError("demo forward did not come up: \(lastError.map { "\($0)" } ?? "timeout")") }
 
+        // `swift run` does not put `skywire` on PATH: name the binary by its full path, so every
+        // command below runs as printed.
+        let skywire = shellQuote(currentExecutablePath())
         let banner = """
 
         Skywire demo is running (Ctrl-C to stop). Everything is on loopback:
@@ -137,14 +152,28 @@ struct DemoService: Service {
         Try:
           curl http://127.0.0.1:\(forward.localPort)/
           curl http://127.0.0.1:\(forward.localPort)/echo/hello
-          skywire cli skynet status --rpc \(rpcB)
-          skywire cli skynet srv status --rpc \(rpcA)
-          skywire cli visor info --rpc \(rpcB)
+          \(skywire) cli skynet status --rpc \(rpcB)
+          \(skywire) cli skynet srv status --rpc \(rpcA)
+          \(skywire) cli visor info --rpc \(rpcB)
+        (or `export PATH=\(shellQuote(URL(fileURLWithPath: currentExecutablePath()).deletingLastPathComponent().path)):$PATH` and just `skywire …`)
 
         """
         FileHandle.standardOutput.write(Data(banner.utf8))
         try await group.waitForAll()
     }
+}
+
+/// The running binary's full path (`/proc/self/exe`), else how it was invoked.
+func currentExecutablePath() -> String {
+    if let path = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") { return path }
+    return URL(fileURLWithPath: CommandLine.arguments[0]).standardizedFileURL.path
+}
+
+/// `text` as one shell word (quoted only when it needs to be).
+func shellQuote(_ text: String) -> String {
+    let plain = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "/._-+:=,@%"))
+    if !text.isEmpty, text.unicodeScalars.allSatisfy({ plain.contains($0) }) { return text }
+    return "'" + text.replacingOccurrences(of: "'", with: "'\\''") + "'"
 }
 
 /// A value set once and awaited by others.

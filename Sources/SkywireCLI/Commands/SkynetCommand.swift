@@ -29,20 +29,22 @@ struct SkynetCommand: AsyncParsableCommand {
         @Option(help: "Instance name (default skynet-client-<local port>).") var name: String?
         @Flag(help: "JSON output.") var json = false
 
+        /// The same form the web page fills in, so both refuse the same values with the same words.
+        var form: ForwardForm {
+            ForwardForm(
+                pk: self.pk, remote: String(self.remote), local: String(self.local), rawTCP: self.rawTCP,
+                network: self.skynet ? "skynet" : (self.dmsg ? "dmsg" : "auto"), name: self.name
+            )
+        }
+
         func validate() throws {
-            do { _ = try PublicKey(hex: self.pk) } catch { throw ValidationError("\(error)") }
-            try checkPort(self.remote)
-            try checkPort(self.local, allowZero: true)
             if self.skynet && self.dmsg { throw ValidationError("--skynet and --dmsg exclude each other") }
+            do { _ = try self.form.request() } catch { throw ValidationError(error.description) }
         }
 
         func run() async throws {
-            let request = StartClientRequest(
-                remotePublicKey: self.pk, remotePort: self.remote, localPort: self.local,
-                mode: self.rawTCP ? "raw-tcp" : "http",
-                network: self.skynet ? "skynet" : (self.dmsg ? "dmsg" : "auto"),
-                name: self.name
-            )
+            let request: StartClientRequest
+            do { request = try self.form.request() } catch { throw ValidationError(error.description) }
             let info: ClientInstanceInfo = try await self.rpc.client().post("/v1/skynet/clients", request)
             if self.json { try printJSON(info); return }
             print("\(info.name): 127.0.0.1:\(info.localPort) -> \(info.remotePublicKey):\(info.remotePort) (\(info.mode), via \(info.transport ?? info.network))")
@@ -72,12 +74,13 @@ struct SkynetCommand: AsyncParsableCommand {
             let list: [ClientInstanceInfo] = try await self.rpc.client().get(path)
             if self.json { try printJSON(list); return }
             if list.isEmpty { print("no client instances"); return }
-            var rows = [["NAME", "STATE", "MODE", "NETWORK", "TRANSPORT", "LOCAL", "REMOTE", "CONNS", "TOTAL", "IN", "OUT", "ERROR"]]
+            var rows = [["NAME", "SOURCE", "STATE", "MODE", "NETWORK", "TRANSPORT", "LOCAL", "REMOTE", "CONNS", "TOTAL", "IN", "OUT", "ERROR"]]
             for i in list {
                 rows.append([
-                    i.name, i.state, i.mode, i.network, i.transport ?? "-", i.localAddress,
+                    i.name, i.source, i.state, i.mode, i.network, i.transport ?? "-", i.localAddress,
                     "\(i.remotePublicKey.prefix(8))…:\(i.remotePort)", "\(i.connectionsOpen)", "\(i.connectionsTotal)",
-                    "\(i.bytesIn)", "\(i.bytesOut)", i.error ?? i.directError.map { "direct: \($0)" } ?? "",
+                    "\(i.bytesIn)", "\(i.bytesOut)",
+                    i.error ?? lastErrorText(i.lastError, i.lastErrorAt) ?? i.directError.map { "direct: \($0)" } ?? "",
                 ])
             }
             printTable(rows)
@@ -103,35 +106,18 @@ struct SkynetCommand: AsyncParsableCommand {
         var preserveHost = false
         @Flag(help: "JSON output.") var json = false
 
+        /// The same form the web page fills in, so both refuse the same values with the same words.
+        var form: ServerForm {
+            ServerForm(ports: self.ports, whitelist: self.whitelist, name: self.name, backendTimeout: self.backendTimeout, preserveHost: self.preserveHost)
+        }
+
         func validate() throws {
-            _ = try parsePorts(self.ports)
-            for key in self.whitelistKeys {
-                do { _ = try PublicKey(hex: key) } catch { throw ValidationError("whitelist: \(error)") }
-            }
-            _ = try self.parsedBackendTimeout()
-        }
-
-        /// `--backend-timeout`: a number of seconds, 0.1 to 86400.
-        func parsedBackendTimeout() throws -> Double? {
-            guard let text = self.backendTimeout else { return nil }
-            guard let seconds = Double(text.trimmingCharacters(in: .whitespaces)), seconds.isFinite else {
-                throw ValidationError("invalid --backend-timeout \"\(text)\": expected a number of seconds")
-            }
-            guard (0.1...86_400).contains(seconds) else {
-                throw ValidationError("--backend-timeout \(text) is out of range (0.1-86400 seconds)")
-            }
-            return seconds
-        }
-
-        var whitelistKeys: [String] {
-            (self.whitelist ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            do { _ = try self.form.request() } catch { throw ValidationError(error.description) }
         }
 
         func run() async throws {
-            let request = StartServerRequest(
-                ports: try parsePorts(self.ports), whitelist: self.whitelistKeys.isEmpty ? nil : self.whitelistKeys, name: self.name,
-                backendTimeout: try self.parsedBackendTimeout(), preserveHost: self.preserveHost
-            )
+            let request: StartServerRequest
+            do { request = try self.form.request() } catch { throw ValidationError(error.description) }
             let info: ServerInstanceInfo = try await self.rpc.client().post("/v1/skynet/servers", request)
             if self.json { try printJSON(info); return }
             print("\(info.name): exposing \(info.ports.map(String.init).joined(separator: ",")) to \(info.whitelist.map { "\($0.count) whitelisted visor(s)" } ?? "every visor") (HTTP: backend timeout \(formatSeconds(info.backendTimeout))\(info.preserveHost ? ", Host preserved" : ""))")
@@ -161,18 +147,28 @@ struct SkynetCommand: AsyncParsableCommand {
             let list: [ServerInstanceInfo] = try await self.rpc.client().get(path)
             if self.json { try printJSON(list); return }
             if list.isEmpty { print("no server instances"); return }
-            var rows = [["NAME", "STATE", "PORTS", "WHITELIST", "TIMEOUT", "HOST", "CONNS", "TOTAL", "REFUSED", "IN", "OUT"]]
+            var rows = [["NAME", "SOURCE", "STATE", "PORTS", "WHITELIST", "TIMEOUT", "HOST", "CONNS", "TOTAL", "REFUSED", "IN", "OUT", "LAST ERROR"]]
             for i in list {
                 rows.append([
-                    i.name, i.state, i.ports.map(String.init).joined(separator: ","),
+                    i.name, i.source, i.state, i.ports.map(String.init).joined(separator: ","),
                     i.whitelist.map { "\($0.count) key(s)" } ?? "open (any visor)",
                     formatSeconds(i.backendTimeout), i.preserveHost ? "preserved" : "rewritten",
                     "\(i.connectionsOpen)", "\(i.connectionsTotal)", "\(i.refused)", "\(i.bytesIn)", "\(i.bytesOut)",
+                    lastErrorText(i.lastError, i.lastErrorAt) ?? "",
                 ])
             }
             printTable(rows)
         }
     }
+}
+
+/// "last HH:MM:SSZ: message" for a status table, or nil.
+func lastErrorText(_ message: String?, _ at: Date?) -> String? {
+    guard let message else { return nil }
+    guard let at else { return "last: \(message)" }
+    let formatter = ISO8601DateFormatter()
+    formatter.formatOptions = [.withFullDate, .withTime, .withColonSeparatorInTime, .withTimeZone]
+    return "last \(formatter.string(from: at)): \(message)"
 }
 
 /// "30s", "1.5s".

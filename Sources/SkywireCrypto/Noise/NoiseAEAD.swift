@@ -19,14 +19,14 @@ struct NoiseAEAD {
     ) throws -> (ciphertext: Data, tag: Data) {
         switch suite {
         case .chaChaPoly:
-            let box = try ChaChaPoly.seal(
-                plaintext, using: key, nonce: try ChaChaPoly.Nonce(data: Self.nonceBytes(nonce, bigEndian: false)),
-                authenticating: ad)
+            let box = try Self.withNonceBytes(nonce, bigEndian: false) { nonce in
+                try ChaChaPoly.seal(plaintext, using: key, nonce: try ChaChaPoly.Nonce(data: nonce), authenticating: ad)
+            }
             return (box.ciphertext, box.tag)
         case .aesGCM:
-            let box = try AES.GCM.seal(
-                plaintext, using: key, nonce: try AES.GCM.Nonce(data: Self.nonceBytes(nonce, bigEndian: true)),
-                authenticating: ad)
+            let box = try Self.withNonceBytes(nonce, bigEndian: true) { nonce in
+                try AES.GCM.seal(plaintext, using: key, nonce: try AES.GCM.Nonce(data: nonce), authenticating: ad)
+            }
             return (box.ciphertext, box.tag)
         }
     }
@@ -46,11 +46,11 @@ struct NoiseAEAD {
         do {
             switch suite {
             case .chaChaPoly:
-                let nonce = try ChaChaPoly.Nonce(data: Self.nonceBytes(nonce, bigEndian: false))
+                let nonce = try Self.withNonceBytes(nonce, bigEndian: false) { try ChaChaPoly.Nonce(data: $0) }
                 let box = try ChaChaPoly.SealedBox(nonce: nonce, ciphertext: ciphertext, tag: tag)
                 return try ChaChaPoly.open(box, using: key, authenticating: ad)
             case .aesGCM:
-                let nonce = try AES.GCM.Nonce(data: Self.nonceBytes(nonce, bigEndian: true))
+                let nonce = try Self.withNonceBytes(nonce, bigEndian: true) { try AES.GCM.Nonce(data: $0) }
                 let box = try AES.GCM.SealedBox(nonce: nonce, ciphertext: ciphertext, tag: tag)
                 return try AES.GCM.open(box, using: key, authenticating: ad)
             }
@@ -59,13 +59,18 @@ struct NoiseAEAD {
         }
     }
 
-    /// The 12 nonce bytes (one tiny allocation; swift-crypto itself allocates several per call).
-    private static func nonceBytes(_ counter: UInt64, bigEndian: Bool) -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: 12)
-        for i in 0..<8 {
-            let byte = UInt8(truncatingIfNeeded: counter >> (8 * UInt64(i)))
-            bytes[bigEndian ? 11 - i : 4 + i] = byte
+    /// The 12 nonce bytes, on the stack (this runs once per frame).
+    private static func withNonceBytes<T>(
+        _ counter: UInt64, bigEndian: Bool, _ body: (UnsafeRawBufferPointer) throws -> T
+    ) rethrows -> T {
+        var bytes: (UInt32, UInt64) = (0, bigEndian ? counter.bigEndian : counter.littleEndian)
+        return try withUnsafeBytes(of: &bytes) { raw in
+            // The tuple is laid out as 4 + (4 padding) + 8 bytes: the nonce is bytes 0..<4 and 8..<16.
+            try withUnsafeTemporaryAllocation(byteCount: 12, alignment: 1) { nonce in
+                nonce.copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[0..<4]))
+                UnsafeMutableRawBufferPointer(rebasing: nonce[4..<12]).copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[8..<16]))
+                return try body(UnsafeRawBufferPointer(nonce))
+            }
         }
-        return bytes
     }
 }

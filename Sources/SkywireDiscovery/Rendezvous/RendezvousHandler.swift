@@ -1,4 +1,5 @@
 import Logging
+import Metrics
 import NIOCore
 import SkywireCrypto
 import SkywireSupport
@@ -40,6 +41,10 @@ final class RendezvousHandler: ChannelInboundHandler {
     private var limiter: RendezvousRateLimiter
     private var sweepTask: Scheduled<Void>?
     private var pendingFlush = false
+    /// How the datagram being handled ended, for `skywire_rendezvous_messages_total`.
+    private var outcome: String?
+    /// The counters by "type/result" (both closed sets), made once each.
+    private var counters: [String: Counter] = [:]
 
     init(policy: RendezvousPolicy, identity: KeyPair, logger: Logger) {
         self.policy = policy
@@ -91,7 +96,10 @@ final class RendezvousHandler: ChannelInboundHandler {
         else {
             return  // empty, or visor-to-visor traffic that reached us: not ours to answer
         }
+        self.outcome = nil
+        defer { self.count(type: first, result: self.outcome ?? "ok") }
         guard RendezvousEndpoint.isPlausibleSource(source) else {
+            self.outcome = "dropped"
             self.refusals.record("rendezvous datagram from an implausible source dropped", metadata: ["rendezvous.source": "\(source)"])
             return
         }
@@ -107,6 +115,7 @@ final class RendezvousHandler: ChannelInboundHandler {
             }
             return
         case .limited:
+            self.outcome = "rate_limited"
             return
         }
 
@@ -114,6 +123,7 @@ final class RendezvousHandler: ChannelInboundHandler {
         do {
             message = try RendezvousMessage(decoding: datagram)
         } catch {
+            self.outcome = "malformed"
             self.refusals.record(
                 "malformed rendezvous datagram",
                 metadata: ["rendezvous.source": "\(source)", "error": "\(error.message)"]
@@ -134,6 +144,7 @@ final class RendezvousHandler: ChannelInboundHandler {
         case .connect(let from, let to, let timestamp, _):
             self.handleConnect(message, from: from, to: to, timestamp: timestamp, source: source, requestSize: size, now: now, context: context)
         case .bound, .peer, .error:
+            self.outcome = "dropped"
             self.refusals.record("rendezvous answer sent to the rendezvous dropped", metadata: ["rendezvous.source": "\(source)"])
         }
     }
@@ -313,11 +324,33 @@ final class RendezvousHandler: ChannelInboundHandler {
         requestSize: Int,
         context: ChannelHandlerContext
     ) {
+        switch code {
+        case .rateLimited: self.outcome = "rate_limited"
+        case .malformed: self.outcome = "malformed"
+        default: self.outcome = "refused"
+        }
         let room = requestSize + Self.maxReplyGrowth - Self.errorOverhead
         guard room >= 0 else { return }
         let cut = RendezvousMessage.truncatedUTF8(text, maxBytes: min(room, RendezvousMessage.maxErrorMessageBytes))
         let message = RendezvousMessage.error(about: about, code: code, message: String(decoding: cut, as: UTF8.self))
         self.send(message, for: about, to: destination, requestSize: requestSize, context: context)
+    }
+
+    private func count(type first: UInt8, result: String) {
+        let type: String
+        switch first {
+        case RendezvousMessage.TypeByte.bind.rawValue: type = "bind"
+        case RendezvousMessage.TypeByte.connect.rawValue: type = "connect"
+        default: type = "answer"
+        }
+        let key = type + "/" + result
+        if let counter = self.counters[key] {
+            counter.increment()
+        } else {
+            let counter = Counter(label: "skywire_rendezvous_messages_total", dimensions: [("type", type), ("result", result)])
+            self.counters[key] = counter
+            counter.increment()
+        }
     }
 
     /// Signs the answer for `recipient` (BOUND, PEER) and queues it (flushed at the end of the read batch),

@@ -58,6 +58,7 @@ struct DiscoveryHandlers: Sendable {
 
     func makeRouter() -> Router<BasicRequestContext> {
         let router = Router()
+        router.add(middleware: RequestMetricsMiddleware())
         router.add(middleware: JSONErrorMiddleware(logger: self.logger))
         router.get("/health") { _, _ in
             JSONResponse.make(.ok, StatusBody(status: "ok"))

@@ -30,6 +30,7 @@ public struct DiscoveryServer: Service {
     private let logger: Logger
     private let onServerRunning: @Sendable (SocketAddress) async -> Void
     private let rendezvousState = RendezvousState()
+    let storeBox = StoreBox()
 
     /// Creates a server; nothing is bound or opened until ``run()``.
     ///
@@ -58,6 +59,8 @@ public struct DiscoveryServer: Service {
         let configuration = self.configuration
         let logger = self.logger
         let store = try await EntryStore.open(path: configuration.databasePath, logger: logger)
+        self.storeBox.set(store)
+        defer { self.storeBox.set(nil) }
         do {
             // A rendezvous port known in advance is bound first: a busy one then fails the start
             // before HTTP listens. The default (HTTP's port number) with HTTP on port 0 can only

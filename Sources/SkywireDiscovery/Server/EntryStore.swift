@@ -124,6 +124,15 @@ final class EntryStore: Sendable {
         return rows.first.flatMap(Self.row)
     }
 
+    /// How many rows were updated at or after `liveSince` (metrics).
+    func count(kind: EntryKind, liveSince: Int64) async throws -> Int {
+        let rows = try await self.connection.query(
+            "SELECT COUNT(*) AS n FROM \(Self.table(kind)) WHERE updated_at >= ?",
+            [.integer(SQLiteInt64(liveSince))]
+        )
+        return rows.first?.column("n")?.integer.map { Int($0) } ?? 0
+    }
+
     /// Every row updated at or after `liveSince`, ordered by key.
     func list(kind: EntryKind, liveSince: Int64) async throws -> [Row] {
         let rows = try await self.connection.query(

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Metrics
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
@@ -42,6 +43,12 @@ public final class RelayServer: Service, Sendable {
     private let registry = Mutex<[PublicKey: Session]>([:])
     private let bound = Mutex<SocketAddress?>(nil)
     private let onBound: (@Sendable (SocketAddress) -> Void)?
+    /// Relayed streams now open (one per spliced pair), for `skywire_relay_streams`.
+    fileprivate let openStreams = Atomic<Int>(0)
+    /// Bytes received from visors on sessions that have closed (live ones are read at scrape
+    /// time from their mux counters), and the total last reported to the metrics backend.
+    private let closedBytes = Atomic<UInt64>(0)
+    private let reportedBytes = Mutex<UInt64>(0)
 
     public init(configuration: Configuration, group: any EventLoopGroup, logger: Logger, onBound: (@Sendable (SocketAddress) -> Void)? = nil) {
         self.configuration = configuration
@@ -63,7 +70,9 @@ public final class RelayServer: Service, Sendable {
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelInitializer { [weak self] channel in
+            .childChannelOption(.recvAllocator, value: SessionEstablishment.carrierReceiveAllocator)
+            // The relay lives as long as its listener: holding it strongly here is no cycle.
+            .childChannelInitializer { channel in
                 // Whoever can reach the port can open connections: bounded pending handshakes,
                 // failures logged once per interval with a count.
                 guard let ticket = listenerGuard.admit(channel.remoteAddress) else {
@@ -72,15 +81,14 @@ public final class RelayServer: Service, Sendable {
                 }
                 channel.closeFuture.whenComplete { _ in ticket.release() }
                 return channel.eventLoop.makeCompletedFuture {
-                    let link = try ChannelLink.install(on: channel)
                     SessionEstablishment.respond(
-                        over: link, context: SessionContext.relay, kind: .dmsg,
+                        on: channel, context: SessionContext.relay, kind: .dmsg,
                         settings: settings, acceptor: acceptor
                     ).whenComplete { result in
                         ticket.release()
                         switch result {
                         case .success(let session):
-                            self?.register(session)
+                            self.register(session)
                         case .failure(let error):
                             listenerGuard.handshakeFailed(from: channel.remoteAddress, error: error)
                         }
@@ -135,6 +143,7 @@ public final class RelayServer: Service, Sendable {
         self.logger.info("visor connected", metadata: ["peer.key": "\(session.remoteKey.fingerprint)", "session.id": "\(session.id)"])
         session.closeFuture.whenComplete { [weak self] _ in
             guard let self else { return }
+            Task { self.closedBytes.add(await session.stats().bytesIn, ordering: .relaxed) }
             self.registry.withLock { registry in
                 if registry[session.remoteKey]?.id == session.id {
                     registry[session.remoteKey] = nil
@@ -149,6 +158,25 @@ public final class RelayServer: Service, Sendable {
     }
 
     fileprivate var log: Logger { self.logger }
+
+    /// Sets the scrape-time gauges `skywire_relay_sessions` and `skywire_relay_streams`, and
+    /// moves `skywire_relay_bytes_total` (bytes received from visors: what the relay passes on)
+    /// by what the sessions' own counters gained since the last scrape; the data path counts
+    /// nothing extra.
+    public func collectMetrics() async {
+        let sessions = self.registry.withLock { Array($0.values) }
+        var live: UInt64 = 0
+        for session in sessions { live &+= await session.stats().bytesIn }
+        let total = self.closedBytes.load(ordering: .relaxed) &+ live
+        let delta = self.reportedBytes.withLock { reported -> UInt64 in
+            guard total > reported else { return 0 }
+            defer { reported = total }
+            return total - reported
+        }
+        if delta > 0 { Counter(label: "skywire_relay_bytes_total").increment(by: Int64(clamping: delta)) }
+        Gauge(label: "skywire_relay_sessions").record(sessions.count)
+        Gauge(label: "skywire_relay_streams").record(self.openStreams.load(ordering: .relaxed))
+    }
 }
 
 /// Handles DIAL streams: opens an INCOMING stream to the target and splices the two.
@@ -188,7 +216,10 @@ struct RelayAcceptor: StreamAcceptor {
                         boundTarget.eventLoop.execute { boundTarget.value.close(error: MuxError.sessionClosed) }
                         return
                     }
-                    LinkSplice.splice(NIOLoopBound<any Link>(stream, eventLoop: stream.eventLoop), boundTarget)
+                    server.openStreams.add(1, ordering: .relaxed)
+                    LinkSplice.splice(NIOLoopBound<any Link>(stream, eventLoop: stream.eventLoop), boundTarget) { _ in
+                        server.openStreams.subtract(1, ordering: .relaxed)
+                    }
                     log.debug("relayed stream", metadata: ["src.key": "\(source.fingerprint)", "dst.key": "\(target.fingerprint)"])
                 }
             case .failure(let error):

@@ -18,7 +18,7 @@ import Synchronization
 /// To dial B, A asks the rendezvous (CONNECT); the rendezvous tells A where B is and tells B
 /// where A is (PEER); B punches towards A while A sends its Noise message 1 to B every 250 ms
 /// until B answers; the datagram-form Noise IK handshake (``NoiseDatagram``) authenticates both
-/// keys, then a mux session runs over a ``SudphConnection``.
+/// keys, then a mux session runs on a ``SudphChannel`` (a child channel of the UDP channel).
 public final class SudphEndpoint: Sendable {
     /// The socket's local address.
     public let localAddress: SocketAddress
@@ -162,12 +162,12 @@ final class SudphCore {
     private var bindTimer: Scheduled<Void>?
     private var boundOnce = false
     private var refresh: TimeAmount = .seconds(10)
-    private var connections: [UInt32: SudphConnection] = [:]
+    private var connections: [UInt32: SudphChannel] = [:]
     /// Answers already given to a message 1, by (source, initiator index): a retransmitted
     /// message 1 gets the same answer instead of a second connection.
     private var answered: [AnsweredKey: (localIndex: UInt32, datagram: ByteBuffer)] = [:]
     private var dials: [PublicKey: Dial] = [:]
-    private var touched: [SudphConnection] = []
+    private var touched: [SudphChannel] = []
     /// The latest handshake timestamp accepted per initiator: an old message 1 replayed is refused.
     private var handshakeClock: [PublicKey: UInt64] = [:]
     private var handshakeTokens = Double(SudphCore.handshakeBurst)
@@ -451,9 +451,17 @@ final class SudphCore {
         dial.retransmit?.cancel()
         dial.deadline?.cancel()
         let connection = makeConnection(localIndex: dial.localIndex, remoteIndex: senderIndex, remoteKey: dial.key, peer: address, keys: keys)
-        let session = SessionEstablishment.makeSession(
-            link: connection, remoteKey: dial.key, role: .initiator, kind: .sudph, settings: settings, acceptor: acceptor
-        )
+        let session: Session
+        do {
+            session = try SessionEstablishment.makeSession(
+                channel: connection, remoteKey: dial.key, role: .initiator, kind: .sudph, settings: settings, acceptor: acceptor
+            )
+        } catch {
+            connection.fail(error)
+            for promise in dial.promises { promise.fail(error) }
+            return
+        }
+        connection.activate()
         logger.debug("sudph connection up", metadata: ["peer.key": "\(dial.key.fingerprint)", "peer.addr": "\(address.hostPort)"])
         for promise in dial.promises { promise.succeed(session) }
     }
@@ -506,18 +514,25 @@ final class SudphCore {
         connection.answeredKey = answeredKey
         answered[answeredKey] = (localIndex, datagram)
         send(datagram, to: address)
-        let session = SessionEstablishment.makeSession(
-            link: connection, remoteKey: response.remoteKey, role: .responder, kind: .sudph, settings: settings, acceptor: acceptor
-        )
+        let session: Session
+        do {
+            session = try SessionEstablishment.makeSession(
+                channel: connection, remoteKey: response.remoteKey, role: .responder, kind: .sudph, settings: settings, acceptor: acceptor
+            )
+        } catch {
+            connection.fail(error)
+            return
+        }
+        connection.activate()
         logger.debug("sudph connection accepted", metadata: ["peer.key": "\(response.remoteKey.fingerprint)", "peer.addr": "\(address.hostPort)"])
         onInboundSession(session)
     }
 
     // MARK: connections
 
-    private func makeConnection(localIndex: UInt32, remoteIndex: UInt32, remoteKey: PublicKey, peer: SocketAddress, keys: NoiseDatagramKeys) -> SudphConnection {
-        let connection = SudphConnection(
-            eventLoop: loop, localIndex: localIndex, remoteIndex: remoteIndex, remoteKey: remoteKey,
+    private func makeConnection(localIndex: UInt32, remoteIndex: UInt32, remoteKey: PublicKey, peer: SocketAddress, keys: NoiseDatagramKeys) -> SudphChannel {
+        let connection = SudphChannel(
+            eventLoop: loop, parent: channel, localIndex: localIndex, remoteIndex: remoteIndex, remoteKey: remoteKey,
             peer: peer, keys: keys, configuration: reliable,
             transmit: { [weak self] datagram, address in self?.send(datagram, to: address, flush: false) },
             flush: { [weak self] in self?.channel.flush() },
@@ -527,7 +542,7 @@ final class SudphCore {
         return connection
     }
 
-    private func forget(_ connection: SudphConnection) {
+    private func forget(_ connection: SudphChannel) {
         if connections[connection.localIndex] === connection {
             connections[connection.localIndex] = nil
         }
@@ -545,7 +560,7 @@ final class SudphCore {
         isShutDown = true
         bindTimer?.cancel()
         for dial in Array(dials.values) { fail(dial, SudphError.shutDown) }
-        for connection in Array(connections.values) { connection.close(error: SudphError.shutDown) }
+        for connection in Array(connections.values) { connection.fail(SudphError.shutDown) }
     }
 }
 

@@ -29,6 +29,8 @@ public struct VisorConfig: Codable, Sendable, Equatable {
     public var transports: [PersistentTransport]
     /// Seconds a non-persistent session with no streams stays open.
     public var transportIdleTimeout: Int
+    /// Exposed ports and forwards declared here (started with the visor, applied by `reload`).
+    public var skynet: SkynetConfig?
 
     /// One `tp add`.
     public struct PersistentTransport: Codable, Sendable, Equatable, Hashable {
@@ -60,7 +62,7 @@ public struct VisorConfig: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case version, publicKey = "public_key", secretKey = "secret_key", discovery, rpc
         case stateDir = "state_dir", dmsg, stcpr, sudph, stcp, transports
-        case transportIdleTimeout = "transport_idle_timeout"
+        case transportIdleTimeout = "transport_idle_timeout", skynet
     }
 
     public init(from decoder: any Decoder) throws {
@@ -77,6 +79,7 @@ public struct VisorConfig: Codable, Sendable, Equatable {
         self.stcp = try c.decodeIfPresent([String: String].self, forKey: .stcp) ?? [:]
         self.transports = try c.decodeIfPresent([PersistentTransport].self, forKey: .transports) ?? []
         self.transportIdleTimeout = try c.decodeIfPresent(Int.self, forKey: .transportIdleTimeout) ?? 300
+        self.skynet = try c.decodeIfPresent(SkynetConfig.self, forKey: .skynet)
     }
 
     public init(
@@ -167,6 +170,11 @@ public struct VisorConfig: Codable, Sendable, Equatable {
         }
         guard config.transportIdleTimeout >= 1 else {
             throw ConfigError("invalid config \(path): transport_idle_timeout must be at least 1 second")
+        }
+        do {
+            try config.skynet?.validate(ownKey: config.publicKey)
+        } catch let error as ConfigError {
+            throw ConfigError("invalid config \(path): \(error.description)")
         }
         return config
     }

@@ -92,9 +92,15 @@ public struct ServerInstanceInfo: Codable, Sendable {
     public var backendTimeout: Double
     /// HTTP mode: whether the client's `Host` goes to the backend unchanged.
     public var preserveHost: Bool
+    /// The last connection this instance could not serve (backend refused, not whitelisted), and when.
+    public var lastError: String?
+    public var lastErrorAt: Date?
+    /// "config" (declared in the visor config) or "runtime" (started through the API/CLI).
+    public var source: String
 
     enum CodingKeys: String, CodingKey {
         case uptimeSeconds = "uptime_seconds", backendTimeout = "backend_timeout", preserveHost = "preserve_host"
+        case lastError = "last_error", lastErrorAt = "last_error_at", source
         case name, ports, whitelist, state
         case connectionsOpen = "connections_open", connectionsTotal = "connections_total", refused
         case bytesIn = "bytes_in", bytesOut = "bytes_out", since
@@ -153,9 +159,16 @@ public struct ClientInstanceInfo: Codable, Sendable {
     public var uptimeSeconds: Int
     /// Keepalive round trip of the session in use, milliseconds.
     public var rttMs: Double?
+    /// The last local connection that could not be served (remote refused, backend down, no
+    /// session), and when; kept while the instance runs.
+    public var lastError: String?
+    public var lastErrorAt: Date?
+    /// "config" (declared in the visor config) or "runtime" (started through the API/CLI).
+    public var source: String
 
     enum CodingKeys: String, CodingKey {
         case uptimeSeconds = "uptime_seconds", rttMs = "rtt_ms"
+        case lastError = "last_error", lastErrorAt = "last_error_at", source
         case name, remotePublicKey = "remote_pk", remotePort = "remote_port", localPort = "local_port"
         case localAddress = "local_address", mode, network, transport, state, error
         case directError = "direct_error"
@@ -176,6 +189,33 @@ public struct AddTransportRequest: Codable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey { case remotePublicKey = "remote_pk", type }
+}
+
+/// Where an instance comes from: the visor config's `skynet` section, or the control API.
+public enum InstanceSource: String, Codable, Sendable {
+    /// Declared in the config file: started with the visor, changed by `reload`, not in the state file.
+    case config
+    /// Started with `skynet start` / `srv start`: kept in the state file, never touched by `reload`.
+    case runtime
+}
+
+/// `POST /v1/reload`: what applying the config's `skynet` section did, by instance name.
+public struct ReloadResponse: Codable, Sendable {
+    public var started: [String]
+    public var replaced: [String]
+    public var stopped: [String]
+    public var unchanged: [String]
+    /// Entries that were valid but could not be started (e.g. a local port taken by another
+    /// program): "NAME: reason". The reload exits non-zero when this is not empty.
+    public var failed: [String]
+
+    public init(started: [String] = [], replaced: [String] = [], stopped: [String] = [], unchanged: [String] = [], failed: [String] = []) {
+        self.started = started
+        self.replaced = replaced
+        self.stopped = stopped
+        self.unchanged = unchanged
+        self.failed = failed
+    }
 }
 
 /// `DELETE` answers: the names of the instances stopped.
@@ -222,6 +262,9 @@ extension ServerInstanceInfo {
         try c.encode(self.uptimeSeconds, forKey: .uptimeSeconds)
         try c.encode(self.backendTimeout, forKey: .backendTimeout)
         try c.encode(self.preserveHost, forKey: .preserveHost)
+        try c.encode(self.lastError, forKey: .lastError)
+        try c.encode(self.lastErrorAt, forKey: .lastErrorAt)
+        try c.encode(self.source, forKey: .source)
     }
 }
 
@@ -262,6 +305,9 @@ extension ClientInstanceInfo {
         try c.encode(self.since, forKey: .since)
         try c.encode(self.uptimeSeconds, forKey: .uptimeSeconds)
         try c.encode(self.rttMs, forKey: .rttMs)
+        try c.encode(self.lastError, forKey: .lastError)
+        try c.encode(self.lastErrorAt, forKey: .lastErrorAt)
+        try c.encode(self.source, forKey: .source)
     }
 }
 
@@ -279,4 +325,32 @@ extension SessionInfo {
         try c.encode(self.rttMs, forKey: .rttMs)
         try c.encode(self.persistent, forKey: .persistent)
     }
+}
+
+/// `POST /v1/ui/login-code` (`visor ui`): a one-time code for the web page's login URL.
+public struct UILoginCode: Codable, Sendable {
+    /// 64 hex digits; `GET /ui/login?code=…` trades it once for a session cookie.
+    public var code: String
+    /// Seconds the code stays valid.
+    public var expiresIn: Int
+
+    public init(code: String, expiresIn: Int) {
+        self.code = code
+        self.expiresIn = expiresIn
+    }
+
+    enum CodingKeys: String, CodingKey { case code, expiresIn = "expires_in" }
+}
+
+/// `POST /ui/api/servers/stop`, `POST /ui/api/forwards/stop` (the page's stop buttons).
+public struct UIStopRequest: Codable, Sendable {
+    public var name: String
+}
+
+/// What the web page shows, pushed as server-sent events (`GET /ui/api/events`) and answered
+/// by `GET /ui/api/state`: the documents of `visor info`, `srv status` and `skynet status`.
+public struct UIState: Codable, Sendable {
+    public var visor: VisorInfo
+    public var servers: [ServerInstanceInfo]
+    public var forwards: [ClientInstanceInfo]
 }

@@ -6,66 +6,26 @@ import Synchronization
 
 /// The visor's control API: HTTP+JSON on a loopback port, for the `skywire cli`.
 ///
-/// Every request must carry `Authorization: Bearer <token>` with the token from
-/// ``ControlToken``; anything else is refused with 401 before any route runs.
+/// Every `/v1` request must carry `Authorization: Bearer <token>` with the token from
+/// ``ControlToken``; anything else is refused with 401 before any route runs. The web page under
+/// `/ui` has its own guard (``UIRoutes``): a login code issued through `/v1`, then a cookie.
 struct ControlServer: Sendable {
     let host: String
     let port: Int
     let visor: Visor
     let logger: Logger
+    /// The web page's login codes and sessions.
+    var uiAuth = UIAuth()
 
     func makeApplication(onRunning: @escaping @Sendable (SocketAddress) async throws -> String) -> some ApplicationProtocol {
         let tokenBox = TokenBox()
         let router = Router()
-        router.add(middleware: ControlAuthMiddleware(token: tokenBox))
+        let api = router.group("v1")
+            .add(middleware: ControlAuthMiddleware(token: tokenBox))
+            .add(middleware: ControlErrorMiddleware())
         let visor = self.visor
-
-        router.get("/v1/visor") { _, _ in
-            try ControlResponse.json(await visor.info())
-        }
-        router.get("/v1/skynet/servers") { _, _ in
-            try ControlResponse.json(try visor.skynetServer.list(nil))
-        }
-        router.get("/v1/skynet/servers/:name") { _, context in
-            try ControlResponse.json(try visor.skynetServer.list(context.parameters.get("name") ?? ""))
-        }
-        router.post("/v1/skynet/servers") { request, _ in
-            let body: StartServerRequest = try await ControlResponse.decode(request)
-            return try ControlResponse.json(try visor.skynetServer.start(body))
-        }
-        router.delete("/v1/skynet/servers") { _, _ in
-            try ControlResponse.json(StoppedResponse(stopped: try visor.skynetServer.stop(nil)))
-        }
-        router.delete("/v1/skynet/servers/:name") { _, context in
-            try ControlResponse.json(StoppedResponse(stopped: try visor.skynetServer.stop(context.parameters.get("name") ?? "")))
-        }
-        router.get("/v1/skynet/clients") { _, _ in
-            try ControlResponse.json(try await visor.skynetClients.list(nil))
-        }
-        router.get("/v1/skynet/clients/:name") { _, context in
-            try ControlResponse.json(try await visor.skynetClients.list(context.parameters.get("name") ?? ""))
-        }
-        router.post("/v1/skynet/clients") { request, _ in
-            let body: StartClientRequest = try await ControlResponse.decode(request)
-            return try ControlResponse.json(try await visor.skynetClients.start(body))
-        }
-        router.delete("/v1/skynet/clients") { _, _ in
-            try ControlResponse.json(StoppedResponse(stopped: try await visor.skynetClients.stop(nil)))
-        }
-        router.delete("/v1/skynet/clients/:name") { _, context in
-            try ControlResponse.json(StoppedResponse(stopped: try await visor.skynetClients.stop(context.parameters.get("name") ?? "")))
-        }
-
-        router.get("/v1/transports") { _, _ in
-            try ControlResponse.json(await visor.transportList())
-        }
-        router.post("/v1/transports") { request, _ in
-            let body: AddTransportRequest = try await ControlResponse.decode(request)
-            return try ControlResponse.json(try await visor.addTransport(body))
-        }
-        router.delete("/v1/transports/:id") { _, context in
-            try ControlResponse.json(try await visor.removeTransport(context.parameters.get("id") ?? ""))
-        }
+        self.addAPIRoutes(api)
+        UIRoutes(visor: visor, auth: self.uiAuth).register(on: router)
 
         let logger = self.logger
         return Application(
@@ -82,6 +42,65 @@ struct ControlServer: Sendable {
             },
             logger: logger
         )
+    }
+
+    /// The bearer-token API under `/v1` (paths relative to the group).
+    private func addAPIRoutes(_ router: RouterGroup<BasicRequestContext>) {
+        let visor = self.visor
+        let uiAuth = self.uiAuth
+        router.post("/ui/login-code") { _, _ in
+            try ControlResponse.json(UILoginCode(code: uiAuth.issueCode(), expiresIn: Int(uiAuth.codeLifetime.components.seconds)))
+        }
+        router.get("/visor") { _, _ in
+            try ControlResponse.json(await visor.info())
+        }
+        router.get("/skynet/servers") { _, _ in
+            try ControlResponse.json(try visor.skynetServer.list(nil))
+        }
+        router.get("/skynet/servers/:name") { _, context in
+            try ControlResponse.json(try visor.skynetServer.list(context.parameters.get("name") ?? ""))
+        }
+        router.post("/skynet/servers") { request, _ in
+            let body: StartServerRequest = try await ControlResponse.decode(request)
+            return try ControlResponse.json(try visor.skynetServer.start(body))
+        }
+        router.delete("/skynet/servers") { _, _ in
+            try ControlResponse.json(StoppedResponse(stopped: try visor.skynetServer.stop(nil)))
+        }
+        router.delete("/skynet/servers/:name") { _, context in
+            try ControlResponse.json(StoppedResponse(stopped: try visor.skynetServer.stop(context.parameters.get("name") ?? "")))
+        }
+        router.get("/skynet/clients") { _, _ in
+            try ControlResponse.json(try await visor.skynetClients.list(nil))
+        }
+        router.get("/skynet/clients/:name") { _, context in
+            try ControlResponse.json(try await visor.skynetClients.list(context.parameters.get("name") ?? ""))
+        }
+        router.post("/skynet/clients") { request, _ in
+            let body: StartClientRequest = try await ControlResponse.decode(request)
+            return try ControlResponse.json(try await visor.skynetClients.start(body))
+        }
+        router.delete("/skynet/clients") { _, _ in
+            try ControlResponse.json(StoppedResponse(stopped: try await visor.skynetClients.stop(nil)))
+        }
+        router.delete("/skynet/clients/:name") { _, context in
+            try ControlResponse.json(StoppedResponse(stopped: try await visor.skynetClients.stop(context.parameters.get("name") ?? "")))
+        }
+
+        router.post("/reload") { _, _ in
+            try ControlResponse.json(try await visor.reload())
+        }
+
+        router.get("/transports") { _, _ in
+            try ControlResponse.json(await visor.transportList())
+        }
+        router.post("/transports") { request, _ in
+            let body: AddTransportRequest = try await ControlResponse.decode(request)
+            return try ControlResponse.json(try await visor.addTransport(body))
+        }
+        router.delete("/transports/:id") { _, context in
+            try ControlResponse.json(try await visor.removeTransport(context.parameters.get("id") ?? ""))
+        }
     }
 }
 
@@ -103,6 +122,14 @@ struct ControlAuthMiddleware<Context: RequestContext>: RouterMiddleware {
         else {
             return ControlResponse.error(.unauthorized, "unauthorized: missing or wrong control token")
         }
+        return try await next(request, context)
+    }
+}
+
+/// Turns the handlers' errors into `{"error": …}` answers with a fitting status (the API and the
+/// web page share it, so both say the same thing).
+struct ControlErrorMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
             return try await next(request, context)
         } catch let error as SkynetError {

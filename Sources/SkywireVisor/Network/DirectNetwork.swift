@@ -89,6 +89,7 @@ final class DirectNetwork: Sendable {
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
                 .childChannelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.recvAllocator, value: SessionEstablishment.carrierReceiveAllocator)
                 .childChannelInitializer { channel in
                     guard let ticket = listenerGuard.admit(channel.remoteAddress) else {
                         channel.close(promise: nil)
@@ -96,9 +97,8 @@ final class DirectNetwork: Sendable {
                     }
                     channel.closeFuture.whenComplete { _ in ticket.release() }
                     return channel.eventLoop.makeCompletedFuture {
-                        let link = try ChannelLink.install(on: channel)
                         SessionEstablishment.respond(
-                            over: link, context: SessionContext.visor, kind: .stcpr,
+                            on: channel, context: SessionContext.visor, kind: .stcpr,
                             settings: settings, acceptor: acceptor, allowedKinds: [.stcpr, .stcp]
                         ).whenComplete { result in
                             ticket.release()

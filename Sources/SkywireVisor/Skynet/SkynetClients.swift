@@ -33,10 +33,12 @@ final class SkynetClients: Sendable {
         }
     }
 
-    /// The running (or reconnecting) forwards as saved in the state file; failed starts are not kept.
+    /// The running (or reconnecting) runtime forwards as saved in the state file; failed starts
+    /// are not kept, and the config declares its own.
     var saved: [SavedInstance] {
         self.forwards.withLock { forwards in
             forwards.values.filter { forward in
+                guard forward.source == .runtime else { return false }
                 switch forward.state {
                 case .running, .reconnecting: return true
                 default: return false
@@ -45,8 +47,12 @@ final class SkynetClients: Sendable {
         }
     }
 
-    /// Restores a saved forward (visor start): listens at once and reaches the remote in the background.
-    func restore(name: String, remotePublicKey: String, remotePort: Int, localPort: Int, mode: String, network: String) async throws {
+    /// Every forward, for reload and metrics.
+    var all: [SkynetForward] { self.forwards.withLock { Array($0.values) } }
+
+    /// Restores a saved forward (visor start), or starts one the config declares: listens at once
+    /// and reaches the remote in the background.
+    func restore(name: String, remotePublicKey: String, remotePort: Int, localPort: Int, mode: String, network: String, source: InstanceSource = .runtime) async throws {
         let remote: PublicKey
         do { remote = try PublicKey(hex: remotePublicKey) } catch { throw SkynetError.invalidArgument("\(error)") }
         guard let choice = NetworkChoice(rawValue: network), mode == "raw-tcp" || mode == "http",
@@ -56,17 +62,22 @@ final class SkynetClients: Sendable {
         try validateInstanceName(name)
         let forward = SkynetForward(
             name: name, remote: remote, remotePort: remotePort, localPort: localPort,
-            mode: mode, network: choice, manager: self.manager, group: self.group, logger: self.logger
+            mode: mode, network: choice, source: source, manager: self.manager, group: self.group, logger: self.logger
         )
         try self.forwards.withLock { forwards in
             if forwards[name] != nil { throw SkynetError.instanceExists(name) }
             forwards[name] = forward
         }
         await forward.resume()
+        if case .errored(let reason) = forward.state, source == .config {
+            // A declared forward that cannot listen is not kept: the reload reports it instead.
+            self.forwards.withLock { if $0[name] === forward { $0[name] = nil } }
+            throw SkynetError.bind(reason)
+        }
     }
 
     /// Starts a forward; returns once it listens and the remote accepted the port, or throws.
-    /// A failed start stays listed as `errored` until it is stopped or started again.
+    /// A failed start leaves nothing behind (the error is the answer).
     func start(_ request: StartClientRequest) async throws -> ClientInstanceInfo {
         let remote: PublicKey
         do { remote = try PublicKey(hex: request.remotePublicKey) } catch { throw SkynetError.invalidArgument("\(error)") }
@@ -107,7 +118,12 @@ final class SkynetClients: Sendable {
         )
         if let name = provisional {
             self.forwards.withLock { $0[name] = forward }
-            try await forward.start()
+            do {
+                try await forward.start()
+            } catch {
+                self.forwards.withLock { if $0[name] === forward { $0[name] = nil } }
+                throw error
+            }
             self.onChange?()
             return await forward.info()
         }

@@ -43,6 +43,8 @@ final class SkynetForward: Sendable {
     let network: NetworkChoice
     let since = Date()
     let counters = Counters()
+    /// Declared in the visor config, or started through the control API.
+    let source: InstanceSource
 
     private let manager: TransportManager
     private let group: any EventLoopGroup
@@ -55,8 +57,9 @@ final class SkynetForward: Sendable {
     /// Accepted local connections, closed when the forward stops.
     private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
 
-    init(name: String, remote: PublicKey, remotePort: Int, localPort: Int, mode: String, network: NetworkChoice, manager: TransportManager, group: any EventLoopGroup, logger: Logger) {
+    init(name: String, remote: PublicKey, remotePort: Int, localPort: Int, mode: String, network: NetworkChoice, source: InstanceSource = .runtime, manager: TransportManager, group: any EventLoopGroup, logger: Logger) {
         self.nameBox = Mutex(name)
+        self.source = source
         self.remote = remote
         self.remotePort = remotePort
         self.requestedLocalPort = localPort
@@ -281,7 +284,7 @@ final class SkynetForward: Sendable {
         let logger = self.logger
         let remote = self.remote
         let remotePort = self.remotePort
-        let open: @Sendable (Session) -> Void = { [weak self] session in
+        let open: @Sendable (Session) -> Void = { session in
             session.openStream(header: header) { result in
                 switch result {
                 case .success(let stream):
@@ -296,6 +299,7 @@ final class SkynetForward: Sendable {
                 case .failure(let error):
                     counters.failed.add(1, ordering: .relaxed)
                     let reason = Self.mapOpenError(error, remote: remote, port: remotePort)
+                    counters.noteFailure(Self.refuseReason(error), "\(reason)")
                     logger.info("connection refused by remote", metadata: ["error": "\(reason)"])
                     Self.refuse(link, http: http, remote: remote, reason: "\(reason)")
                 }
@@ -314,9 +318,21 @@ final class SkynetForward: Sendable {
                 open(session)
             } catch {
                 counters.failed.add(1, ordering: .relaxed)
+                counters.noteFailure(.unreachable, "\(error)")
                 logger.info("no session for new connection", metadata: ["error": "\(error)"])
                 Self.refuse(link, http: http, remote: remote, reason: "\(error)")
             }
+        }
+    }
+
+    /// The metric label for a failed stream open.
+    static func refuseReason(_ error: any Error) -> RefuseReason {
+        guard case MuxError.rejected(let code, _) = error else { return .unreachable }
+        switch code {
+        case SkynetRejectCode.notExposed: return .notExposed
+        case SkynetRejectCode.notWhitelisted: return .notWhitelisted
+        case SkynetRejectCode.backendUnavailable: return .backendUnavailable
+        default: return .rejected
         }
     }
 
@@ -340,6 +356,7 @@ final class SkynetForward: Sendable {
 
     private func snapshotInfo(rtt: Double?) -> ClientInstanceInfo {
         let snapshot = self.mutable.withLock { $0 }
+        let last = self.counters.lastFailure
         var error: String?
         if case .errored(let reason) = snapshot.state { error = reason }
         if case .reconnecting(let reason) = snapshot.state { error = reason }
@@ -359,7 +376,10 @@ final class SkynetForward: Sendable {
             bytesOut: self.counters.bytesOut.load(ordering: .relaxed),
             since: self.since,
             uptimeSeconds: Int(Date().timeIntervalSince(self.since)),
-            rttMs: rtt
+            rttMs: rtt,
+            lastError: last?.message,
+            lastErrorAt: last?.at,
+            source: self.source.rawValue
         )
     }
 }

@@ -27,12 +27,15 @@ final class ServerInstance: Sendable {
     let since: Date
     let counters: Counters
     let admitted: Mutex<[UInt64: Admitted]>
+    /// Declared in the visor config, or started through the control API.
+    let source: InstanceSource
 
-    init(name: String, ports: [Int], whitelist: Set<PublicKey>?, options: ProxyOptions = .init(), replacing previous: ServerInstance? = nil) {
+    init(name: String, ports: [Int], whitelist: Set<PublicKey>?, options: ProxyOptions = .init(), source: InstanceSource = .runtime, replacing previous: ServerInstance? = nil) {
         self.name = name
         self.ports = ports
         self.whitelist = whitelist
         self.options = options
+        self.source = source
         self.since = previous?.since ?? Date()
         self.counters = previous?.counters ?? Counters()
         self.admitted = Mutex([:])
@@ -50,8 +53,16 @@ final class ServerInstance: Sendable {
         )
     }
 
+    /// Whether `request` (as the config declares it) describes this instance as it runs.
+    func matches(_ request: StartServerRequest) -> Bool {
+        let keys = (request.whitelist ?? []).isEmpty ? nil : Set((request.whitelist ?? []).compactMap { try? PublicKey(hex: $0) })
+        return self.ports == request.ports && self.whitelist == keys
+            && (try? ProxyOptions(backendTimeout: request.backendTimeout, preserveHost: request.preserveHost)) == self.options
+    }
+
     func info() -> ServerInstanceInfo {
-        ServerInstanceInfo(
+        let last = self.counters.lastFailure
+        return ServerInstanceInfo(
             name: self.name, ports: self.ports,
             whitelist: self.whitelist.map { $0.map(\.hex).sorted() },
             state: "running",
@@ -63,7 +74,10 @@ final class ServerInstance: Sendable {
             since: self.since,
             uptimeSeconds: Int(Date().timeIntervalSince(self.since)),
             backendTimeout: self.options.backendTimeout,
-            preserveHost: self.options.preserveHost
+            preserveHost: self.options.preserveHost,
+            lastError: last?.message,
+            lastErrorAt: last?.at,
+            source: self.source.rawValue
         )
     }
 }
@@ -93,7 +107,7 @@ final class SkynetServer: StreamAcceptor {
         self.connectTimeout = connectTimeout
     }
 
-    func start(_ request: StartServerRequest) throws -> ServerInstanceInfo {
+    func start(_ request: StartServerRequest, source: InstanceSource = .runtime) throws -> ServerInstanceInfo {
         guard !request.ports.isEmpty else { throw SkynetError.invalidArgument("no ports given") }
         for port in request.ports where !(1...65535).contains(port) {
             throw SkynetError.invalidArgument("port \(port) is out of range (1-65535)")
@@ -117,7 +131,7 @@ final class SkynetServer: StreamAcceptor {
             for port in request.ports {
                 if let owner = state.byPort[port], owner != name { throw SkynetError.portAlreadyExposed(port, owner) }
             }
-            let instance = ServerInstance(name: name, ports: request.ports, whitelist: whitelist, options: options, replacing: previous)
+            let instance = ServerInstance(name: name, ports: request.ports, whitelist: whitelist, options: options, source: source, replacing: previous)
             if let previous { for port in previous.ports { state.byPort[port] = nil } }
             state.instances[name] = instance
             for port in request.ports { state.byPort[port] = name }
@@ -170,9 +184,14 @@ final class SkynetServer: StreamAcceptor {
         return stopped
     }
 
-    /// The instances as saved in the state file.
+    /// The instances as saved in the state file: the runtime ones (the config declares the others).
     var saved: [SavedInstance] {
-        self.state.withLock { $0.instances.values.map(\.saved) }
+        self.state.withLock { $0.instances.values.filter { $0.source == .runtime }.map(\.saved) }
+    }
+
+    /// Every instance, for reload and metrics.
+    var instances: [ServerInstance] {
+        self.state.withLock { Array($0.instances.values) }
     }
 
     func list(_ name: String?) throws -> [ServerInstanceInfo] {
@@ -208,6 +227,7 @@ final class SkynetServer: StreamAcceptor {
         }
         if let whitelist = instance.whitelist, !whitelist.contains(session.remoteKey) {
             instance.counters.refused.add(1, ordering: .relaxed)
+            instance.counters.noteFailure(.notWhitelisted, "refused visor \(session.remoteKey.fingerprint)… (not whitelisted) for port \(port)")
             self.logger.warning("refused visor not on whitelist", metadata: ["peer.key": "\(session.remoteKey.fingerprint)", "port": "\(port)", "instance": "\(instance.name)"])
             request.reject(code: SkynetRejectCode.notWhitelisted, message: "visor \(session.remoteKey.hex) is not whitelisted for port \(port) on visor \(self.localKey.hex)")
             return
@@ -268,6 +288,7 @@ final class SkynetServer: StreamAcceptor {
                     }
                 case .failure(let error):
                     logger.info("backend unavailable", metadata: ["port": "\(port)", "error": "\(error)"])
+                    instance.counters.noteFailure(.backendUnavailable, "nothing is listening on port \(port) (\(error))")
                     boundRequest.value.reject(
                         code: SkynetRejectCode.backendUnavailable,
                         message: "nothing is listening on port \(port) of visor \(localKey.hex) (\(error))"

@@ -40,7 +40,7 @@ enum Python {
     static func temporaryFile() throws -> (handle: FileHandle, contents: () -> String) {
         let path = FileManager.default.temporaryDirectory
             .appendingPathComponent("skywire-python-\(UUID().uuidString).log").path
-        FileManager.default.createFile(atPath: path, contents: nil)
+        _ = FileManager.default.createFile(atPath: path, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
         let reader = try FileHandle(forReadingFrom: URL(fileURLWithPath: path))
         // Unlinked at once: the open handles keep it readable, and nothing is left behind even
@@ -72,6 +72,22 @@ final class PythonPeer {
 
     func send(_ frame: [UInt8]) throws {
         try input.fileHandleForWriting.write(contentsOf: [UInt8(frame.count >> 8), UInt8(frame.count & 0xff)] + frame)
+    }
+
+    /// Writes bytes as they are (for peers that speak a wire format of their own).
+    func sendRaw(_ bytes: [UInt8]) throws {
+        try input.fileHandleForWriting.write(contentsOf: bytes)
+    }
+
+    /// Exactly `count` bytes of its output.
+    func receiveExactly(_ count: Int) throws -> [UInt8] {
+        try read(count)
+    }
+
+    /// One frame with its 2-byte length prefix, as it was on the pipe.
+    func receiveFrameBytes() throws -> [UInt8] {
+        let header = try read(2)
+        return try header + read(Int(header[0]) << 8 | Int(header[1]))
     }
 
     func receive() throws -> [UInt8] {

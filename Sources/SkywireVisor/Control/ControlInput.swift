@@ -1,0 +1,128 @@
+import Foundation
+import SkywireCrypto
+
+// The text a person types — CLI flags or the web page's form fields — turned into control API
+// requests. The CLI and the page both go through these forms, so a bad value gets the same
+// words in the terminal and in the browser, and the rules live in one place.
+
+/// Checks one port number: 1-65535 (0 too where `allowZero`, meaning "pick one").
+public func checkPortRange(_ port: Int, allowZero: Bool = false) throws(SkynetError) {
+    let low = allowZero ? 0 : 1
+    guard (low...65535).contains(port) else {
+        throw SkynetError.invalidArgument("port \(port) is out of range (\(low)-65535)")
+    }
+}
+
+/// Parses "8080,3000" into ports.
+public func parsePortList(_ text: String, allowZero: Bool = false) throws(SkynetError) -> [Int] {
+    let parts = text.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+    var ports: [Int] = []
+    for part in parts {
+        guard let port = Int(part) else { throw SkynetError.invalidArgument("invalid port \"\(part)\": expected a number") }
+        try checkPortRange(port, allowZero: allowZero)
+        ports.append(port)
+    }
+    return ports
+}
+
+/// The fields of `skynet srv start` (the "expose ports" form), as typed.
+public struct ServerForm: Codable, Sendable {
+    /// Comma-separated local ports.
+    public var ports: String
+    /// Comma-separated public keys; empty = every visor.
+    public var whitelist: String?
+    public var name: String?
+    /// Seconds, as typed; empty = the default.
+    public var backendTimeout: String?
+    public var preserveHost: Bool?
+
+    public init(ports: String, whitelist: String?, name: String?, backendTimeout: String?, preserveHost: Bool?) {
+        self.ports = ports
+        self.whitelist = whitelist
+        self.name = name
+        self.backendTimeout = backendTimeout
+        self.preserveHost = preserveHost
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case ports, whitelist, name, backendTimeout = "backend_timeout", preserveHost = "preserve_host"
+    }
+
+    /// The whitelist's keys, blanks dropped.
+    public var whitelistKeys: [String] {
+        (self.whitelist ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    }
+
+    /// `--backend-timeout`: a number of seconds, 0.1 to 86400.
+    public func parsedBackendTimeout() throws(SkynetError) -> Double? {
+        guard let text = self.backendTimeout, !text.trimmingCharacters(in: .whitespaces).isEmpty else { return nil }
+        guard let seconds = Double(text.trimmingCharacters(in: .whitespaces)), seconds.isFinite else {
+            throw SkynetError.invalidArgument("invalid --backend-timeout \"\(text)\": expected a number of seconds")
+        }
+        guard (0.1...86_400).contains(seconds) else {
+            throw SkynetError.invalidArgument("--backend-timeout \(text) is out of range (0.1-86400 seconds)")
+        }
+        return seconds
+    }
+
+    /// The API request, or the first thing wrong with the fields.
+    public func request() throws(SkynetError) -> StartServerRequest {
+        let ports = try parsePortList(self.ports)
+        let keys = self.whitelistKeys
+        for key in keys {
+            do { _ = try PublicKey(hex: key) } catch { throw SkynetError.invalidArgument("whitelist: \(error)") }
+        }
+        let name = self.name.map { $0.trimmingCharacters(in: .whitespaces) }.flatMap { $0.isEmpty ? nil : $0 }
+        return StartServerRequest(
+            ports: ports, whitelist: keys.isEmpty ? nil : keys, name: name,
+            backendTimeout: try self.parsedBackendTimeout(), preserveHost: self.preserveHost ?? false
+        )
+    }
+}
+
+/// The fields of `skynet start` (the "start a forward" form), as typed.
+public struct ForwardForm: Codable, Sendable {
+    /// The remote visor's public key (64 hex).
+    public var pk: String
+    /// The port the remote visor exposes.
+    public var remote: String
+    /// The local port to listen on (0 = ephemeral).
+    public var local: String
+    public var rawTCP: Bool
+    /// "auto", "skynet" (direct only) or "dmsg" (relay only).
+    public var network: String
+    public var name: String?
+
+    public init(pk: String, remote: String, local: String, rawTCP: Bool, network: String, name: String?) {
+        self.pk = pk
+        self.remote = remote
+        self.local = local
+        self.rawTCP = rawTCP
+        self.network = network
+        self.name = name
+    }
+
+    enum CodingKeys: String, CodingKey { case pk, remote, local, rawTCP = "raw_tcp", network, name }
+
+    /// The API request, or the first thing wrong with the fields.
+    public func request() throws(SkynetError) -> StartClientRequest {
+        let pk = self.pk.trimmingCharacters(in: .whitespaces)
+        do { _ = try PublicKey(hex: pk) } catch { throw SkynetError.invalidArgument("\(error)") }
+        let remote = try Self.port(self.remote, allowZero: false)
+        let local = try Self.port(self.local, allowZero: true)
+        guard ["auto", "skynet", "dmsg"].contains(self.network) else {
+            throw SkynetError.invalidArgument("unknown network \"\(self.network)\" (auto, skynet or dmsg)")
+        }
+        let name = self.name.map { $0.trimmingCharacters(in: .whitespaces) }.flatMap { $0.isEmpty ? nil : $0 }
+        return StartClientRequest(
+            remotePublicKey: pk, remotePort: remote, localPort: local,
+            mode: self.rawTCP ? "raw-tcp" : "http", network: self.network, name: name
+        )
+    }
+
+    private static func port(_ text: String, allowZero: Bool) throws(SkynetError) -> Int {
+        let ports = try parsePortList(text, allowZero: allowZero)
+        guard ports.count == 1 else { throw SkynetError.invalidArgument("invalid port \"\(text)\": expected one number") }
+        return ports[0]
+    }
+}
