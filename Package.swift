@@ -29,6 +29,14 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
+        // Layer 0: helpers with no protocol knowledge (private-file writer, rate-limited logging).
+        .target(
+            name: "SkywireSupport",
+            dependencies: [
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Layer 0: a duplex byte pipe abstraction (TCP channels, mux streams, encrypted links all are Links).
         .target(
             name: "SkywireLink",
@@ -41,7 +49,7 @@ let package = Package(
         .target(
             name: "SkywireCrypto",
             dependencies: [
-                "SkywireLink",
+                "SkywireLink", "SkywireSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -71,7 +79,7 @@ let package = Package(
         .target(
             name: "SkywireDiscovery",
             dependencies: [
-                "SkywireCrypto",
+                "SkywireCrypto", "SkywireSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -89,7 +97,7 @@ let package = Package(
         .target(
             name: "SkywireSession",
             dependencies: [
-                "SkywireLink", "SkywireCrypto", "SkywireMux", "SkywireDiscovery", "SkywireReliable",
+                "SkywireLink", "SkywireCrypto", "SkywireMux", "SkywireDiscovery", "SkywireReliable", "SkywireSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -103,7 +111,7 @@ let package = Package(
         .target(
             name: "SkywireVisor",
             dependencies: [
-                "SkywireLink", "SkywireCrypto", "SkywireMux", "SkywireDiscovery", "SkywireSession",
+                "SkywireLink", "SkywireCrypto", "SkywireMux", "SkywireDiscovery", "SkywireSession", "SkywireSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -177,7 +185,11 @@ let package = Package(
         ),
         .testTarget(
             name: "SkywireVisorTests",
-            dependencies: ["SkywireVisor", "SkywireCrypto", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: [
+                "SkywireVisor", "SkywireCrypto", "SkywireSupport", "SkywireSession", "SkywireDiscovery",
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -38,8 +38,16 @@ public struct ReliableConfiguration: Sendable {
     /// `nil` disables keepalives (an idle connection then fails after ``idleTimeout``).
     public var keepaliveInterval: TimeAmount?
     /// The connection fails with ``ReliableError/Kind-swift.enum/tooManyRetransmissions`` when
-    /// this many probe timeouts (PTO) expire in a row without any ACK. Default 10.
+    /// this many probe timeouts (PTO) expire in a row without any ACK. Default 32: with the
+    /// probe timeout capped at ``maxProbeTimeout`` (1 s) that is about 31 s of silence, so the
+    /// ``idleTimeout`` (30 s) still decides when a silent peer is given up.
     public var maxConsecutivePTOs: Int
+    /// The probe timeout's exponential back-off stops growing here (it never goes below the
+    /// un-backed-off PTO, so slow paths keep their RFC 9002 timer). Default 1 s: after a burst of
+    /// loss (a UDP flood, a black-holed path) a probe goes out at least once a second, so the
+    /// connection recovers well within the session's keepalive interval (2 s) and dead-peer
+    /// timeout (8 s) instead of sleeping through them.
+    public var maxProbeTimeout: TimeAmount
     /// Pacing lets at most this many full packets leave back to back (the burst allowance grows
     /// to one `pacingGranularity` worth of the pacing rate on fast paths). Default 10.
     public var pacingBurstPackets: Int
@@ -59,7 +67,8 @@ public struct ReliableConfiguration: Sendable {
         maxAckDelay: TimeAmount = .milliseconds(10),
         idleTimeout: TimeAmount = .seconds(30),
         keepaliveInterval: TimeAmount? = .seconds(10),
-        maxConsecutivePTOs: Int = 10,
+        maxConsecutivePTOs: Int = 32,
+        maxProbeTimeout: TimeAmount = .seconds(1),
         pacingBurstPackets: Int = 10,
         pacingGranularity: TimeAmount = .milliseconds(1),
         maxAckRanges: Int = 32
@@ -72,6 +81,7 @@ public struct ReliableConfiguration: Sendable {
         self.idleTimeout = idleTimeout
         self.keepaliveInterval = keepaliveInterval
         self.maxConsecutivePTOs = maxConsecutivePTOs
+        self.maxProbeTimeout = maxProbeTimeout
         self.pacingBurstPackets = pacingBurstPackets
         self.pacingGranularity = pacingGranularity
         self.maxAckRanges = maxAckRanges
@@ -86,6 +96,7 @@ public struct ReliableConfiguration: Sendable {
         c.initialRTT = max(c.initialRTT, .microseconds(1))
         c.maxAckDelay = max(c.maxAckDelay, .zero)
         c.maxConsecutivePTOs = max(c.maxConsecutivePTOs, 1)
+        c.maxProbeTimeout = max(c.maxProbeTimeout, .milliseconds(1))
         c.pacingBurstPackets = max(c.pacingBurstPackets, 1)
         c.pacingGranularity = max(c.pacingGranularity, .zero)
         c.maxAckRanges = min(max(c.maxAckRanges, 1), 64)

@@ -660,12 +660,14 @@ public final class ReliableConnection {
     // MARK: - Timers
 
     /// RFC 9002 §A.8 SetLossDetectionTimer: the time-threshold loss time, else the probe timeout
-    /// (backed off exponentially) while ack-eliciting packets are in flight.
+    /// (backed off exponentially up to ``ReliableConfiguration/maxProbeTimeout``) while
+    /// ack-eliciting packets are in flight.
     private var lossDetectionDeadline: NIODeadline? {
         if let lossTime = self.lossTime { return lossTime }
         guard self.ackElicitingInFlight > 0, let last = self.lastAckElicitingSentTime else { return nil }
         let timeout = self.rtt.probeTimeout(maxAckDelay: self.configuration.maxAckDelay.nanoseconds)
-        return last + .nanoseconds(timeout << Int64(min(self.ptoCount, 20)))
+        let cap = max(timeout, self.configuration.maxProbeTimeout.nanoseconds)
+        return last + .nanoseconds(min(timeout << Int64(min(self.ptoCount, 20)), cap))
     }
 
     private var idleDeadline: NIODeadline? {

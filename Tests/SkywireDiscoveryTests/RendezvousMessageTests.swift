@@ -41,10 +41,10 @@ struct RendezvousMessageTests {
             return [
                 .bind(identity: self.alice),
                 .connect(identity: self.alice, to: self.bob.publicKey),
-                .bound(observed: v4, refreshSeconds: 10),
-                .bound(observed: v6, refreshSeconds: 0),
-                .peer(key: self.bob.publicKey, endpoint: v4, peerAsked: false),
-                .peer(key: self.alice.publicKey, endpoint: v6, peerAsked: true),
+                RendezvousMessage.bound(observed: v4, refreshSeconds: 10, inReplyTo: 7).signedAnswer(for: self.alice.publicKey, by: self.bob),
+                RendezvousMessage.bound(observed: v6, refreshSeconds: 0).signedAnswer(for: self.alice.publicKey, by: self.bob),
+                RendezvousMessage.peer(key: self.bob.publicKey, endpoint: v4, peerAsked: false, inReplyTo: 8).signedAnswer(for: self.alice.publicKey, by: self.bob),
+                RendezvousMessage.peer(key: self.alice.publicKey, endpoint: v6, peerAsked: true).signedAnswer(for: self.bob.publicKey, by: self.alice),
                 .error(about: self.bob.publicKey, code: .notBound, message: "bob has no sudph binding"),
                 .error(about: self.alice.publicKey, code: .malformed, message: ""),
                 .error(about: self.alice.publicKey, code: .rateLimited, message: "zu schnell — ¡despacio! 🐢"),
@@ -80,15 +80,15 @@ struct RendezvousMessageTests {
         #expect(Array(connectBytes[34..<66]) == self.bob.publicKey.rawBytes)
 
         let bound = RendezvousMessage.bound(observed: try SocketAddress(ipAddress: "192.0.2.1", port: 0x1234), refreshSeconds: 0x0A0B)
-        #expect(bytes(of: bound) == [0x02, 0x01, 4, 192, 0, 2, 1, 0x12, 0x34, 0x0A, 0x0B])
+        #expect(bytes(of: bound) == [0x02, 0x01, 4, 192, 0, 2, 1, 0x12, 0x34, 0x0A, 0x0B] + Array(repeating: 0, count: 8 + 64))
 
         let peer = RendezvousMessage.peer(key: self.bob.publicKey, endpoint: try SocketAddress(ipAddress: "::1", port: 7), peerAsked: true)
         let peerBytes = bytes(of: peer)
-        #expect(peerBytes.count == 2 + 32 + 1 + 16 + 2 + 1)
+        #expect(peerBytes.count == 2 + 32 + 1 + 16 + 2 + 1 + 8 + 64)
         #expect(peerBytes[0..<2] == [0x04, 0x01])
         #expect(peerBytes[34] == 6)
         #expect(Array(peerBytes[35..<51]) == Array(repeating: 0, count: 15) + [1])
-        #expect(Array(peerBytes[51...]) == [0, 7, 1])
+        #expect(Array(peerBytes[51..<54]) == [0, 7, 1])
 
         let error = RendezvousMessage.error(about: self.bob.publicKey, code: .stale, message: "hé")
         #expect(Array(bytes(of: error)[34...]) == [3, 0, 3, 0x68, 0xC3, 0xA9])
@@ -142,6 +142,37 @@ struct RendezvousMessageTests {
         #expect(RendezvousMessage.error(about: other, code: .stale, message: "x").hasValidSignature)
     }
 
+    @Test func answersAreSignedForTheirRecipient() throws {
+        let rendezvous = KeyPair.generate()
+        let endpoint = try SocketAddress(ipAddress: "192.0.2.1", port: 9)
+        let answers: [RendezvousMessage] = [
+            .bound(observed: endpoint, refreshSeconds: 10, inReplyTo: 42),
+            .peer(key: self.bob.publicKey, endpoint: endpoint, peerAsked: true, inReplyTo: 43),
+        ]
+        for answer in answers {
+            let signed = answer.signedAnswer(for: self.alice.publicKey, by: rendezvous)
+            let decoded = try decode(bytes(of: signed))
+            #expect(decoded.isValidAnswer(for: self.alice.publicKey, from: rendezvous.publicKey))
+            #expect(decoded.inReplyTo == answer.inReplyTo)
+            // Another recipient, another signer, an unsigned answer, any flipped byte: refused.
+            #expect(!decoded.isValidAnswer(for: self.bob.publicKey, from: rendezvous.publicKey))
+            #expect(!decoded.isValidAnswer(for: self.alice.publicKey, from: self.alice.publicKey))
+            #expect(!answer.isValidAnswer(for: self.alice.publicKey, from: rendezvous.publicKey))
+            let encoded = bytes(of: signed)
+            for index in 2..<encoded.count {
+                var tampered = encoded
+                tampered[index] ^= 0x01
+                if let message = try? decode(tampered) {
+                    #expect(!message.isValidAnswer(for: self.alice.publicKey, from: rendezvous.publicKey), "byte \(index)")
+                }
+            }
+        }
+        // Requests and (unsigned) ERRORs are never valid answers.
+        #expect(!RendezvousMessage.bind(identity: self.alice).isValidAnswer(for: self.alice.publicKey, from: self.alice.publicKey))
+        let error = RendezvousMessage.error(about: self.bob.publicKey, code: .notBound, message: "x")
+        #expect(!error.signedAnswer(for: self.alice.publicKey, by: rendezvous).isValidAnswer(for: self.alice.publicKey, from: rendezvous.publicKey))
+    }
+
     @Test func stampsOfOneProcessNeverRepeat() {
         let now = Date()
         var previous: UInt64 = 0
@@ -185,7 +216,7 @@ struct RendezvousMessageTests {
         family[2] = 5
         #expect(kind(family) == .malformed)
         var role = peer
-        role[role.count - 1] = 2
+        role[role.count - 1 - 72] = 2
         #expect(kind(role) == .malformed)
         var code = error
         code[34] = 9

@@ -90,7 +90,7 @@ final class UDPPeer {
     func bind(_ identity: KeyPair) async throws {
         try await self.send(.bind(identity: identity))
         let (answer, _) = try await self.receive()
-        guard case .bound(let observed, _) = answer else {
+        guard case .bound(let observed, _, _, _) = answer else {
             throw TestFailure(message: "BIND answered with \(answer)", sourceLocation: #_sourceLocation)
         }
         #expect(EndpointKey(observed) == EndpointKey(self.local))
@@ -99,6 +99,17 @@ final class UDPPeer {
     func close() async {
         try? await self.channel.close()
         self.continuation.finish()
+    }
+}
+
+extension RendezvousMessage {
+    /// An answer with its stamp and signature cleared (what tests compare fields with).
+    var withoutSignature: RendezvousMessage {
+        switch self {
+        case .bound(let observed, let refresh, _, _): return .bound(observed: observed, refreshSeconds: refresh)
+        case .peer(let key, let endpoint, let asked, _, _): return .peer(key: key, endpoint: endpoint, peerAsked: asked)
+        case .bind, .connect, .error: return self
+        }
     }
 }
 
@@ -126,6 +137,7 @@ func withRendezvous(
         port: 0,
         group: MultiThreadedEventLoopGroup.singleton,
         logger: ProcessInfo.processInfo.environment["RDV_DEBUG"] != nil ? debugLogger : quietLogger,
+        identity: KeyPair.generate(),
         policy: policy
     )
     var peers: [UDPPeer] = []
@@ -169,9 +181,15 @@ struct RendezvousServerTests {
     @Test func bindIsAnsweredWithTheObservedAddress() async throws {
         try await withRendezvous(peers: 1, refresh: 7) { server, peers in
             #expect(server.localAddress.port != 0)
-            try await peers[0].send(.bind(identity: self.alice))
+            let bind = RendezvousMessage.bind(identity: self.alice)
+            try await peers[0].send(bind)
             let (answer, size) = try await peers[0].receive()
-            #expect(answer == .bound(observed: try SocketAddress(ipAddress: "127.0.0.1", port: peers[0].local.port ?? 0), refreshSeconds: 7))
+            #expect(answer.withoutSignature == .bound(observed: try SocketAddress(ipAddress: "127.0.0.1", port: peers[0].local.port ?? 0), refreshSeconds: 7))
+            // Signed by the rendezvous for alice, in reply to this very BIND; for nobody else.
+            #expect(answer.isValidAnswer(for: self.alice.publicKey, from: server.publicKey))
+            #expect(!answer.isValidAnswer(for: self.bob.publicKey, from: server.publicKey))
+            #expect(!answer.isValidAnswer(for: self.alice.publicKey, from: self.bob.publicKey))
+            if case .bind(_, let stamp, _) = bind { #expect(answer.inReplyTo == stamp) }
             #expect(size <= 106 + 40)
             // Binding again (a refresh) is answered the same way.
             try await peers[0].bind(self.alice)
@@ -179,20 +197,26 @@ struct RendezvousServerTests {
     }
 
     @Test func connectIntroducesBothSides() async throws {
-        try await withRendezvous { _, peers in
+        try await withRendezvous { server, peers in
             let (a, b) = (peers[0], peers[1])
             try await a.bind(self.alice)
             try await b.bind(self.bob)
-            try await a.send(.connect(identity: self.alice, to: self.bob.publicKey))
+            let connect = RendezvousMessage.connect(identity: self.alice, to: self.bob.publicKey)
+            try await a.send(connect)
             let (toA, sizeA) = try await a.receive()
             let (toB, sizeB) = try await b.receive()
-            #expect(toA == .peer(key: self.bob.publicKey, endpoint: try SocketAddress(ipAddress: "127.0.0.1", port: b.local.port ?? 0), peerAsked: false))
-            #expect(toB == .peer(key: self.alice.publicKey, endpoint: try SocketAddress(ipAddress: "127.0.0.1", port: a.local.port ?? 0), peerAsked: true))
+            #expect(toA.withoutSignature == .peer(key: self.bob.publicKey, endpoint: try SocketAddress(ipAddress: "127.0.0.1", port: b.local.port ?? 0), peerAsked: false))
+            #expect(toB.withoutSignature == .peer(key: self.alice.publicKey, endpoint: try SocketAddress(ipAddress: "127.0.0.1", port: a.local.port ?? 0), peerAsked: true))
+            // Each PEER is signed for its own recipient and replies to alice's CONNECT.
+            #expect(toA.isValidAnswer(for: self.alice.publicKey, from: server.publicKey))
+            #expect(toB.isValidAnswer(for: self.bob.publicKey, from: server.publicKey))
+            #expect(!toA.isValidAnswer(for: self.bob.publicKey, from: server.publicKey))
+            if case .connect(_, _, let stamp, _) = connect { #expect(toA.inReplyTo == stamp && toB.inReplyTo == stamp) }
             #expect(sizeA <= 138 + 40 && sizeB <= 138 + 40)
             // And the other way round, several times (fresh stamps each time).
             for _ in 0..<3 {
                 try await b.send(.connect(identity: self.bob, to: self.alice.publicKey))
-                guard case .peer(let key, _, false) = try await b.receive().message, case .peer(let asker, _, true) = try await a.receive().message else {
+                guard case .peer(let key, _, false, _, _) = try await b.receive().message, case .peer(let asker, _, true, _, _) = try await a.receive().message else {
                     Issue.record("no introduction")
                     return
                 }
@@ -230,7 +254,7 @@ struct RendezvousServerTests {
             try await b.bind(self.bob)
             // From the bound address the same request works.
             try await a.send(.connect(identity: self.alice, to: self.bob.publicKey))
-            guard case .peer(_, _, false) = try await a.receive().message else {
+            guard case .peer(_, _, false, _, _) = try await a.receive().message else {
                 Issue.record("no PEER")
                 return
             }
@@ -263,7 +287,7 @@ struct RendezvousServerTests {
             try await b.bind(self.bob)
             // The binding still points at a (the replay from b did not move it).
             try await b.send(.connect(identity: self.bob, to: self.alice.publicKey))
-            guard case .peer(_, let endpoint, false) = try await b.receive().message else {
+            guard case .peer(_, let endpoint, false, _, _) = try await b.receive().message else {
                 Issue.record("no PEER")
                 return
             }
@@ -422,7 +446,7 @@ struct RendezvousServerTests {
         try await withRendezvous(peers: 0) { server, _ in
             let port = try #require(server.localAddress.port)
             do {
-                let second = try await RendezvousServer.start(host: "127.0.0.1", port: port, group: MultiThreadedEventLoopGroup.singleton, logger: quietLogger)
+                let second = try await RendezvousServer.start(host: "127.0.0.1", port: port, group: MultiThreadedEventLoopGroup.singleton, logger: quietLogger, identity: KeyPair.generate())
                 await second.close()
                 Issue.record("a second rendezvous bound the same UDP port")
             } catch let error as RendezvousError {
@@ -454,15 +478,16 @@ struct RendezvousDiscoveryTests {
             let udp = try #require(running.rendezvousAddress)
             let response = try await rawRequest(running, .GET, "/v1/rendezvous")
             #expect(response.status == 200)
-            #expect(response.body == #"{"udp_port":\#(udp.port ?? 0)}"#)
-            let address = try await DiscoveryClient(baseURL: running.baseURL).rendezvousAddress()
-            #expect(address == udp)
+            let info = try await DiscoveryClient(baseURL: running.baseURL).rendezvous()
+            #expect(response.body == #"{"public_key":"\#(info.publicKey.hex)","udp_port":\#(udp.port ?? 0)}"#)
+            #expect(info.address == udp)
 
-            // The announced address is a working rendezvous.
+            // The announced address is a working rendezvous, signing with the announced key.
             let identity = KeyPair.generate()
-            let peer = try await UDPPeer(server: address)
+            let peer = try await UDPPeer(server: info.address)
             do {
-                try await peer.bind(identity)
+                try await peer.send(.bind(identity: identity))
+                #expect(try await peer.receive().message.isValidAnswer(for: identity.publicKey, from: info.publicKey))
             } catch {
                 await peer.close()
                 throw error

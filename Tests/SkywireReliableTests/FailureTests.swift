@@ -29,10 +29,31 @@ struct FailureTests {
         let sim = Simulation(configuration: configuration, conditions: Self.deadLink(), aData: rng.bytes(10_000), seed: 42)
         #expect(sim.run(for: .seconds(3600)) { $0.a.connection.failure != nil })
         #expect(sim.a.connection.failure?.kind == .tooManyRetransmissions)
-        #expect(sim.a.connection.stats.probeTimeouts == 10)
-        // PTO = 100 ms + 4 · 50 ms + 10 ms = 310 ms before any RTT sample, doubling each time:
-        // the tenth expires 310 ms · (2^10 - 1) after the last packet sent before the first probe.
-        #expect(sim.elapsed >= .milliseconds(310 * 1023) && sim.elapsed < .milliseconds(310 * 1023 + 1000), "\(sim.elapsed)")
+        #expect(sim.a.connection.stats.probeTimeouts == 32)
+        // PTO = 100 ms + 4 · 50 ms + 10 ms = 310 ms before any RTT sample, doubling each time up
+        // to the 1 s cap: 310 + 620 + 30 · 1000 ms after the last packet sent before the first probe.
+        #expect(sim.elapsed >= .milliseconds(30930) && sim.elapsed < .milliseconds(30930 + 1000), "\(sim.elapsed)")
+    }
+
+    /// Under total loss the back-off stops at ``ReliableConfiguration/maxProbeTimeout``: a probe
+    /// at least once a second, so a path that comes back is used again before the session's
+    /// keepalive gives up, instead of after minutes of exponential back-off.
+    @Test func probeBackoffIsCapped() {
+        var rng = SplitMix64(seed: 43)
+        let configuration = ReliableConfiguration(idleTimeout: .seconds(3600), keepaliveInterval: nil, maxConsecutivePTOs: 1000)
+        let sim = Simulation(configuration: configuration, conditions: Self.deadLink(), aData: rng.bytes(10_000), seed: 43)
+        #expect(!sim.run(for: .seconds(60)) { $0.a.connection.failure != nil })
+        // Uncapped, 60 s hold 7 doublings of 310 ms; capped at 1 s, about 58 probe timeouts.
+        let timeouts = sim.a.connection.stats.probeTimeouts
+        #expect(timeouts >= 55 && timeouts <= 62, "\(timeouts)")
+        // A cap below the un-backed-off PTO is not applied (slow paths keep their timer).
+        let slow = Simulation(
+            configuration: ReliableConfiguration(idleTimeout: .seconds(3600), keepaliveInterval: nil, maxConsecutivePTOs: 1000, maxProbeTimeout: .milliseconds(1)),
+            conditions: Self.deadLink(), aData: rng.bytes(10_000), seed: 44
+        )
+        #expect(!slow.run(for: .seconds(31)) { $0.a.connection.failure != nil })
+        let slowTimeouts = slow.a.connection.stats.probeTimeouts
+        #expect(slowTimeouts >= 90 && slowTimeouts <= 101, "\(slowTimeouts)")
     }
 
     @Test func keepalivesHoldAQuietConnectionOpen() {

@@ -63,12 +63,27 @@ def udp_socket() -> socket.socket:
     return s
 
 
-def rendezvous_port(net: Network) -> int:
+def rendezvous_info(net: Network) -> dict:
     with urllib.request.urlopen(net.discovery_url + "/v1/rendezvous", timeout=10) as r:
         assert r.status == 200
         body = json.loads(r.read())
-    assert set(body) == {"udp_port"}, body
-    return body["udp_port"]
+    assert set(body) == {"udp_port", "public_key"}, body
+    return body
+
+
+def rendezvous_port(net: Network) -> int:
+    return rendezvous_info(net)["udp_port"]
+
+
+def answer_fields(data: bytes, recipient: bytes, rendezvous_key_hex: str) -> tuple[bytes, int]:
+    """Checks an answer's signature (by the published key, for `recipient`) and returns the
+    body before the in-reply-to stamp, and the stamp."""
+    signed, signature = data[:-64], data[-64:]
+    nacl.signing.VerifyKey(bytes.fromhex(rendezvous_key_hex)).verify(
+        b"skywire/1 sudph-answer" + recipient + signed, signature
+    )
+    (stamp,) = struct.unpack(">Q", signed[-8:])
+    return signed[:-8], stamp
 
 
 def test_discovery_announces_the_rendezvous_it_logs(disc):
@@ -80,24 +95,30 @@ def test_discovery_announces_the_rendezvous_it_logs(disc):
 
 
 def test_python_bind_gets_bound_with_its_own_address(disc):
-    server = ("127.0.0.1", rendezvous_port(disc))
+    info = rendezvous_info(disc)
+    server = ("127.0.0.1", info["udp_port"])
     key = nacl.signing.SigningKey.generate()
+    pk = bytes(key.verify_key)
     with udp_socket() as s:
-        request = bind_datagram(key, now_ms())
+        stamp = now_ms()
+        request = bind_datagram(key, stamp)
         s.sendto(request, server)
         data, source = s.recvfrom(2048)
         assert source == server
         assert data[:2] == bytes([BOUND, 1]), data
-        observed, end = parse_endpoint(data, 2)
+        # Signed by the key discovery publishes, for us, in reply to this BIND.
+        body, in_reply_to = answer_fields(data, pk, info["public_key"])
+        assert in_reply_to == stamp
+        observed, end = parse_endpoint(body, 2)
         assert observed == s.getsockname()
-        (refresh,) = struct.unpack(">H", data[end:end + 2])
-        assert refresh == 10 and len(data) == end + 2
+        (refresh,) = struct.unpack(">H", body[end:end + 2])
+        assert refresh == 10 and len(body) == end + 2
         assert len(data) <= len(request) + 40
 
         # The same datagram again is a replay: ERROR stale (3) about our key.
         s.sendto(request, server)
         data, _ = s.recvfrom(2048)
-        assert data[0] == ERROR and data[2:34] == bytes(key.verify_key) and data[34] == 3, data
+        assert data[0] == ERROR and data[2:34] == pk and data[34] == 3, data
         (length,) = struct.unpack(">H", data[35:37])
         assert len(data) == 37 + length and len(data) <= len(request) + 40
         assert "not after" in data[37:].decode()
@@ -111,16 +132,22 @@ def test_python_bind_gets_bound_with_its_own_address(disc):
 
 
 def test_python_peers_are_introduced(disc):
-    server = ("127.0.0.1", rendezvous_port(disc))
+    info = rendezvous_info(disc)
+    server = ("127.0.0.1", info["udp_port"])
     ka, kb = nacl.signing.SigningKey.generate(), nacl.signing.SigningKey.generate()
     pa, pb = bytes(ka.verify_key), bytes(kb.verify_key)
     with udp_socket() as a, udp_socket() as b:
         for sock, key in ((a, ka), (b, kb)):
             sock.sendto(bind_datagram(key, now_ms()), server)
             assert sock.recvfrom(2048)[0][0] == BOUND
-        a.sendto(connect_datagram(ka, pb, now_ms()), server)
+        stamp = now_ms()
+        a.sendto(connect_datagram(ka, pb, stamp), server)
         to_a, _ = a.recvfrom(2048)
         to_b, _ = b.recvfrom(2048)
+        # Each PEER is signed for its own recipient and replies to a's CONNECT.
+        to_a, reply_a = answer_fields(to_a, pa, info["public_key"])
+        to_b, reply_b = answer_fields(to_b, pb, info["public_key"])
+        assert reply_a == stamp and reply_b == stamp
         assert to_a[:2] == bytes([PEER, 1]) and to_a[2:34] == pb
         endpoint, end = parse_endpoint(to_a, 34)
         assert endpoint == b.getsockname() and to_a[end:] == b"\x00"
@@ -185,6 +212,10 @@ def test_explicit_rendezvous_address_and_clean_stop():
         n.discovery_url = f"http://127.0.0.1:{http_port}"
         udp_port = int(p.wait_log(r"rendezvous listening on udp://127\.0\.0\.1:(\d+)").group(1))
         assert rendezvous_port(n) == udp_port
+        # The answer-signing key lives in discovery.key beside the database (created 0600).
+        key_file = n.dir / "discovery.key"
+        assert json.loads(key_file.read_text())["public_key"] == rendezvous_info(n)["public_key"]
+        assert key_file.stat().st_mode & 0o777 == 0o600
         key = nacl.signing.SigningKey.generate()
         with udp_socket() as s:
             s.sendto(bind_datagram(key, now_ms()), ("127.0.0.1", udp_port))

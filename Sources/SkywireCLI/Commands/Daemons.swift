@@ -30,6 +30,16 @@ struct DiscoveryCommand: AsyncParsableCommand {
     @Option(help: "UDP address host:port of the sudph rendezvous (default: the --addr host and the port number HTTP bound).")
     var rendezvous: String?
 
+    @Option(name: .customLong("key-file"), help: "Key file of the rendezvous's answer-signing key, created if absent (default: discovery.key beside --db).")
+    var keyFile: String?
+
+    /// The key file in use: `--key-file`, or `discovery.key` in the database's folder.
+    var resolvedKeyFile: String {
+        if let keyFile { return keyFile }
+        let folder = (self.db as NSString).deletingLastPathComponent
+        return folder.isEmpty ? "discovery.key" : (folder as NSString).appendingPathComponent("discovery.key")
+    }
+
     @OptionGroup var metrics: MetricsOption
 
     func validate() throws {
@@ -55,6 +65,11 @@ struct DiscoveryCommand: AsyncParsableCommand {
             rendezvous.port = rendezvousPort
         }
         let logger = makeLogger("skywire.discovery")
+        do {
+            rendezvous.identity = try KeyPair.loadOrCreate(path: self.resolvedKeyFile)
+        } catch {
+            throw CLIError("\(error)")
+        }
         let registry = self.metrics.bootstrap()
         let server = DiscoveryServer(
             configuration: DiscoveryServerConfiguration(

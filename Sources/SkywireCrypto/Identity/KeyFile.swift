@@ -1,4 +1,5 @@
 import Foundation
+import SkywireSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -46,15 +47,14 @@ extension KeyPair {
         return keyPair
     }
 
-    /// Writes the key file, replacing any existing one. The bytes go to a temporary file created
-    /// with mode 0600 (never readable by others, not even for a moment) that is then renamed into
-    /// place, so a crash never leaves a half-written key. Missing parent directories are created 0700.
+    /// Writes the key file, replacing any existing one, through ``PrivateFile`` (mode 0600 from
+    /// the first byte, random `O_EXCL` temporary name, fsync, rename), so a crash never leaves a
+    /// half-written key. Missing parent directories are created 0700.
     public func write(path: String) throws {
-        let temporary = try writeTemporaryFile(for: path)
-        guard rename(temporary, path) == 0 else {
-            let reason = Self.errnoReason()
-            unlink(temporary)
-            throw IdentityError(.keyFile, "cannot write key file \(path): \(reason)")
+        do {
+            try PrivateFile.write(self.fileBytes, to: path)
+        } catch {
+            throw IdentityError(.keyFile, "cannot write key file \(path): \(error.reason)")
         }
     }
 
@@ -65,73 +65,25 @@ extension KeyPair {
             return try load(path: path)
         }
         let keyPair = KeyPair.generate()
-        let temporary = try keyPair.writeTemporaryFile(for: path)
-        defer { unlink(temporary) }
-        // link(2), unlike rename(2), refuses to replace an existing file.
-        if link(temporary, path) == 0 {
+        do {
+            try PrivateFile.write(keyPair.fileBytes, to: path, replace: false)
             return keyPair
-        }
-        if errno == EEXIST {
+        } catch where error.kind == .exists {
             return try load(path: path)
+        } catch {
+            throw IdentityError(.keyFile, "cannot create key file \(path): \(error.reason)")
         }
-        throw IdentityError(.keyFile, "cannot create key file \(path): \(errnoReason())")
     }
 
-    private func writeTemporaryFile(for path: String) throws -> String {
-        let directory = (path as NSString).deletingLastPathComponent
-        if !directory.isEmpty && !FileManager.default.fileExists(atPath: directory) {
-            do {
-                try FileManager.default.createDirectory(
-                    atPath: directory,
-                    withIntermediateDirectories: true,
-                    attributes: [.posixPermissions: 0o700]
-                )
-            } catch {
-                throw IdentityError(.keyFile, "cannot create directory \(directory) for key file \(path)")
-            }
-        }
+    /// The key file's JSON, with a final newline.
+    private var fileBytes: [UInt8] {
         let contents = KeyFileContents(publicKey: publicKey.hex, secretKey: secretHex)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         var bytes = Array((try? encoder.encode(contents)) ?? Data())
         bytes.append(UInt8(ascii: "\n"))
-
-        let temporary = path + ".tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        // O_EXCL: never write through a file (or symlink) someone else planted there.
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard fd >= 0 else {
-            throw IdentityError(.keyFile, "cannot write key file \(path): \(Self.errnoReason())")
-        }
-        var failure: String?
-        // The umask can only remove bits, but be explicit about the final mode anyway.
-        if fchmod(fd, 0o600) != 0 { failure = Self.errnoReason() }
-        if failure == nil { failure = writeAll(fd, bytes) }
-        if failure == nil && fsync(fd) != 0 { failure = Self.errnoReason() }
-        close(fd)
-        if let failure {
-            unlink(temporary)
-            throw IdentityError(.keyFile, "cannot write key file \(path): \(failure)")
-        }
-        return temporary
+        return bytes
     }
-
-    private static func errnoReason() -> String {
-        String(cString: strerror(errno))
-    }
-}
-
-/// Writes every byte, retrying short writes and EINTR; the failure reason or `nil`.
-private func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> String? {
-    var offset = 0
-    while offset < bytes.count {
-        let written = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        if written < 0 {
-            if errno == EINTR { continue }
-            return String(cString: strerror(errno))
-        }
-        offset += written
-    }
-    return nil
 }
 
 /// Reads a whole file of at most `limit` bytes (a key file is tiny: a larger one is not ours).

@@ -168,25 +168,35 @@ public struct DiscoveryClient: Sendable {
     ///   service runs no rendezvous, ``DiscoveryError/Kind/invalidResponse`` for a port outside
     ///   1...65535, ``DiscoveryError/Kind/unreachable`` when the host does not resolve.
     public func rendezvousAddress() async throws(DiscoveryError) -> SocketAddress {
-        let path = "/v1/rendezvous"
-        let (data, server) = try await self.sendWithFailover(.GET, path, body: nil, notFoundIsNil: false)
-        return try await self.rendezvousAddress(from: data ?? Data(), server: server)
+        try await self.rendezvous().address
     }
 
-    /// The sudph rendezvous of every server that answers, in the configured order (a visor binds
-    /// with each, so visors using different replicas still meet: see docs/ARCHITECTURE.md).
+    /// Where this service's sudph rendezvous listens (as ``rendezvousAddress()``) and the key its
+    /// answers are signed with.
+    ///
+    /// - Throws: ``DiscoveryError``, also ``DiscoveryError/Kind/invalidResponse`` for a
+    ///   `public_key` that is not 64 hex characters of a valid Ed25519 key.
+    public func rendezvous() async throws(DiscoveryError) -> RendezvousInfo {
+        let path = "/v1/rendezvous"
+        let (data, server) = try await self.sendWithFailover(.GET, path, body: nil, notFoundIsNil: false)
+        return try await self.rendezvousInfo(from: data ?? Data(), server: server)
+    }
+
+    /// The sudph rendezvous (address and answer-signing key) of every server that answers, in the
+    /// configured order (a visor binds with each, so visors using different replicas still meet:
+    /// see docs/ARCHITECTURE.md).
     ///
     /// - Throws: ``DiscoveryError`` when no server gives one (the last server's error).
-    public func rendezvousAddresses() async throws(DiscoveryError) -> [SocketAddress] {
+    public func rendezvousAll() async throws(DiscoveryError) -> [RendezvousInfo] {
         let path = "/v1/rendezvous"
-        var found: [SocketAddress] = []
+        var found: [RendezvousInfo] = []
         var lastError: DiscoveryError?
         for server in self.baseURLs {
             do {
                 let data = try await self.send(.GET, path, to: server, body: nil, notFoundIsNil: false) ?? Data()
-                let address = try await self.rendezvousAddress(from: data, server: server)
-                if !found.contains(address) {
-                    found.append(address)
+                let info = try await self.rendezvousInfo(from: data, server: server)
+                if !found.contains(info) {
+                    found.append(info)
                 }
             } catch {
                 lastError = error
@@ -198,7 +208,7 @@ public struct DiscoveryClient: Sendable {
         return found
     }
 
-    private func rendezvousAddress(from data: Data, server: String) async throws(DiscoveryError) -> SocketAddress {
+    private func rendezvousInfo(from data: Data, server: String) async throws(DiscoveryError) -> RendezvousInfo {
         let path = "/v1/rendezvous"
         let body = try self.decode(RendezvousBody.self, from: data, path: path, server: server)
         guard (1...65535).contains(body.udpPort) else {
@@ -213,11 +223,18 @@ public struct DiscoveryClient: Sendable {
         if host.hasPrefix("["), host.hasSuffix("]") {
             host = String(host.dropFirst().dropLast())
         }
+        guard let key = try? PublicKey(hex: body.publicKey) else {
+            throw DiscoveryError(
+                kind: .invalidResponse,
+                message: "discovery at \(server): GET \(path) returned public_key \(EntryValidation.quoted(body.publicKey)), expected 64 hex characters"
+            )
+        }
         let port = body.udpPort
         do {
-            return try await NIOThreadPool.singleton.runIfActive { [host] in
+            let address = try await NIOThreadPool.singleton.runIfActive { [host] in
                 try SocketAddress.makeAddressResolvingHost(host, port: port)
             }
+            return RendezvousInfo(address: address, publicKey: key)
         } catch {
             throw DiscoveryError(
                 kind: .unreachable,
@@ -459,5 +476,20 @@ final class ServerHealth: Sendable {
             let backoff = min(Self.firstBackoff * (1 << exponent), Self.maxBackoff)
             states[index].retryAt = now + backoff
         }
+    }
+}
+
+/// Where a discovery service's sudph rendezvous listens and the key that signs its answers
+/// (``RendezvousMessage/isValidAnswer(for:from:)``).
+public struct RendezvousInfo: Sendable, Hashable {
+    /// The rendezvous's UDP address.
+    public var address: SocketAddress
+    /// The rendezvous's answer-signing key.
+    public var publicKey: PublicKey
+
+    /// Creates the pair.
+    public init(address: SocketAddress, publicKey: PublicKey) {
+        self.address = address
+        self.publicKey = publicKey
     }
 }

@@ -2,6 +2,7 @@ import Logging
 import Metrics
 import NIOCore
 import SkywireCrypto
+import SkywireSupport
 
 /// The rendezvous protocol on the server's UDP channel: bindings, introductions, refusals.
 /// Confined to the channel's event loop; every input is handled without trapping.
@@ -25,11 +26,17 @@ final class RendezvousHandler: ChannelInboundHandler {
 
     /// A reply may be at most this much larger than the request that caused it.
     static let maxReplyGrowth = 40
-    /// Bytes of an ERROR before its text.
+    /// Bytes of an ERROR before its text (ERROR is not signed: see ``RendezvousMessage``).
     static let errorOverhead = 2 + PublicKey.byteCount + 1 + 2
 
     private let policy: RendezvousPolicy
     private let logger: Logger
+    /// Signs every answer (its public key is published by discovery).
+    private let identity: KeyPair
+    /// Whatever senders cause (junk, refusals, a full table) is logged once per interval with a
+    /// count: anyone can send datagrams.
+    private let refusals: RateLimitedLog
+    private let fullTable: RateLimitedLog
     private var records: [PublicKey: Record] = [:]
     private var limiter: RendezvousRateLimiter
     private var sweepTask: Scheduled<Void>?
@@ -39,9 +46,12 @@ final class RendezvousHandler: ChannelInboundHandler {
     /// The counters by "type/result" (both closed sets), made once each.
     private var counters: [String: Counter] = [:]
 
-    init(policy: RendezvousPolicy, logger: Logger) {
+    init(policy: RendezvousPolicy, identity: KeyPair, logger: Logger) {
         self.policy = policy
+        self.identity = identity
         self.logger = logger
+        self.refusals = RateLimitedLog(logger: logger, level: .debug)
+        self.fullTable = RateLimitedLog(logger: logger, level: .warning)
         self.limiter = RendezvousRateLimiter(
             ratePerSecond: policy.ratePerSecond,
             burst: policy.burst,
@@ -90,7 +100,7 @@ final class RendezvousHandler: ChannelInboundHandler {
         defer { self.count(type: first, result: self.outcome ?? "ok") }
         guard RendezvousEndpoint.isPlausibleSource(source) else {
             self.outcome = "dropped"
-            self.logger.debug("rendezvous datagram from an implausible source dropped", metadata: ["rendezvous.source": "\(source)"])
+            self.refusals.record("rendezvous datagram from an implausible source dropped", metadata: ["rendezvous.source": "\(source)"])
             return
         }
         let now = self.policy.monotonicNanoseconds()
@@ -99,7 +109,7 @@ final class RendezvousHandler: ChannelInboundHandler {
         case .admitted:
             break
         case .limitedFirst:
-            self.logger.debug("rendezvous source rate limited", metadata: ["rendezvous.source": "\(source)"])
+            self.refusals.record("rendezvous source rate limited", metadata: ["rendezvous.source": "\(source)"])
             if let about = Self.claimedKey(datagram) {
                 self.sendError(about: about, .rateLimited, "rate limited: slow down", to: source, requestSize: size, context: context)
             }
@@ -114,7 +124,7 @@ final class RendezvousHandler: ChannelInboundHandler {
             message = try RendezvousMessage(decoding: datagram)
         } catch {
             self.outcome = "malformed"
-            self.logger.debug(
+            self.refusals.record(
                 "malformed rendezvous datagram",
                 metadata: ["rendezvous.source": "\(source)", "error": "\(error.message)"]
             )
@@ -135,7 +145,7 @@ final class RendezvousHandler: ChannelInboundHandler {
             self.handleConnect(message, from: from, to: to, timestamp: timestamp, source: source, requestSize: size, now: now, context: context)
         case .bound, .peer, .error:
             self.outcome = "dropped"
-            self.logger.debug("rendezvous answer sent to the rendezvous dropped", metadata: ["rendezvous.source": "\(source)"])
+            self.refusals.record("rendezvous answer sent to the rendezvous dropped", metadata: ["rendezvous.source": "\(source)"])
         }
     }
 
@@ -178,7 +188,7 @@ final class RendezvousHandler: ChannelInboundHandler {
         if self.records[key] == nil && self.records.count >= self.policy.maxKeys {
             self.sweep(now: now)
             guard self.records.count < self.policy.maxKeys else {
-                self.logger.warning("rendezvous binding table full; BIND refused", metadata: ["peer.key": "\(key.fingerprint)"])
+                self.fullTable.record("rendezvous binding table full; BIND refused", metadata: ["peer.key": "\(key.fingerprint)"])
                 self.refuse(key, .rateLimited, "rendezvous is full: try again later", to: source, requestSize: requestSize, context: context)
                 return
             }
@@ -197,7 +207,8 @@ final class RendezvousHandler: ChannelInboundHandler {
             self.logger.debug("sudph binding", metadata: ["peer.key": "\(key.fingerprint)", "peer.addr": "\(source)"])
         }
         self.send(
-            .bound(observed: RendezvousEndpoint.normalized(source), refreshSeconds: self.policy.refreshSeconds),
+            .bound(observed: RendezvousEndpoint.normalized(source), refreshSeconds: self.policy.refreshSeconds, inReplyTo: timestamp),
+            for: key,
             to: source,
             requestSize: requestSize,
             context: context
@@ -243,13 +254,15 @@ final class RendezvousHandler: ChannelInboundHandler {
             ]
         )
         self.send(
-            .peer(key: to, endpoint: RendezvousEndpoint.normalized(target.endpoint), peerAsked: false),
+            .peer(key: to, endpoint: RendezvousEndpoint.normalized(target.endpoint), peerAsked: false, inReplyTo: timestamp),
+            for: from,
             to: source,
             requestSize: requestSize,
             context: context
         )
         self.send(
-            .peer(key: from, endpoint: RendezvousEndpoint.normalized(source), peerAsked: true),
+            .peer(key: from, endpoint: RendezvousEndpoint.normalized(source), peerAsked: true, inReplyTo: timestamp),
+            for: to,
             to: target.endpoint,
             requestSize: requestSize,
             context: context
@@ -295,7 +308,7 @@ final class RendezvousHandler: ChannelInboundHandler {
         requestSize: Int,
         context: ChannelHandlerContext
     ) {
-        self.logger.debug(
+        self.refusals.record(
             "rendezvous request refused",
             metadata: ["peer.key": "\(about.fingerprint)", "rendezvous.source": "\(destination)", "error": "\(code): \(text)"]
         )
@@ -320,7 +333,7 @@ final class RendezvousHandler: ChannelInboundHandler {
         guard room >= 0 else { return }
         let cut = RendezvousMessage.truncatedUTF8(text, maxBytes: min(room, RendezvousMessage.maxErrorMessageBytes))
         let message = RendezvousMessage.error(about: about, code: code, message: String(decoding: cut, as: UTF8.self))
-        self.send(message, to: destination, requestSize: requestSize, context: context)
+        self.send(message, for: about, to: destination, requestSize: requestSize, context: context)
     }
 
     private func count(type first: UInt8, result: String) {
@@ -340,11 +353,11 @@ final class RendezvousHandler: ChannelInboundHandler {
         }
     }
 
-    /// Queues one datagram (flushed at the end of the read batch), never one larger than the
-    /// request plus ``maxReplyGrowth``.
-    private func send(_ message: RendezvousMessage, to destination: SocketAddress, requestSize: Int, context: ChannelHandlerContext) {
-        var buffer = context.channel.allocator.buffer(capacity: 64)
-        message.encode(into: &buffer)
+    /// Signs the answer for `recipient` (BOUND, PEER) and queues it (flushed at the end of the read batch),
+    /// never one larger than the request plus ``maxReplyGrowth``.
+    private func send(_ message: RendezvousMessage, for recipient: PublicKey, to destination: SocketAddress, requestSize: Int, context: ChannelHandlerContext) {
+        var buffer = context.channel.allocator.buffer(capacity: 160)
+        message.signedAnswer(for: recipient, by: self.identity).encode(into: &buffer)
         guard buffer.readableBytes <= requestSize + Self.maxReplyGrowth else {
             self.logger.debug("rendezvous reply larger than its request not sent", metadata: ["rendezvous.source": "\(destination)"])
             return

@@ -15,26 +15,35 @@ import SkywireCrypto
 /// | type | name | body |
 /// |---|---|---|
 /// | 0x01 | BIND | key (32) · timestamp (u64 ms since 1970) · signature (64) |
-/// | 0x02 | BOUND | endpoint · refresh (u16 seconds) |
+/// | 0x02 | BOUND | endpoint · refresh (u16 seconds) · in-reply-to (u64) · signature (64) |
 /// | 0x03 | CONNECT | from (32) · to (32) · timestamp (u64 ms) · signature (64) |
-/// | 0x04 | PEER | key (32) · endpoint · role (u8: 0 you asked to reach this key, 1 this key asked to reach you) |
+/// | 0x04 | PEER | key (32) · endpoint · role (u8: 0 you asked to reach this key, 1 this key asked to reach you) · in-reply-to (u64) · signature (64) |
 /// | 0x05 | ERROR | about (32) · code (u8, ``RendezvousErrorCode``) · length (u16) · UTF-8 text (≤ 512 bytes) |
 ///
 /// An endpoint is `family (u8: 4 or 6) · address (4 or 16 bytes) · port (u16)`. The BIND
 /// signature is Ed25519 by `key` over `"skywire/1 sudph-bind" · key · timestamp`; the CONNECT
 /// signature is by `from` over `"skywire/1 sudph-connect" · from · to · timestamp`. A datagram
 /// holds exactly one message: trailing bytes make it malformed.
+///
+/// BOUND and PEER are signed by the rendezvous's own key (published by discovery in
+/// `GET /v1/rendezvous`) over `"skywire/1 sudph-answer" · recipient key · the datagram up to the
+/// signature`, so an on-path attacker can neither forge nor redirect one to another visor.
+/// `in-reply-to` is the timestamp of the request that caused the answer (the recipient's BIND or
+/// CONNECT; for a PEER with role 1, the CONNECT of the key that asked), so a visor accepts only
+/// answers to what it recently asked. ERROR stays unsigned: signing it would eat the 40-byte
+/// amplification budget its text lives in, and all a forged ERROR can do is fail a dial or
+/// trigger a re-BIND — what dropping packets on the path does anyway.
 public enum RendezvousMessage: Sendable, Hashable {
     /// Visor → rendezvous: "this key is reachable at the address you see this datagram from".
     case bind(key: PublicKey, timestamp: UInt64, signature: [UInt8])
     /// Rendezvous → visor, the answer to a valid BIND: the visor's endpoint as the rendezvous
     /// observed it (its public, post-NAT address) and how often to bind again.
-    case bound(observed: SocketAddress, refreshSeconds: UInt16)
+    case bound(observed: SocketAddress, refreshSeconds: UInt16, inReplyTo: UInt64 = 0, signature: [UInt8] = [])
     /// Visor → rendezvous: "introduce me (`from`) to `to`".
     case connect(from: PublicKey, to: PublicKey, timestamp: UInt64, signature: [UInt8])
     /// Rendezvous → visor: `key` is at `endpoint`. `peerAsked` is `false` on the answer to your
     /// own CONNECT, `true` when `key` asked to reach you.
-    case peer(key: PublicKey, endpoint: SocketAddress, peerAsked: Bool)
+    case peer(key: PublicKey, endpoint: SocketAddress, peerAsked: Bool, inReplyTo: UInt64 = 0, signature: [UInt8] = [])
     /// Rendezvous → visor: a refusal about `about` (the requester, or the unknown target).
     case error(about: PublicKey, code: RendezvousErrorCode, message: String)
 
@@ -48,6 +57,8 @@ public enum RendezvousMessage: Sendable, Hashable {
     public static let bindDomain = "skywire/1 sudph-bind"
     /// Prefix of the signed bytes of a CONNECT.
     public static let connectDomain = "skywire/1 sudph-connect"
+    /// Prefix of the signed bytes of an answer (BOUND, PEER, ERROR).
+    public static let answerDomain = "skywire/1 sudph-answer"
 
     /// Type bytes.
     enum TypeByte: UInt8 {
@@ -121,6 +132,59 @@ public enum RendezvousMessage: Sendable, Hashable {
         }
     }
 
+    /// Whether this is an answer (BOUND, PEER, ERROR; only the first two are signed).
+    public var isAnswer: Bool {
+        switch self {
+        case .bound, .peer, .error: return true
+        case .bind, .connect: return false
+        }
+    }
+
+    /// The timestamp of the request a signed answer replies to (`nil` for requests and ERROR).
+    public var inReplyTo: UInt64? {
+        switch self {
+        case .bound(_, _, let stamp, _), .peer(_, _, _, let stamp, _): return stamp
+        case .bind, .connect, .error: return nil
+        }
+    }
+
+    /// The bytes an answer's signature covers: the domain, the recipient's key, then the
+    /// datagram up to its signature (so the ERROR text is covered as sent, cut if it was long).
+    public func answerSignedBytes(recipient: PublicKey) -> [UInt8] {
+        var body = ByteBuffer()
+        self.encodeUnsigned(into: &body)
+        var bytes = Array(Self.answerDomain.utf8)
+        bytes += recipient.rawBytes
+        bytes += body.readableBytesView
+        return bytes
+    }
+
+    /// This BOUND or PEER, signed by `rendezvous` for `recipient` (requests and ERROR are
+    /// returned unchanged).
+    public func signedAnswer(for recipient: PublicKey, by rendezvous: KeyPair) -> RendezvousMessage {
+        let signature = rendezvous.sign(self.answerSignedBytes(recipient: recipient))
+        switch self {
+        case .bound(let observed, let refresh, let stamp, _):
+            return .bound(observed: observed, refreshSeconds: refresh, inReplyTo: stamp, signature: signature)
+        case .peer(let key, let endpoint, let peerAsked, let stamp, _):
+            return .peer(key: key, endpoint: endpoint, peerAsked: peerAsked, inReplyTo: stamp, signature: signature)
+        case .bind, .connect, .error:
+            return self
+        }
+    }
+
+    /// For BOUND and PEER: whether the signature is a valid one by `rendezvous` for `recipient`.
+    /// Requests and ERROR (unsigned): `false`.
+    public func isValidAnswer(for recipient: PublicKey, from rendezvous: PublicKey) -> Bool {
+        switch self {
+        case .bound(_, _, _, let signature), .peer(_, _, _, _, let signature):
+            return signature.count == Self.signatureByteCount
+                && rendezvous.isValidSignature(signature, for: self.answerSignedBytes(recipient: recipient))
+        case .bind, .connect, .error:
+            return false
+        }
+    }
+
     // MARK: Encoding
 
     /// Whether a datagram whose first byte is `firstByte` belongs to the rendezvous protocol
@@ -135,27 +199,39 @@ public enum RendezvousMessage: Sendable, Hashable {
     /// or zero-padded to 64 bytes, so the datagram keeps its shape and fails verification. An
     /// ERROR text longer than ``maxErrorMessageBytes`` is cut at a character boundary.
     public func encode(into buffer: inout ByteBuffer) {
+        self.encodeUnsigned(into: &buffer)
         switch self {
-        case .bind(let key, let timestamp, let signature):
+        case .bind(_, _, let signature), .connect(_, _, _, let signature), .bound(_, _, _, let signature),
+            .peer(_, _, _, _, let signature):
+            Self.writeSignature(signature, into: &buffer)
+        case .error:
+            break
+        }
+    }
+
+    /// Every byte of the datagram but the final signature (ERROR has none).
+    private func encodeUnsigned(into buffer: inout ByteBuffer) {
+        switch self {
+        case .bind(let key, let timestamp, _):
             Self.writeHeader(.bind, into: &buffer)
             buffer.writeBytes(key.rawBytes)
             buffer.writeInteger(timestamp)
-            Self.writeSignature(signature, into: &buffer)
-        case .bound(let observed, let refreshSeconds):
+        case .bound(let observed, let refreshSeconds, let stamp, _):
             Self.writeHeader(.bound, into: &buffer)
             RendezvousEndpoint.write(observed, into: &buffer)
             buffer.writeInteger(refreshSeconds)
-        case .connect(let from, let to, let timestamp, let signature):
+            buffer.writeInteger(stamp)
+        case .connect(let from, let to, let timestamp, _):
             Self.writeHeader(.connect, into: &buffer)
             buffer.writeBytes(from.rawBytes)
             buffer.writeBytes(to.rawBytes)
             buffer.writeInteger(timestamp)
-            Self.writeSignature(signature, into: &buffer)
-        case .peer(let key, let endpoint, let peerAsked):
+        case .peer(let key, let endpoint, let peerAsked, let stamp, _):
             Self.writeHeader(.peer, into: &buffer)
             buffer.writeBytes(key.rawBytes)
             RendezvousEndpoint.write(endpoint, into: &buffer)
             buffer.writeInteger(UInt8(peerAsked ? 1 : 0))
+            buffer.writeInteger(stamp)
         case .error(let about, let code, let message):
             Self.writeHeader(.error, into: &buffer)
             buffer.writeBytes(about.rawBytes)
@@ -227,7 +303,9 @@ public enum RendezvousMessage: Sendable, Hashable {
             guard let refresh = buffer.readInteger(as: UInt16.self) else {
                 throw RendezvousError(.truncated, "truncated \(name): no refresh interval")
             }
-            self = .bound(observed: observed, refreshSeconds: refresh)
+            let stamp = try Self.readU64(&buffer, field: "\(name) in-reply-to")
+            let signature = try Self.readSignature(&buffer, field: "\(name) signature")
+            self = .bound(observed: observed, refreshSeconds: refresh, inReplyTo: stamp, signature: signature)
         case .connect:
             let from = try Self.readKey(&buffer, field: "\(name) from")
             let to = try Self.readKey(&buffer, field: "\(name) to")
@@ -243,7 +321,9 @@ public enum RendezvousMessage: Sendable, Hashable {
             guard role <= 1 else {
                 throw RendezvousError(.malformed, "\(name) role \(role), expected 0 or 1")
             }
-            self = .peer(key: key, endpoint: endpoint, peerAsked: role == 1)
+            let stamp = try Self.readU64(&buffer, field: "\(name) in-reply-to")
+            let signature = try Self.readSignature(&buffer, field: "\(name) signature")
+            self = .peer(key: key, endpoint: endpoint, peerAsked: role == 1, inReplyTo: stamp, signature: signature)
         case .error:
             let about = try Self.readKey(&buffer, field: "\(name) about")
             guard let codeByte = buffer.readInteger(as: UInt8.self) else {

@@ -8,6 +8,7 @@ import Darwin
 import Logging
 import NIOCore
 import NIOPosix
+import SkywireCrypto
 
 /// The sudph rendezvous: a UDP listener (run by the discovery service) that learns visors'
 /// public endpoints and introduces two visors to each other for hole punching.
@@ -38,9 +39,13 @@ public final class RendezvousServer: Sendable {
     /// The bound UDP address (the real port when started with port 0).
     public let localAddress: SocketAddress
 
-    private init(channel: any Channel, localAddress: SocketAddress) {
+    /// The key answers are signed with.
+    public let publicKey: PublicKey
+
+    private init(channel: any Channel, localAddress: SocketAddress, publicKey: PublicKey) {
         self.channel = channel
         self.localAddress = localAddress
+        self.publicKey = publicKey
     }
 
     /// Binds the UDP listener and serves until ``close()``. Logs
@@ -51,6 +56,8 @@ public final class RendezvousServer: Sendable {
     ///   - port: UDP port; 0 picks an ephemeral one (see ``localAddress``).
     ///   - group: where the channel runs.
     ///   - logger: startup at info, every refusal and introduction at debug.
+    ///   - identity: the key every answer is signed with (visors check answers against the
+    ///     public key that discovery publishes in `GET /v1/rendezvous`).
     ///   - refresh: the BIND interval told to visors in BOUND, in seconds (at least 1).
     ///   - expiry: how long a binding lives after its last BIND.
     /// - Throws: ``RendezvousError`` of kind ``RendezvousError/Kind/cannotListen`` naming the
@@ -60,18 +67,23 @@ public final class RendezvousServer: Sendable {
         port: Int,
         group: any EventLoopGroup,
         logger: Logger,
+        identity: KeyPair,
         refresh: UInt16 = 10,
         expiry: TimeAmount = .seconds(35)
     ) async throws -> RendezvousServer {
-        try await self.start(host: host, port: port, group: group, logger: logger, policy: RendezvousPolicy(refresh: refresh, expiry: expiry))
+        try await self.start(
+            host: host, port: port, group: group, logger: logger, identity: identity,
+            policy: RendezvousPolicy(refresh: refresh, expiry: expiry)
+        )
     }
 
-    /// ``start(host:port:group:logger:refresh:expiry:)`` with every rule and clock given (tests).
+    /// ``start(host:port:group:logger:identity:refresh:expiry:)`` with every rule and clock given (tests).
     static func start(
         host: String,
         port: Int,
         group: any EventLoopGroup,
         logger: Logger,
+        identity: KeyPair,
         policy: RendezvousPolicy
     ) async throws(RendezvousError) -> RendezvousServer {
         let display = Self.display(host: host, port: port)
@@ -85,7 +97,7 @@ public final class RendezvousServer: Sendable {
                 // busy port must be an error.
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(RendezvousHandler(policy: policy, logger: logger))
+                        try channel.pipeline.syncOperations.addHandler(RendezvousHandler(policy: policy, identity: identity, logger: logger))
                     }
                 }
                 .bind(host: host, port: port)
@@ -101,7 +113,7 @@ public final class RendezvousServer: Sendable {
             "rendezvous listening on udp://\(Self.display(address))",
             metadata: ["rendezvous.refresh": "\(policy.refreshSeconds)", "rendezvous.expiry": "\(TimeAmount.nanoseconds(Int64(policy.expiryNanoseconds)))"]
         )
-        return RendezvousServer(channel: channel, localAddress: address)
+        return RendezvousServer(channel: channel, localAddress: address, publicKey: identity.publicKey)
     }
 
     /// Closes the listener (bindings are forgotten). Safe to call more than once.

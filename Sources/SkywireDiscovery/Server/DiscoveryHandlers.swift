@@ -38,11 +38,14 @@ struct StatusBody: Codable, Sendable {
 }
 
 /// `GET /v1/rendezvous`: where the sudph rendezvous listens (UDP, on the discovery host).
+/// `{"udp_port": N, "public_key": "<hex>"}`: the key the rendezvous signs its answers with.
 struct RendezvousBody: Codable, Sendable {
     var udpPort: Int
+    var publicKey: String
 
     enum CodingKeys: String, CodingKey {
         case udpPort = "udp_port"
+        case publicKey = "public_key"
     }
 }
 
@@ -179,10 +182,10 @@ struct DiscoveryHandlers: Sendable {
         guard self.configuration.rendezvous != nil else {
             throw APIError(.notFound, "this discovery service runs no sudph rendezvous")
         }
-        guard let port = self.rendezvous.address?.port else {
+        guard let (address, key) = self.rendezvous.published, let port = address.port else {
             throw APIError(.serviceUnavailable, "the sudph rendezvous is not listening")
         }
-        return JSONResponse.make(.ok, RendezvousBody(udpPort: port))
+        return JSONResponse.make(.ok, RendezvousBody(udpPort: port, publicKey: key.hex))
     }
 
     private func liveSince() -> Int64 {

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import SkywireCrypto
 
 /// The discovery service: an HTTP+JSON registry of signed relay and visor entries, stored in SQLite
 /// (one process) or PostgreSQL (any number of replicas serving one registry; see
@@ -126,6 +127,7 @@ public struct DiscoveryServer: Service {
             port: port,
             group: MultiThreadedEventLoopGroup.singleton,
             logger: self.logger,
+            identity: settings.identity ?? KeyPair.generate(),
             refresh: settings.refresh,
             expiry: TimeAmount(settings.expiry)
         )

@@ -1,4 +1,5 @@
 import NIOCore
+import SkywireCrypto
 import Synchronization
 
 /// The running rendezvous of a ``DiscoveryServer``, shared by the server task (which starts and
@@ -9,6 +10,11 @@ final class RendezvousState: Sendable {
     /// The bound UDP address while a rendezvous runs.
     var address: SocketAddress? {
         self.server.withLock { $0?.localAddress }
+    }
+
+    /// The bound UDP address and the answer-signing key while a rendezvous runs.
+    var published: (SocketAddress, PublicKey)? {
+        self.server.withLock { server in server.map { ($0.localAddress, $0.publicKey) } }
     }
 
     func set(_ server: RendezvousServer) {

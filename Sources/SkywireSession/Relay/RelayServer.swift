@@ -23,6 +23,8 @@ public final class RelayServer: Service, Sendable {
         public var publicAddress: String?
         public var settings: SessionSettings
         public var entryTTL: Duration
+        /// Limits on handshakes pending at once (per source address and in all).
+        public var handshakeLimits: ListenerGuard.Limits = .init()
 
         public init(host: String, port: Int, identity: KeyPair, discoveryURL: String?, publicAddress: String? = nil, entryTTL: Duration = .seconds(60)) {
             self.host = host
@@ -61,25 +63,34 @@ public final class RelayServer: Service, Sendable {
     public func run() async throws {
         let acceptor = RelayAcceptor(server: self)
         let settings = self.configuration.settings
-        let logger = self.logger
+        let listenerGuard = ListenerGuard(name: "relay", logger: self.logger, limits: self.configuration.handshakeLimits)
         let channel = try await ServerBootstrap(group: self.group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in listenerGuard.installAcceptBackoff(on: channel) }
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.recvAllocator, value: SessionEstablishment.carrierReceiveAllocator)
             // The relay lives as long as its listener: holding it strongly here is no cycle.
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                // Whoever can reach the port can open connections: bounded pending handshakes,
+                // failures logged once per interval with a count.
+                guard let ticket = listenerGuard.admit(channel.remoteAddress) else {
+                    channel.close(promise: nil)
+                    return channel.eventLoop.makeSucceededVoidFuture()
+                }
+                channel.closeFuture.whenComplete { _ in ticket.release() }
+                return channel.eventLoop.makeCompletedFuture {
                     SessionEstablishment.respond(
                         on: channel, context: SessionContext.relay, kind: .dmsg,
                         settings: settings, acceptor: acceptor
                     ).whenComplete { result in
+                        ticket.release()
                         switch result {
                         case .success(let session):
                             self.register(session)
                         case .failure(let error):
-                            logger.info("relay handshake failed", metadata: ["peer.addr": "\(channel.remoteAddress.map { "\($0)" } ?? "?")", "error": "\(error)"])
+                            listenerGuard.handshakeFailed(from: channel.remoteAddress, error: error)
                         }
                     }
                 }

@@ -9,6 +9,7 @@ import NIOPosix
 import SkywireCrypto
 import SkywireDiscovery
 import SkywireReliable
+import SkywireSupport
 import Synchronization
 
 /// A visor's sudph endpoint: one UDP socket for the rendezvous binding, hole punching and every
@@ -94,16 +95,18 @@ public final class SudphEndpoint: Sendable {
     public var publicAddress: SocketAddress? { observed.withLockedValue { $0 } }
 
     /// Starts (or moves) the rendezvous binding: BIND now and then every refresh interval.
-    public func setRendezvous(_ address: SocketAddress) {
-        setRendezvous([address])
+    public func setRendezvous(_ address: SocketAddress, key: PublicKey) {
+        setRendezvous([RendezvousInfo(address: address, publicKey: key)])
     }
 
-    /// Binds with every one of `addresses` (the rendezvous of each discovery replica) and sends
+    /// Binds with every one of `rendezvous` (the rendezvous of each discovery replica) and sends
     /// each CONNECT to all of them: two visors that reach different replicas still share at least
-    /// one rendezvous, and a dial fails on refusals only once every rendezvous refused.
-    public func setRendezvous(_ addresses: [SocketAddress]) {
+    /// one rendezvous, and a dial fails on refusals only once every rendezvous refused. Only
+    /// answers signed by a rendezvous's own key (discovery publishes it with the address) are
+    /// acted on.
+    public func setRendezvous(_ rendezvous: [RendezvousInfo]) {
         let core = self.core
-        channel.eventLoop.execute { core.value.setRendezvous(addresses) }
+        channel.eventLoop.execute { core.value.setRendezvous(rendezvous) }
     }
 
     /// Dials `key` through the rendezvous; fails after `timeout` with the reason.
@@ -159,6 +162,12 @@ final class SudphCore {
 
     /// Every rendezvous we bind with (one per discovery replica that runs one).
     private var rendezvous: [SocketAddress] = []
+    /// The key each rendezvous signs its answers with.
+    private var rendezvousKeys: [SocketAddress: PublicKey] = [:]
+    /// Peer-caused junk (bad datagrams, refused handshakes), logged once per interval with a count.
+    private lazy var junkLog = RateLimitedLog(logger: logger, level: .debug)
+    /// Timestamps of our latest BINDs and CONNECTs: an answer must reply to one of them.
+    private var sentStamps: [UInt64] = []
     private var bindTimer: Scheduled<Void>?
     private var boundOnce = false
     private var refresh: TimeAmount = .seconds(10)
@@ -180,6 +189,10 @@ final class SudphCore {
     static let handshakeRetransmit: TimeAmount = .milliseconds(250)
     static let connectRetransmit: TimeAmount = .milliseconds(500)
     static let payloadPrefix = Array(TransportKindName.sudph.utf8)
+    /// Request stamps remembered for matching answers (a few seconds of binds and dial retries).
+    static let sentStampMemory = 64
+    /// How far the stamp of a PEER saying someone asked for us may be from our clock.
+    static let peerAskedWindowMilliseconds: UInt64 = 120_000
 
     struct AnsweredKey: Hashable {
         var address: SocketAddress
@@ -232,13 +245,38 @@ final class SudphCore {
         for address in rendezvous {
             send(buffer, to: address)
         }
+        if case .bind(_, let stamp, _) = message { remember(stamp) }
+        if case .connect(_, _, let stamp, _) = message { remember(stamp) }
+    }
+
+    private func remember(_ stamp: UInt64) {
+        if sentStamps.count >= Self.sentStampMemory { sentStamps.removeFirst() }
+        sentStamps.append(stamp)
+    }
+
+    /// Whether an answer from `source` is signed by that rendezvous for us and replies to
+    /// something recent: our own BIND or CONNECT, or (PEER saying someone asked for us) a CONNECT
+    /// stamped near our clock. Anything else (forged, redirected, replayed) could misdirect
+    /// punching: dropped. ERROR is unsigned and only ever fails a dial or triggers a BIND: taken
+    /// as it is.
+    private func isAuthentic(_ message: RendezvousMessage, from source: SocketAddress) -> Bool {
+        if case .error = message { return true }
+        guard let key = rendezvousKeys[source], message.isValidAnswer(for: settings.identity.publicKey, from: key),
+            let stamp = message.inReplyTo
+        else { return false }
+        if case .peer(_, _, true, _, _) = message {
+            let now = UInt64(Date().timeIntervalSince1970 * 1000)
+            return (now > stamp ? now - stamp : stamp - now) <= Self.peerAskedWindowMilliseconds
+        }
+        return sentStamps.contains(stamp)
     }
 
     // MARK: rendezvous binding
 
-    func setRendezvous(_ addresses: [SocketAddress]) {
+    func setRendezvous(_ infos: [RendezvousInfo]) {
         guard !isShutDown else { return }
-        rendezvous = addresses
+        rendezvous = infos.map(\.address)
+        rendezvousKeys = Dictionary(infos.map { ($0.address, $0.publicKey) }, uniquingKeysWith: { first, _ in first })
         bindTimer?.cancel()
         sendBind()
     }
@@ -262,7 +300,11 @@ final class SudphCore {
             do {
                 message = try RendezvousMessage(decoding: datagram)
             } catch {
-                logger.debug("sudph: bad rendezvous datagram", metadata: ["error": "\(error)"])
+                junkLog.record("sudph: bad rendezvous datagram", metadata: ["error": "\(error)"])
+                return
+            }
+            guard isAuthentic(message, from: address) else {
+                junkLog.record("sudph: rendezvous answer without a valid signature or not replying to us dropped")
                 return
             }
             logger.trace("sudph rendezvous message", metadata: ["message": "\(message)"])
@@ -298,7 +340,7 @@ final class SudphCore {
 
     private func handleRendezvous(_ message: RendezvousMessage, from source: SocketAddress) {
         switch message {
-        case .bound(let address, let refreshSeconds):
+        case .bound(let address, let refreshSeconds, _, _):
             let first = !boundOnce
             boundOnce = true
             refresh = .seconds(Int64(max(2, min(Int(refreshSeconds), 60))))
@@ -309,7 +351,7 @@ final class SudphCore {
             if first || changed {
                 logger.info("sudph bound with the rendezvous", metadata: ["sudph.public": "\(address.hostPort)"])
             }
-        case .peer(let key, let endpoint, let peerAsked):
+        case .peer(let key, let endpoint, let peerAsked, _, _):
             if peerAsked {
                 // Someone is about to send us message 1: open our NAT towards them.
                 logger.debug("sudph punching", metadata: ["peer.key": "\(key.fingerprint)", "peer.addr": "\(endpoint.hostPort)"])
@@ -480,7 +522,7 @@ final class SudphCore {
             }
         } catch {
             // Debug only: anyone can send garbage to a UDP port, and at any rate.
-            logger.debug("sudph handshake refused", metadata: ["peer.addr": "\(address.hostPort)", "error": "\(error)"])
+            junkLog.record("sudph handshake refused", metadata: ["peer.addr": "\(address.hostPort)", "error": "\(error)"])
             return
         }
         handshakeClock[response.remoteKey] = stamp

@@ -2,6 +2,7 @@ import Foundation
 import SkywireCrypto
 import SkywireDiscovery
 import SkywireSession
+import SkywireSupport
 
 /// A visor's configuration file (JSON). Holds the secret key, so it is written with mode 0600.
 public struct VisorConfig: Codable, Sendable, Equatable {
@@ -211,15 +212,19 @@ public struct VisorConfig: Codable, Sendable, Equatable {
         return config
     }
 
-    /// Writes the config with mode 0600 (it holds the secret key).
+    /// Writes the config with mode 0600 (it holds the secret key), through ``PrivateFile``.
+    /// Without `force` an existing file is refused (also one created meanwhile by someone else).
     public func write(path: String, force: Bool) throws {
-        if !force, FileManager.default.fileExists(atPath: path) {
-            throw ConfigError("\(path) already exists (use --force to overwrite)")
-        }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         let data = try encoder.encode(self)
-        try writePrivateFile(path: path, data: data + Data("\n".utf8))
+        do {
+            try PrivateFile.write(Array(data) + [UInt8(ascii: "\n")], to: path, replace: force)
+        } catch where error.kind == .exists {
+            throw ConfigError("\(path) already exists (use --force to overwrite)")
+        } catch {
+            throw ConfigError(error.description)
+        }
     }
 
     /// The state directory, resolved against the config file's folder.
@@ -252,24 +257,13 @@ func describe(_ error: DecodingError) -> String {
     }
 }
 
-/// Writes `data` to `path` atomically, readable by the owner only, never briefly world-readable.
+/// Writes `data` to `path` atomically, readable by the owner only, never briefly world-readable
+/// (``PrivateFile``: random `O_EXCL` temporary name, fsync, rename).
 public func writePrivateFile(path: String, data: Data) throws {
-    let tmp = path + ".tmp-\(getpid())"
-    let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-    guard fd >= 0 else { throw ConfigError("cannot write \(path): \(String(cString: strerror(errno)))") }
-    var ok = fchmod(fd, 0o600) == 0
-    data.withUnsafeBytes { raw in
-        var offset = 0
-        while ok && offset < raw.count {
-            let n = Foundation.write(fd, raw.baseAddress! + offset, raw.count - offset)
-            if n <= 0 { ok = false } else { offset += n }
-        }
-    }
-    ok = (fsync(fd) == 0) && ok
-    close(fd)
-    guard ok, rename(tmp, path) == 0 else {
-        unlink(tmp)
-        throw ConfigError("cannot write \(path): \(String(cString: strerror(errno)))")
+    do {
+        try PrivateFile.write(Array(data), to: path)
+    } catch {
+        throw ConfigError(error.description)
     }
 }
 

@@ -79,23 +79,32 @@ final class DirectNetwork: Sendable {
         let acceptor: any StreamAcceptor = self.acceptor.withLock { $0 } ?? RejectAllStreams()
         let inbound: @Sendable (Session) -> Void = self.inbound.withLock { $0 } ?? { @Sendable _ in }
         let channel: any Channel
+        // Strangers reach this port: bounded pending handshakes, accept back-off, failures
+        // logged once per interval with a count (ListenerGuard).
+        let listenerGuard = ListenerGuard(name: "direct", logger: logger)
         do {
             channel = try await ServerBootstrap(group: self.group)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .serverChannelInitializer { channel in listenerGuard.installAcceptBackoff(on: channel) }
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
                 .childChannelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelOption(.recvAllocator, value: SessionEstablishment.carrierReceiveAllocator)
                 .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
+                    guard let ticket = listenerGuard.admit(channel.remoteAddress) else {
+                        channel.close(promise: nil)
+                        return channel.eventLoop.makeSucceededVoidFuture()
+                    }
+                    channel.closeFuture.whenComplete { _ in ticket.release() }
+                    return channel.eventLoop.makeCompletedFuture {
                         SessionEstablishment.respond(
                             on: channel, context: SessionContext.visor, kind: .stcpr,
                             settings: settings, acceptor: acceptor, allowedKinds: [.stcpr, .stcp]
                         ).whenComplete { result in
+                            ticket.release()
                             switch result {
                             case .success(let session): inbound(session)
-                            case .failure(let error):
-                                logger.info("direct handshake failed", metadata: ["peer.addr": "\(channel.remoteAddress.map { "\($0)" } ?? "?")", "error": "\(error)"])
+                            case .failure(let error): listenerGuard.handshakeFailed(from: channel.remoteAddress, error: error)
                             }
                         }
                     }

@@ -68,17 +68,21 @@ final class SudphNetwork: Sendable {
         let logger = self.logger
         try? await cancelWhenGracefulShutdown {
             // Learn (and re-learn: discovery may move) the rendezvous of every discovery
-            // replica: binding with all of them lets two visors that reach different replicas
-            // meet (docs/ARCHITECTURE.md, "Discovery replicas").
-            var current: [SocketAddress] = []
+            // replica, with the key each signs its answers with: binding with all of them lets
+            // two visors that reach different replicas meet (docs/ARCHITECTURE.md, "Discovery
+            // replicas").
+            var current: [RendezvousInfo] = []
             var backoff = Duration.seconds(1)
             while !Task.isCancelled {
                 do {
-                    let addresses = try await discovery.rendezvousAddresses()
-                    if addresses != current {
-                        current = addresses
-                        endpoint.setRendezvous(addresses)
-                        logger.info("sudph rendezvous", metadata: ["rendezvous": "\(addresses.map(\.hostPort).joined(separator: ","))"])
+                    let infos = try await discovery.rendezvousAll()
+                    if infos != current {
+                        current = infos
+                        endpoint.setRendezvous(infos)
+                        logger.info("sudph rendezvous", metadata: [
+                            "rendezvous": "\(infos.map(\.address.hostPort).joined(separator: ","))",
+                            "rendezvous.keys": "\(infos.map(\.publicKey.fingerprint).joined(separator: ","))",
+                        ])
                     }
                     backoff = .seconds(1)
                     try await Task.sleep(for: .seconds(30))

@@ -78,8 +78,14 @@ struct InstanceStore: Sendable {
     /// Reads what can be read; every unreadable line is reported as "FILE:LINE: reason".
     func load() -> (instances: [SavedInstance], problems: [String]) {
         guard let data = FileManager.default.contents(atPath: self.path) else { return ([], []) }
+        return Self.parse(data, path: self.path)
+    }
+
+    /// The instances in a state file's bytes; every unreadable line is reported as
+    /// "PATH:LINE: reason". Never traps, whatever the bytes (fuzzed: `scripts/fuzz instance-state`).
+    static func parse(_ data: Data, path: String) -> (instances: [SavedInstance], problems: [String]) {
         guard let text = String(data: data, encoding: .utf8) else {
-            return ([], ["\(self.path): not UTF-8 text"])
+            return ([], ["\(path): not UTF-8 text"])
         }
         var instances: [SavedInstance] = []
         var problems: [String] = []
@@ -90,14 +96,14 @@ struct InstanceStore: Sendable {
             do {
                 let instance = try JSONDecoder().decode(SavedInstance.self, from: Data(trimmed.utf8))
                 guard names.insert(instance.name).inserted else {
-                    problems.append("\(self.path):\(index + 1): duplicate instance name \(instance.name)")
+                    problems.append("\(path):\(index + 1): duplicate instance name \(instance.name)")
                     continue
                 }
                 instances.append(instance)
             } catch let error as DecodingError {
-                problems.append("\(self.path):\(index + 1): \(describe(error))")
+                problems.append("\(path):\(index + 1): \(describe(error))")
             } catch {
-                problems.append("\(self.path):\(index + 1): \(error)")
+                problems.append("\(path):\(index + 1): \(error)")
             }
         }
         return (instances, problems)

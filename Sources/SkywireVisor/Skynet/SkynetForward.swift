@@ -224,9 +224,12 @@ final class SkynetForward: Sendable {
                 self.handle(channel)
             }
         }
+        // Out of file descriptors, the listener would stay readable and spin: pause accepts.
+        let listenerGuard = ListenerGuard(name: "forward \(self.name)", logger: self.logger)
         do {
             return try await ServerBootstrap(group: self.group, childGroup: self.loop)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .serverChannelInitializer { channel in listenerGuard.installAcceptBackoff(on: channel) }
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
                 // Reads wait for the stream: nothing is read that has nowhere to go.
                 .childChannelOption(.autoRead, value: false)

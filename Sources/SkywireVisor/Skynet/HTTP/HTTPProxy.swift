@@ -57,9 +57,11 @@ final class HTTPProxy: Sendable {
 
     private let routes = Mutex<[Int: Route]>([:])
     private let bound = Mutex<Int?>(nil)
-    /// Idle backend connections by backend port, kept for the next client connection.
-    private let idle = Mutex<[Int: [ProxyRelay.BackendConnection]]>([:])
-    /// Idle backend connections kept per backend port.
+    /// Idle backend connections by remote key and backend port, kept for the next client
+    /// connection of the same remote visor only: a backend may tie state to a connection (an
+    /// NTLM-style login, a pinned session), so one remote key must never get another's.
+    private let idle = Mutex(IdlePool<BackendPoolKey, ProxyRelay.BackendConnection>(limitPerKey: HTTPProxy.idlePerBackend))
+    /// Idle backend connections kept per remote key and backend port.
     static let idlePerBackend = 32
     let logger: Logger
 
@@ -77,26 +79,18 @@ final class HTTPProxy: Sendable {
         return self.routes.withLock { $0[peerPort] }
     }
 
-    /// An idle connection to the backend on `port`, if one is still open.
-    func checkout(port: Int) -> ProxyRelay.BackendConnection? {
-        var closed: [ProxyRelay.BackendConnection] = []
-        defer { for connection in closed { connection.close() } }
-        return self.idle.withLock { idle in
-            while let connection = idle[port]?.popLast() {
-                if connection.channel.isActive { return connection }
-                closed.append(connection)
-            }
-            return nil
-        }
+    /// An idle connection to the backend on `port` that served `remoteKey` before, if one is
+    /// still open.
+    func checkout(port: Int, remoteKey: String) -> ProxyRelay.BackendConnection? {
+        let (connection, closed) = self.idle.withLock { $0.checkout(BackendPoolKey(remoteKey: remoteKey, port: port)) { $0.channel.isActive } }
+        for stale in closed { stale.close() }
+        return connection
     }
 
-    /// Keeps `connection` for the next client connection; `false` when the pool is full.
-    func checkin(_ connection: ProxyRelay.BackendConnection, port: Int) -> Bool {
-        self.idle.withLock { idle in
-            guard (idle[port]?.count ?? 0) < Self.idlePerBackend else { return false }
-            idle[port, default: []].append(connection)
-            return true
-        }
+    /// Keeps `connection` for the next client connection of `remoteKey`; `false` when the pool
+    /// is full.
+    func checkin(_ connection: ProxyRelay.BackendConnection, port: Int, remoteKey: String) -> Bool {
+        self.idle.withLock { $0.checkin(connection, for: BackendPoolKey(remoteKey: remoteKey, port: port)) }
     }
 
     /// Serves until graceful shutdown.
@@ -111,6 +105,44 @@ final class HTTPProxy: Sendable {
         )
         try await server.run()
     }
+}
+
+/// Which idle backend connections a client connection may reuse: its remote visor's, to its port.
+struct BackendPoolKey: Hashable, Sendable {
+    var remoteKey: String
+    var port: Int
+}
+
+/// Idle items by key, at most `limitPerKey` per key (most recently returned first).
+struct IdlePool<Key: Hashable, Item> {
+    let limitPerKey: Int
+    private var items: [Key: [Item]] = [:]
+
+    init(limitPerKey: Int) {
+        self.limitPerKey = limitPerKey
+    }
+
+    /// The newest idle item of `key` that `isOpen`, and the closed ones met on the way (removed:
+    /// the caller closes them outside any lock).
+    mutating func checkout(_ key: Key, isOpen: (Item) -> Bool) -> (Item?, closed: [Item]) {
+        var closed: [Item] = []
+        while let item = self.items[key]?.popLast() {
+            if self.items[key]?.isEmpty == true { self.items[key] = nil }
+            if isOpen(item) { return (item, closed) }
+            closed.append(item)
+        }
+        return (nil, closed)
+    }
+
+    /// Keeps `item` for `key`; `false` (the caller closes it) when that key's pool is full.
+    mutating func checkin(_ item: Item, for key: Key) -> Bool {
+        guard (self.items[key]?.count ?? 0) < self.limitPerKey else { return false }
+        self.items[key, default: []].append(item)
+        return true
+    }
+
+    /// Idle items kept for `key`.
+    func count(for key: Key) -> Int { self.items[key]?.count ?? 0 }
 }
 
 /// The proxy's own answers: a status with a short plain-text body.

@@ -16,8 +16,8 @@ import Synchronization
 /// backend that answers before reading the whole body is served too. The answer is relayed as it
 /// comes: a small body of announced length leaves with its head in one write, a larger one
 /// streams. The backend connection is kept for the client's next request while both sides keep
-/// it alive, then goes to the proxy's idle pool (``HTTPProxy/checkin(_:port:)``) for the next
-/// client connection; a backend that closed it in between is reconnected (a body-less request with an idempotent method that met a
+/// it alive, then goes to the proxy's idle pool (``HTTPProxy/checkin(_:port:remoteKey:)``) for the
+/// next client connection of the same remote key; a backend that closed it in between is reconnected (a body-less request with an idempotent method that met a
 /// connection closed under it is sent once more on a fresh one). No answer within the instance's
 /// backend timeout (and no next part of the answer within it) is a 504; a backend that cannot be
 /// reached, or closes without an answer, a 502.
@@ -67,7 +67,7 @@ enum ProxyRelay {
         channel: any Channel, route: HTTPProxy.Route, proxy: HTTPProxy, logger: Logger
     ) async throws -> Outcome {
         let backendHost = "127.0.0.1:\(route.backendPort)"
-        if let pooled = proxy.checkout(port: route.backendPort) {
+        if let pooled = proxy.checkout(port: route.backendPort, remoteKey: route.remoteKey) {
             return try await Self.serve(first: first, on: pooled, reused: true, parts: parts, outbound: outbound, channel: channel, route: route, proxy: proxy, logger: logger)
         }
         let backend: Backend
@@ -111,7 +111,7 @@ enum ProxyRelay {
                 // Back to the pool when this client connection has no further use for it.
                 func release() {
                     if keepBackend && backend.channel.isActive {
-                        pooled = proxy.checkin(backend, port: route.backendPort)
+                        pooled = proxy.checkin(backend, port: route.backendPort, remoteKey: route.remoteKey)
                     }
                 }
                 if ProxyHeaders.wantsClose(head.headerFields) || parts.bodyHeldByReader {
