@@ -828,6 +828,8 @@ def main() -> None:
     ap.add_argument("--http-threads", type=int, default=2, help="wrk threads, default 2")
     ap.add_argument("--http-conns", type=int, default=32, help="wrk connections, default 32")
     ap.add_argument("--http-repeat", type=int, default=3, help="wrk runs per path and variant (median), default 3")
+    ap.add_argument("--visor-metrics", action="store_true",
+                    help="run the visors with --metrics 127.0.0.1:0 (to compare the data path with and without metrics)")
     ap.add_argument("--json", metavar="FILE", help="also write every figure (runs, medians, CPU, load) to FILE")
     ap.add_argument("--compare", metavar="FILE", help="print per-figure ratios against an earlier --json FILE")
     args = ap.parse_args()
@@ -903,19 +905,20 @@ def main() -> None:
                 unavailable[SSH] = str(e)
 
         # skywire: discovery, relay, two visors with a direct (stcpr) listener as well.
+        visor_extra = ("--metrics", "127.0.0.1:0") if args.visor_metrics else ()
         net = harness.Network()
         net.start_discovery()
         net.start_relay()
         try:
-            a = net.start_visor("visor-a", gen_stcpr_config(net, "visor-a"))
-            b = net.start_visor("visor-b", gen_stcpr_config(net, "visor-b"))
+            a = net.start_visor("visor-a", gen_stcpr_config(net, "visor-a"), extra=visor_extra)
+            b = net.start_visor("visor-b", gen_stcpr_config(net, "visor-b"), extra=visor_extra)
         except Exception as e:  # noqa: BLE001 - relay path still measurable without --stcpr
             unavailable[SKYNET] = f"visor with --stcpr: {first_line(str(e))}"
             for v in list(net.procs):
                 if v.name.startswith("visor-"):
                     v.stop()
-            a = net.start_visor("visor-a-plain")
-            b = net.start_visor("visor-b-plain")
+            a = net.start_visor("visor-a-plain", extra=visor_extra)
+            b = net.start_visor("visor-b-plain", extra=visor_extra)
         a.ok("skynet", "srv", "start", "--ports", f"{iperf_port},{echo_port}")
         try:
             fi = start_forward(b, a.pk, iperf_port, "bench-relay-iperf", "dmsg")
