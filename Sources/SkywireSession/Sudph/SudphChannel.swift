@@ -488,7 +488,7 @@ extension SudphChannel: Channel, ChannelCore {
     private func moveWritesToStream() {
         while let (buffer, promise) = pendingWrites.popFirst() {
             pendingWriteBytes -= buffer.readableBytes
-            // Empty writes (ChannelLink's "after pending writes" marker) carry only a promise.
+            // Empty writes (the "after pending writes" marker of GlueHandler and the Noise handler) carry only a promise.
             if buffer.readableBytes > 0 { reliable.write(buffer) }
             promise?.succeed()
         }
