@@ -37,7 +37,7 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // Layer 0: a duplex byte pipe abstraction (TCP channels, mux streams, encrypted links all are Links).
+        // Layer 0: GlueHandler, the byte-stream glue between two NIO channels (forwards, relay).
         .target(
             name: "SkywireLink",
             dependencies: [
@@ -45,11 +45,11 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // Layer 1: identity (Ed25519 / X25519) and the Noise protocol; NoiseLink encrypts a Link.
+        // Layer 1: identity (Ed25519 / X25519) and the Noise protocol as channel handlers.
         .target(
             name: "SkywireCrypto",
             dependencies: [
-                "SkywireLink", "SkywireSupport",
+                "SkywireSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -158,7 +158,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SkywireCryptoTests",
-            dependencies: ["SkywireCrypto", "SkywireLink", .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio")],
+            dependencies: ["SkywireCrypto", .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio")],
             exclude: ["python"],
             swiftSettings: swiftSettings
         ),
