@@ -1,4 +1,5 @@
 import NIOCore
+import SkywireLink
 
 /// The stream multiplexer of a session, as a handler in the pipeline of the channel that carries
 /// the session's plaintext (after the Noise handlers on a TCP connection or a relayed stream, or on
@@ -395,7 +396,9 @@ public final class MuxHandler: ChannelDuplexHandler {
         while !self.isClosed, context.channel.isWritable, let child = self.ready.popFirst() {
             child.inReadyQueue = false
             guard child.hasSendableFrame else { continue }
-            let frameSize = MuxFrame.headerSize + min(maxFrame, child.sendableBytes)
+            // With payloads sealed end to end only the header is copied into `out`.
+            let clear = self.configuration.payloadsSealedEndToEnd
+            let frameSize = MuxFrame.headerSize + (clear ? 0 : min(maxFrame, child.sendableBytes))
             if self.out.readableBytes > 0 && self.out.readableBytes + frameSize > self.coalesceLimit {
                 self.writeOut(context: context)
                 wrote = true
@@ -407,16 +410,37 @@ public final class MuxHandler: ChannelDuplexHandler {
             }
             if self.out.writableBytes < frameSize {
                 // Size a fresh buffer for the whole batch at once rather than growing it frame by frame.
-                let batch = self.out.readableBytes == 0 ? self.estimatedBatchSize(first: frameSize) : frameSize
+                let batch = self.out.readableBytes == 0 && !clear ? self.estimatedBatchSize(first: frameSize) : max(frameSize, 256)
                 self.out.reserveCapacity(minimumWritableBytes: batch)
             }
-            child.emitFrame(into: &self.out, maxFramePayload: maxFrame)
+            if clear {
+                if self.emitFrameClear(child, context: context, maxFrame: maxFrame) { wrote = true }
+            } else {
+                child.emitFrame(into: &self.out, maxFramePayload: maxFrame)
+            }
             if child.hasSendableFrame {
                 child.inReadyQueue = true
                 self.ready.append(child)
             }
             child.afterSend()
         }
+    }
+
+    /// A DATA frame whose payload is sealed end to end already: the header joins the coalesced
+    /// output, which is written out; then the payload buffers follow as they are, announced by
+    /// ``AlreadySealed`` (see ``MuxConfiguration/payloadsSealedEndToEnd``).
+    /// `true` when it wrote to the parent.
+    private func emitFrameClear(_ child: MuxChildChannel, context: ChannelHandlerContext, maxFrame: Int) -> Bool {
+        var payload: [ByteBuffer] = []
+        let count = child.emitFrame(into: &self.out, maxFramePayload: maxFrame) { payload.append($0) }
+        guard count > 0 else { return false }
+        self.writeOut(context: context)
+        context.triggerUserOutboundEvent(AlreadySealed(byteCount: count), promise: nil)
+        for buffer in payload {
+            context.write(Self.wrapOutboundOut(buffer), promise: nil)
+        }
+        self.bytesOut &+= UInt64(count)
+        return true
     }
 
     private func estimatedBatchSize(first: Int) -> Int {
