@@ -250,7 +250,7 @@ final class SkynetServer: StreamAcceptor {
                     try stream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
                     return HTTPProxy.Route(remoteKey: key.hex, backendPort: port, options: options, clientAddress: clientAddress)
                 }.flatMap { route in
-                    proxy.serve(stream: stream, route: route)
+                    proxy.serve(stream: stream, route: route, counters: instance.counters)
                 }
             }
             self.admit(accepted, instance: instance, remote: remote, port: port)
@@ -276,7 +276,7 @@ final class SkynetServer: StreamAcceptor {
                         stream.eventLoop.makeCompletedFuture {
                             try stream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
                         }.flatMap {
-                            GlueHandler.glue(stream, backend)
+                            GlueHandler.glue(stream, backend, countFirst: instance.counters.countIn, countSecond: instance.counters.countOut)
                         }.flatMap {
                             backend.setOption(.autoRead, value: true)
                         }
@@ -309,7 +309,7 @@ final class SkynetServer: StreamAcceptor {
                     // The instance may have been replaced meanwhile: forget it everywhere.
                     instance.admitted.withLock { _ = $0.removeValue(forKey: id) }
                     self?.forget(connection: id)
-                    counters.connectionClosed(bytesIn: stream.bytesIn, bytesOut: stream.bytesOut)
+                    counters.connectionClosed()
                 }
             case .failure(let error):
                 logger.info("stream not accepted", metadata: ["port": "\(port)", "error": "\(error)"])

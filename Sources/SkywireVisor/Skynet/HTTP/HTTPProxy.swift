@@ -91,9 +91,17 @@ final class HTTPProxy: Sendable {
     }
 
     /// Sets up HTTP on an accepted stream (call from the stream's initializer, on its loop) and
-    /// serves it from a task of its own until the client is done.
-    func serve(stream: any Channel, route: Route) -> EventLoopFuture<Void> {
+    /// serves it from a task of its own until the client is done; `counters` get the bytes the
+    /// stream carries (``StreamTally``).
+    func serve(stream: any Channel, route: Route, counters: Counters? = nil) -> EventLoopFuture<Void> {
         let logger = self.logger
+        if let counters {
+            do {
+                try stream.pipeline.syncOperations.addHandler(StreamTally(countIn: counters.countIn, countOut: counters.countOut))
+            } catch {
+                return stream.eventLoop.makeFailedFuture(error)
+            }
+        }
         return ProxyChannel.setup(channel: stream, headTimeout: self.requestHeadTimeout, logger: logger).map { asyncChannel in
             let connection = ProxyConnection(channel: asyncChannel, route: route, proxy: self, logger: logger)
             // The connection's async code runs on its channel's event loop: no thread hop per await.
