@@ -64,6 +64,10 @@ def test_server_visor_listens_on_no_port_but_its_configured_ones(net):
                 r = client.get(f"http://127.0.0.1:{info['local_port']}/x/{i}")
                 assert r.status_code == 200 and r.json()["path"] == f"/x/{i}"
                 assert r.json()["xff"] == "127.0.0.1"
+            # The server instance counts the HTTP-mode stream's bytes while it is open.
+            server = a.json("skynet", "srv", "status")[0]
+            assert server["connections_open"] == 1
+            assert server["bytes_in"] >= 5 * len("GET /x/0 HTTP/1.1\r\n") and server["bytes_out"] >= 5 * len("HTTP/1.1 200 OK\r\n")
         visor = a.json("visor", "info")
         configured = {int(visor["rpc"].rsplit(":", 1)[1]), int(visor["stcpr"].rsplit(":", 1)[1])}
         # While HTTP-mode connections are being served: the control API and the direct
