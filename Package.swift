@@ -37,7 +37,8 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // Layer 0: GlueHandler, the byte-stream glue between two NIO channels (forwards, relay).
+        // Layer 0: GlueHandler, the byte-stream glue between two NIO channels (forwards, relay), and
+        // the AlreadySealed outbound event the mux and Noise handlers agree on.
         .target(
             name: "SkywireLink",
             dependencies: [
@@ -49,7 +50,7 @@ let package = Package(
         .target(
             name: "SkywireCrypto",
             dependencies: [
-                "SkywireSupport",
+                "SkywireLink", "SkywireSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
