@@ -374,11 +374,13 @@ final class SkynetForward: Sendable {
         if case .reconnecting(let reason) = snapshot.state { error = reason }
         let session = self.manager.existing(self.remote, kinds: self.network.kinds)
         let transport = session?.kind
+        let relay = snapshot.state == .running ? session.flatMap { self.manager.relay(carrying: $0) } : nil
         return ClientInstanceInfo(
             name: self.name, remotePublicKey: self.remote.hex, remotePort: self.remotePort,
             localPort: snapshot.localPort, localAddress: "127.0.0.1:\(snapshot.localPort)",
             mode: self.mode, network: self.network.rawValue,
             transport: snapshot.state == .running ? transport?.rawValue : nil,
+            relay: relay?.publicKey.hex, relayAddr: relay?.address,
             state: snapshot.state.label, error: error,
             directError: self.network == .auto && transport == .dmsg ? self.manager.directFailure(self.remote) : nil,
             connectionsOpen: self.counters.open.load(ordering: .relaxed),
