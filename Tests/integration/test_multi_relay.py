@@ -141,6 +141,7 @@ def test_relayed_forward_survives_its_relay_being_killed(lab):
                 pass
             time.sleep(0.2)
         assert recovered, f"the forward did not work again within {FAILOVER_BOUND}s:\n{b.proc.log()[-3000:]}"
+        print(f"forward worked again {time.monotonic() - killed_at:.2f} s after the relay was killed")
 
         after = b.json("skynet", "status", echo["name"])[0]
         assert after["transport"] == "dmsg" and after["state"] == "running"
