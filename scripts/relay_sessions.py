@@ -103,6 +103,10 @@ class IdleSession(asyncio.Protocol):
                 ct = self.conn.encrypt(struct.pack(">BBHII", 2, PONG, 0, 0, len(payload)) + payload)
                 self.transport.write(struct.pack(">H", len(ct)) + ct)
                 self.state["pongs"] += 1
+            elif ftype == GOAWAY:
+                # The relay's reason for closing (e.g. "dead peer" when our PONGs came too late).
+                reason = payload[2:].decode(errors="replace") or f"code {struct.unpack('>H', payload[:2])[0]}"
+                self.state["goaway"][reason] = self.state["goaway"].get(reason, 0) + 1
 
     def connection_lost(self, exc):
         if not self.handshaken.done():
@@ -127,7 +131,7 @@ async def hold_session(port: int, relay_pk: str, gate: asyncio.Semaphore, state:
 
 
 async def worker_main(port: int, relay_pk: str, count: int, concurrency: int, hold_limit: float):
-    state = {"up": 0, "failed": 0, "lost": 0, "pongs": 0, "last_error": "", "stopping": False}
+    state = {"up": 0, "failed": 0, "lost": 0, "pongs": 0, "last_error": "", "stopping": False, "goaway": {}}
     gate = asyncio.Semaphore(concurrency)
     transports: list = []
     loop = asyncio.get_running_loop()
@@ -146,7 +150,8 @@ async def worker_main(port: int, relay_pk: str, count: int, concurrency: int, ho
     for t in transports:
         t.close()
     await asyncio.sleep(0.5)
-    print(json.dumps({"alive": alive, "lost": state["lost"], "pongs": state["pongs"], "error": state["last_error"]}), flush=True)
+    print(json.dumps({"alive": alive, "lost": state["lost"], "pongs": state["pongs"], "error": state["last_error"],
+                      "goaway": state["goaway"]}), flush=True)
 
 
 # -- the coordinator ---------------------------------------------------------------------------
@@ -365,6 +370,7 @@ def main() -> int:
             "median_baseline": round(statistics.median(base), 1),
             "median_with_sessions": round(statistics.median(loaded), 1),
             "pongs": sum(e["pongs"] for e in ends),
+            "lost_reasons": {k: sum(e["goaway"].get(k, 0) for e in ends) for e in ends for k in e["goaway"]},
             "loadavg": os.getloadavg(),
         }
         print(json.dumps(result, indent=2))
