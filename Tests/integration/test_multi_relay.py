@@ -81,6 +81,8 @@ def test_direct_forward_has_no_relay(lab):
         assert status["transport"] in ("stcpr", "stcp", "sudph")
         assert "relay" in status and "relay_addr" in status
         assert status["relay"] is None and status["relay_addr"] is None
+        direct = [s for s in b.json("visor", "info")["sessions"] if s["type"] != "dmsg"]
+        assert direct and all(s["relay"] is None for s in direct)
         b.ok("skynet", "stop", info["name"])
     finally:
         a.cli("skynet", "srv", "stop", f"skynet-{backend.port}")
@@ -127,26 +129,35 @@ def test_relayed_forward_survives_its_relay_being_killed(lab):
         except (ConnectionResetError, socket.timeout):
             pass
         held.close()
+        print(f"the held connection ended {time.monotonic() - killed_at:.2f} s after the relay was killed")
         assert tail == b"", f"bytes arrived on a connection of the dead relay: {tail[:64]!r}"
 
         # Within the bound, a new connection through the same forward works again.
+        # The first attempt comes while the session is being re-dialed, and it sends and
+        # half-closes at once: its bytes and EOF must wait for the new stream, not be lost.
         payload = b"after the relay died " + bytes(range(256)) * 64
         recovered = False
+        attempts = []
         while time.monotonic() - killed_at < FAILOVER_BOUND:
             try:
-                if roundtrip(echo["local_port"], payload, timeout=5) == payload:
+                got = roundtrip(echo["local_port"], payload, timeout=FAILOVER_BOUND)
+                attempts.append(len(got))
+                if got == payload:
                     recovered = True
                     break
-            except OSError:
-                pass
+            except OSError as error:
+                attempts.append(repr(error))
             time.sleep(0.2)
         assert recovered, f"the forward did not work again within {FAILOVER_BOUND}s:\n{b.proc.log()[-3000:]}"
         print(f"forward worked again {time.monotonic() - killed_at:.2f} s after the relay was killed")
+        assert attempts == [len(payload)], f"connections before the one that worked: {attempts}"
 
         after = b.json("skynet", "status", echo["name"])[0]
         assert after["transport"] == "dmsg" and after["state"] == "running"
         assert after["relay"] in relays and after["relay"] != before["relay"]
         assert after["relay_addr"] == relays[after["relay"]][1]
+        relayed = [s for s in b.json("visor", "info")["sessions"] if s["remote_pk"] == a.pk and s["type"] == "dmsg"]
+        assert relayed and all(s["relay"] == after["relay"] for s in relayed)
 
         # A fresh transfer, both directions at once, byte-exact.
         bulk = b.json("skynet", "start", "--pk", a.pk, "--remote", str(sha.port), "--local", "0", "--raw-tcp",

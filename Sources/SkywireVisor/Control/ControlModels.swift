@@ -342,6 +342,7 @@ extension SessionInfo {
         try c.encode(self.streams, forKey: .streams)
         try c.encode(self.rttMs, forKey: .rttMs)
         try c.encode(self.persistent, forKey: .persistent)
+        try c.encode(self.relay, forKey: .relay)
     }
 }
 

@@ -221,6 +221,9 @@ final class SkynetForward: Sendable {
                 channel.closeFuture.whenComplete { [weak self] _ in
                     _ = self?.connections.withLock { $0.removeValue(forKey: id) }
                 }
+                // A client that sends and half-closes before its stream is glued (e.g. while the
+                // session is being dialed) has its bytes and EOF read anyway: held until the glue.
+                try channel.pipeline.syncOperations.addHandler(EarlyInputHandler(), name: EarlyInputHandler.name)
                 self.handle(channel)
             }
         }
@@ -289,6 +292,8 @@ final class SkynetForward: Sendable {
                     try stream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
                 }.flatMap {
                     GlueHandler.glue(channel, stream)
+                }.flatMap {
+                    channel.pipeline.removeHandler(name: EarlyInputHandler.name)
                 }.flatMap {
                     channel.setOption(.autoRead, value: true)
                 }
