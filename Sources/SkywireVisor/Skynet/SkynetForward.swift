@@ -221,6 +221,9 @@ final class SkynetForward: Sendable {
                 channel.closeFuture.whenComplete { [weak self] _ in
                     _ = self?.connections.withLock { $0.removeValue(forKey: id) }
                 }
+                // A client that sends and half-closes before its stream is glued (e.g. while the
+                // session is being dialed) has its bytes and EOF read anyway: held until the glue.
+                try channel.pipeline.syncOperations.addHandler(EarlyInputHandler(), name: EarlyInputHandler.name)
                 self.handle(channel)
             }
         }
@@ -294,6 +297,8 @@ final class SkynetForward: Sendable {
                     try stream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
                 }.flatMap {
                     GlueHandler.glue(channel, stream, countFirst: counters.countOut, countSecond: counters.countIn)
+                }.flatMap {
+                    channel.pipeline.removeHandler(name: EarlyInputHandler.name)
                 }.flatMap {
                     channel.setOption(.autoRead, value: true)
                 }
@@ -369,11 +374,13 @@ final class SkynetForward: Sendable {
         if case .reconnecting(let reason) = snapshot.state { error = reason }
         let session = self.manager.existing(self.remote, kinds: self.network.kinds)
         let transport = session?.kind
+        let relay = snapshot.state == .running ? session.flatMap { self.manager.relay(carrying: $0) } : nil
         return ClientInstanceInfo(
             name: self.name, remotePublicKey: self.remote.hex, remotePort: self.remotePort,
             localPort: snapshot.localPort, localAddress: "127.0.0.1:\(snapshot.localPort)",
             mode: self.mode, network: self.network.rawValue,
             transport: snapshot.state == .running ? transport?.rawValue : nil,
+            relay: relay?.publicKey.hex, relayAddr: relay?.address,
             state: snapshot.state.label, error: error,
             directError: self.network == .auto && transport == .dmsg ? self.manager.directFailure(self.remote) : nil,
             connectionsOpen: self.counters.open.load(ordering: .relaxed),
