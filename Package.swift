@@ -189,6 +189,7 @@ let package = Package(
             dependencies: [
                 "SkywireVisor", "SkywireCrypto", "SkywireSupport", "SkywireSession", "SkywireDiscovery",
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings

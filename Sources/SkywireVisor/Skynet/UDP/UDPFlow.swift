@@ -20,15 +20,15 @@ enum UDPForwarding {
     /// datagram that fills the buffer was larger (the kernel truncated it) and is dropped.
     static let receiveAllocator = FixedSizeRecvByteBufferAllocator(capacity: maxDatagram + 1)
 
-    /// The handlers of a flow's mux stream: the idle timer, the framing (u16 big-endian length +
-    /// datagram, from swift-nio-extras) and the handler that hands each datagram to `sink`.
+    /// The handlers of a flow's mux stream: the framing (u16 big-endian length + datagram, from
+    /// swift-nio-extras) and the handler that hands each datagram to `sink` and keeps the idle
+    /// timer.
     static func addStreamHandlers(_ stream: any Channel, sink: any DatagramSink, counters: DatagramCounters, idleTimeout: TimeAmount = Self.idleTimeout) -> EventLoopFuture<Void> {
         stream.eventLoop.makeCompletedFuture {
             let sync = stream.pipeline.syncOperations
-            try sync.addHandler(IdleStateHandler(allTimeout: idleTimeout))
             try sync.addHandler(ByteToMessageHandler(LengthFieldBasedFrameDecoder(lengthFieldBitLength: .twoBytes)))
             try sync.addHandler(LengthFieldPrepender(lengthFieldBitLength: .twoBytes))
-            try sync.addHandler(UDPFlowStreamHandler(sink: sink, counters: counters))
+            try sync.addHandler(UDPFlowStreamHandler(sink: sink, counters: counters, idleTimeout: idleTimeout))
         }
     }
 
@@ -116,20 +116,63 @@ final class DatagramCounters: Sendable {
 }
 
 /// The end of a flow stream's pipeline: each unframed datagram goes to the sink (one flush per
-/// read batch); a flow idle for the timeout, or whose framing is broken, is closed.
-final class UDPFlowStreamHandler: ChannelInboundHandler {
+/// read batch); a flow with no datagram either way for the idle timeout, or whose framing is
+/// broken, is closed. The timer reads the loop's clock (`eventLoop.now`, which NIO's
+/// `IdleStateHandler` does not), so tests advance it; it is one scheduled task per timeout, not
+/// one per datagram.
+final class UDPFlowStreamHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     private let sink: any DatagramSink
     private let counters: DatagramCounters
+    private let idleTimeout: TimeAmount
     private var pendingFlush = false
+    private var lastActivity = NIODeadline.uptimeNanoseconds(0)
+    private var timer: Scheduled<Void>?
 
-    init(sink: any DatagramSink, counters: DatagramCounters) {
+    init(sink: any DatagramSink, counters: DatagramCounters, idleTimeout: TimeAmount) {
         self.sink = sink
         self.counters = counters
+        self.idleTimeout = idleTimeout
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.lastActivity = context.eventLoop.now
+        self.armTimer(context: context, at: self.lastActivity + self.idleTimeout)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.timer?.cancel()
+        self.timer = nil
+    }
+
+    private func armTimer(context: ChannelHandlerContext, at deadline: NIODeadline) {
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        self.timer = context.eventLoop.scheduleTask(deadline: deadline) {
+            let (handler, context) = bound.value
+            handler.timerFired(context: context)
+        }
+    }
+
+    private func timerFired(context: ChannelHandlerContext) {
+        self.timer = nil
+        let due = self.lastActivity + self.idleTimeout
+        if context.eventLoop.now >= due {
+            context.close(promise: nil)
+        } else {
+            self.armTimer(context: context, at: due)
+        }
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        self.lastActivity = context.eventLoop.now
+        context.write(data, promise: promise)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.lastActivity = context.eventLoop.now
         let datagram = Self.unwrapInboundIn(data)
         // The peer enforces the same limit; one that does not gets its datagrams dropped here.
         guard datagram.readableBytes <= UDPForwarding.maxDatagram else {
@@ -150,14 +193,6 @@ final class UDPFlowStreamHandler: ChannelInboundHandler {
             self.sink.flush()
         }
         context.fireChannelReadComplete()
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if case IdleStateHandler.IdleStateEvent.all = event {
-            context.close(promise: nil)
-            return
-        }
-        context.fireUserInboundEventTriggered(event)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

@@ -7,7 +7,8 @@ import SkywireSession
 
 /// Opens one flow's stream to the remote visor: runs `initializer` on it at once (0-RTT) and
 /// succeeds once the remote accepts.
-typealias UDPFlowOpener = @Sendable (_ initializer: @escaping @Sendable (MuxChildChannel) -> EventLoopFuture<Void>) -> EventLoopFuture<MuxChildChannel>
+/// (A stream is any `Channel` here, so the flow table is tested with embedded channels.)
+typealias UDPFlowOpener = @Sendable (_ initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>) -> EventLoopFuture<any Channel>
 
 /// The local end of a UDP forward (`skynet start --udp`): one UDP socket on 127.0.0.1, and a
 /// flow — one mux stream to the remote visor — per source address that sends to it.
@@ -52,13 +53,13 @@ struct UDPForwardEndpoint {
         let loop = self.loop
         return { initializer in
             if let session = manager.existing(remote, kinds: network.kinds) {
-                return session.openStream(header: header, initializer: initializer)
+                return session.openStream(header: header, initializer: initializer).map { $0 as any Channel }
             }
-            let promise = loop.makePromise(of: MuxChildChannel.self)
+            let promise = loop.makePromise(of: (any Channel).self)
             Task {
                 do {
                     let session = try await manager.session(to: remote, network: network, loop: loop)
-                    session.openStream(header: header, initializer: initializer).cascade(to: promise)
+                    session.openStream(header: header, initializer: initializer).map { $0 as any Channel }.cascade(to: promise)
                 } catch {
                     promise.fail(error)
                 }
@@ -77,7 +78,7 @@ final class UDPForwardHandler: ChannelInboundHandler {
 
     /// One source address's flow.
     private final class Flow {
-        var stream: MuxChildChannel?
+        var stream: (any Channel)?
         var pending: [ByteBuffer] = []
         var needsFlush = false
     }
@@ -177,7 +178,7 @@ final class UDPForwardHandler: ChannelInboundHandler {
         }
     }
 
-    private func attach(_ stream: MuxChildChannel, to flow: Flow) {
+    private func attach(_ stream: any Channel, to flow: Flow) {
         flow.stream = stream
         let pending = flow.pending
         flow.pending.removeAll()
