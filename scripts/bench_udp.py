@@ -63,7 +63,6 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json")
     args = ap.parse_args()
-    os.environ.setdefault("SKYWIRE_LOG", "warning")
     net = Network()
     iperf_server = None
     try:
@@ -95,7 +94,9 @@ def main() -> None:
                 time.sleep(1)
         for label in ("relay", "sudph"):
             status = b.json("skynet", "status", f"{label}-udp")[0]
-            print(f"{label}: datagrams out {status['datagrams_out']} in {status['datagrams_in']} dropped {status['datagrams_dropped']}")
+            print(f"client {label}: datagrams out {status['datagrams_out']} in {status['datagrams_in']} dropped {status['datagrams_dropped']}")
+        server = a.json("skynet", "srv", "status")[0]
+        print(f"server (both paths): datagrams in {server['datagrams_in']} out {server['datagrams_out']} dropped {server['datagrams_dropped']}")
         print("medians:")
         for label, rs in runs.items():
             print(f"  {label:20s} received {statistics.median(r['received_mbit'] for r in rs):7.1f} Mbit/s"

@@ -1,6 +1,8 @@
+import Foundation
 import Logging
 import NIOCore
 import NIOEmbedded
+import SkywireCrypto
 import Synchronization
 import Testing
 
@@ -198,5 +200,47 @@ struct UDPFlowTableTests {
         h.loop.run()
         _ = try h.local.finish()
         #expect(!first.stream.isActive)
+    }
+}
+
+@Suite("UDP forwarding: the config's skynet section")
+struct UDPConfigTests {
+    let own = KeyPair.generate().publicKey
+    let remote = KeyPair.generate().publicKey.hex
+
+    func decode(_ json: String) throws -> SkynetConfig {
+        try JSONDecoder().decode(SkynetConfig.self, from: Data(json.utf8))
+    }
+
+    func validationError(_ config: SkynetConfig) -> String? {
+        do {
+            try config.validate(ownKey: self.own)
+            return nil
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    @Test func udpServersAndForwards() throws {
+        let config = try self.decode("""
+        {"servers": [{"udp_ports": [53]}, {"name": "both", "ports": [53], "udp_ports": [51820]}],
+         "forwards": [{"pk": "\(self.remote)", "remote": 53, "local": 5353, "udp": true},
+                      {"pk": "\(self.remote)", "remote": 53, "local": 5353, "raw_tcp": true}]}
+        """)
+        #expect(config.servers[0].resolvedName == "skynet-udp-53" && config.servers[0].ports.isEmpty)
+        #expect(config.servers[0].request.udpPorts == [53] && config.servers[1].request.ports == [53])
+        #expect(config.forwards[0].mode == "udp" && config.forwards[0].resolvedName == "skynet-client-udp-5353")
+        // A TCP and a UDP forward may share a local port number.
+        #expect(self.validationError(config) == nil)
+    }
+
+    @Test func udpMistakesNameTheEntry() throws {
+        let both = try self.decode("""
+        {"forwards": [{"pk": "\(self.remote)", "remote": 53, "local": 5353, "udp": true, "raw_tcp": true}]}
+        """)
+        #expect(self.validationError(both)?.contains("udp and raw_tcp exclude each other") == true)
+        let twice = try self.decode(#"{"servers": [{"udp_ports": [53]}, {"name": "b", "udp_ports": [53]}]}"#)
+        #expect(self.validationError(twice)?.contains("UDP port 53 is also exposed by skynet-udp-53") == true)
+        #expect(throws: DecodingError.self) { try self.decode(#"{"servers": [{"name": "none"}]}"#) }
     }
 }
