@@ -29,6 +29,7 @@ struct UDPForwardEndpoint {
         do {
             return try await DatagramBootstrap(group: loop)
                 .channelOption(.recvAllocator, value: UDPForwarding.receiveAllocator)
+                .channelOption(.writeBufferWaterMark, value: UDPForwarding.socketWaterMark)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(UDPForwardHandler(open: open, counters: counters, datagrams: datagrams, logger: logger))

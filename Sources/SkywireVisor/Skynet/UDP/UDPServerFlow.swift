@@ -18,6 +18,7 @@ extension SkynetServer {
         let datagrams = instance.datagrams
         DatagramBootstrap(group: session.eventLoop)
             .channelOption(.recvAllocator, value: UDPForwarding.receiveAllocator)
+            .channelOption(.writeBufferWaterMark, value: UDPForwarding.socketWaterMark)
             .channelOption(.autoRead, value: false)
             .connect(host: "127.0.0.1", port: port)
             .whenComplete { result in
