@@ -24,6 +24,10 @@ enum UDPForwarding {
     /// below the high mark, or the socket turns unwritable mid-batch and the rest is dropped
     /// (NIO's default, 64 KiB, dropped a third of a 200 Mbit/s iperf3 stream that way).
     static let socketWaterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 512 * 1024, high: 1024 * 1024)
+    /// SO_RCVBUF of local and backend sockets: room for a burst while the loop is busy
+    /// elsewhere (the kernel default, 208 KiB, is 170 datagrams of 1200 bytes); capped by
+    /// `net.core.rmem_max`.
+    static let receiveBuffer: SocketOptionValue = 2 * 1024 * 1024
 
     /// The handlers of a flow's mux stream: the framing (u16 big-endian length + datagram, from
     /// swift-nio-extras) and the handler that hands each datagram to `sink` and keeps the idle

@@ -30,6 +30,7 @@ struct UDPForwardEndpoint {
             return try await DatagramBootstrap(group: loop)
                 .channelOption(.recvAllocator, value: UDPForwarding.receiveAllocator)
                 .channelOption(.writeBufferWaterMark, value: UDPForwarding.socketWaterMark)
+                .channelOption(.socketOption(.so_rcvbuf), value: UDPForwarding.receiveBuffer)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(UDPForwardHandler(open: open, counters: counters, datagrams: datagrams, logger: logger))

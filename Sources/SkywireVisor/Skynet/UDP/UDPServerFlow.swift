@@ -19,6 +19,7 @@ extension SkynetServer {
         DatagramBootstrap(group: session.eventLoop)
             .channelOption(.recvAllocator, value: UDPForwarding.receiveAllocator)
             .channelOption(.writeBufferWaterMark, value: UDPForwarding.socketWaterMark)
+            .channelOption(.socketOption(.so_rcvbuf), value: UDPForwarding.receiveBuffer)
             .channelOption(.autoRead, value: false)
             .connect(host: "127.0.0.1", port: port)
             .whenComplete { result in
