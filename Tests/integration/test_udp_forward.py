@@ -18,11 +18,20 @@ MAX_DATAGRAM = 9000  # UDPForwarding.maxDatagram
 
 
 def free_udp_port() -> int:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A port free for UDP and for TCP (dnsmasq listens on both)."""
+    while True:
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            t.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            u.close()
+            t.close()
 
 
 class Dnsmasq:
@@ -30,18 +39,24 @@ class Dnsmasq:
 
     def __init__(self):
         assert shutil.which("dnsmasq"), "dnsmasq is missing (.ci/run installs dnsmasq-base)"
-        self.port = free_udp_port()
-        self.proc = subprocess.Popen(
-            ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
-             "--pid-file=", "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={self.port}",
-             f"--address=/{DNS_NAME}/{DNS_ADDRESS}", "--log-facility=-"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        # Answering directly first: the server is up before anything goes through the forward.
-        deadline = time.monotonic() + 10
-        while dig(self.port) != DNS_ADDRESS:
-            assert self.proc.poll() is None, self.proc.stderr.read()
-            assert time.monotonic() < deadline, "dnsmasq does not answer"
-            time.sleep(0.1)
+        # Another process may take the port between the check and dnsmasq's bind: a few tries.
+        for _ in range(5):
+            self.port = free_udp_port()
+            self.proc = subprocess.Popen(
+                ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+                 "--pid-file=", "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={self.port}",
+                 f"--address=/{DNS_NAME}/{DNS_ADDRESS}", "--log-facility=-"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            # Answering directly first: the server is up before anything goes through the forward.
+            deadline = time.monotonic() + 10
+            while self.proc.poll() is None and dig(self.port) != DNS_ADDRESS:
+                assert time.monotonic() < deadline, "dnsmasq does not answer"
+                time.sleep(0.1)
+            if self.proc.poll() is None:
+                return
+            error = self.proc.stderr.read()
+            assert "Address already in use" in error, error
+        raise AssertionError("dnsmasq found no free port in 5 tries")
 
     def close(self):
         self.proc.terminate()
