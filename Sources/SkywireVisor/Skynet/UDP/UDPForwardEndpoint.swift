@@ -165,7 +165,7 @@ final class UDPForwardHandler: ChannelInboundHandler {
                 counters.connectionOpened()
                 stream.closeFuture.hop(to: loop).whenComplete { _ in
                     handler.value.remove(boundFlow.value, source: source)
-                    counters.connectionClosed(bytesIn: 0, bytesOut: 0)
+                    counters.open.subtract(1, ordering: .relaxed)
                 }
             case .failure(let error):
                 let flow = boundFlow.value

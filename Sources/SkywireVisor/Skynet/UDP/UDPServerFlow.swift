@@ -45,7 +45,7 @@ extension SkynetServer {
                                 instance.admitted.withLock { _ = $0.removeValue(forKey: id) }
                                 self?.forget(connection: id)
                                 // Bytes were counted per datagram.
-                                counters.connectionClosed(bytesIn: 0, bytesOut: 0)
+                                counters.open.subtract(1, ordering: .relaxed)
                             }
                         case .failure(let error):
                             logger.info("UDP flow not accepted", metadata: ["port": "\(port)", "error": "\(error)"])
