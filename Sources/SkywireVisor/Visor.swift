@@ -140,7 +140,6 @@ public final class Visor: Service, Sendable {
             group.addTask { await cancelWhenGracefulShutdown { await dmsg.run() } }
             group.addTask { try await direct.run() }
             group.addTask { try await sudph.run() }
-            group.addTask { [httpProxy = self.httpProxy] in try await httpProxy.run() }
             group.addTask { try await publisher.run() }
             group.addTask {
                 // Announce relay changes at once instead of waiting for the next refresh.

@@ -25,7 +25,7 @@ public enum NoiseHandshakeRole {
 /// Runs the Noise IK handshake on a channel, then replaces itself with a
 /// ``NoiseTransportHandler``.
 ///
-/// Same wire format, suites, prologue and identity binding as ``NoiseLink``: the initiator sends
+/// The wire format, suites, prologue (``NoisePrologue``) and identity binding: the initiator sends
 /// one cleartext suite byte, then every message is `u16 big-endian length | bytes`. On success
 /// it adds the transport handler right after itself, succeeds `promise` and fires a
 /// ``NoiseHandshakeResult`` user event (both before any transport bytes move, so whoever reacts
@@ -46,6 +46,7 @@ public final class NoiseHandshakeHandler: ChannelInboundHandler, RemovableChanne
     private var timeoutTask: Scheduled<Void>?
     private var inbound = ByteBuffer()
     private var state = State.idle
+    private let clearPayloads: Bool
 
     private enum State {
         case idle, running, finished
@@ -53,16 +54,21 @@ public final class NoiseHandshakeHandler: ChannelInboundHandler, RemovableChanne
 
     /// A handler for `role`, authenticating as `identity`. `context` goes into the prologue
     /// (e.g. "visor-session"), so a handshake made for one use fails in another.
+    /// `clearPayloads` selects the transport framing that may carry ``AlreadySealed`` bytes
+    /// unsealed (``NoiseTransportHandler/init(ciphers:clearPayloads:)``); both peers must agree,
+    /// so it belongs to the `context`.
     public init(
         role: NoiseHandshakeRole,
         identity: KeyPair,
         context: String,
         timeout: TimeAmount,
+        clearPayloads: Bool = false,
         promise: EventLoopPromise<NoiseHandshakeResult>? = nil
     ) {
         self.driver = NoiseHandshakeDriver(role: role, identity: identity, context: context)
         self.timeout = timeout
         self.promise = promise
+        self.clearPayloads = clearPayloads
     }
 
     public func handlerAdded(context: ChannelHandlerContext) {
@@ -149,7 +155,7 @@ public final class NoiseHandshakeHandler: ChannelInboundHandler, RemovableChanne
     ) {
         self.state = .finished
         self.timeoutTask?.cancel()
-        let transport = NoiseTransportHandler(ciphers: ciphers)
+        let transport = NoiseTransportHandler(ciphers: ciphers, clearPayloads: self.clearPayloads)
         do {
             try context.pipeline.syncOperations.addHandler(transport, position: .after(self))
         } catch {
@@ -210,7 +216,7 @@ struct NoiseHandshakeDriver {
         guard case .initiator(let remote, let suite, let payload) = self.role else { return nil }
         var handshake = try NoiseHandshake(
             initiatorWith: self.identity, remote: remote, suite: suite,
-            prologue: NoiseLink.prologue(context: self.context, suite: suite)
+            prologue: NoisePrologue.bytes(context: self.context, suite: suite)
         )
         let message = try handshake.writeMessage(payload: self.identity.publicKey.rawBytes + payload)
         self.handshake = handshake
@@ -257,7 +263,7 @@ struct NoiseHandshakeDriver {
                 }
                 self.handshake = NoiseHandshake(
                     responderWith: self.identity, suite: suite,
-                    prologue: NoiseLink.prologue(context: self.context, suite: suite)
+                    prologue: NoisePrologue.bytes(context: self.context, suite: suite)
                 )
             }
             var decoder = NoiseFrameDecoder(minimumFrameSize: NoiseHandshake.firstMessageOverhead)

@@ -68,7 +68,7 @@ public final class RelayServer: Service, Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelInitializer { channel in listenerGuard.installAcceptBackoff(on: channel) }
             .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .childChannelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
+            .childChannelOption(.writeBufferWaterMark, value: SessionEstablishment.carrierWaterMark)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.recvAllocator, value: SessionEstablishment.carrierReceiveAllocator)
             // The relay lives as long as its listener: holding it strongly here is no cycle.

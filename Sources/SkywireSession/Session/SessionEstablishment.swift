@@ -1,7 +1,6 @@
 import NIOCore
 import NIOPosix
 import SkywireCrypto
-import SkywireLink
 import SkywireMux
 
 /// The Noise prologue contexts: a handshake made for one purpose can't be replayed for another.
@@ -63,6 +62,10 @@ public enum SessionEstablishment {
     /// 64 KiB Noise frame would span two reads and be gathered (copied) before it is opened.
     public static let carrierReceiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 * 1024, maximum: 256 * 1024)
 
+    /// Write-buffer marks for carrier connections: NIO's default (32/64 KiB) turns a channel
+    /// unwritable after one large frame, which stalls a multi-Gbit/s pipe on every write.
+    public static let carrierWaterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 256 * 1024, high: 1024 * 1024)
+
     /// Runs the initiator side on `channel` (call on its loop): Noise handlers
     /// (``NoiseHandshakeHandler``, then ``NoiseTransportHandler``) in the channel's pipeline and,
     /// behind them, the session's ``MuxHandler``. `channel` is a TCP connection or a relayed stream.
@@ -81,7 +84,7 @@ public enum SessionEstablishment {
             context: context, settings: settings
         ) { _ in
             (kind, .initiator)
-        }.run(acceptor: acceptor, settings: settings)
+        }.run(acceptor: acceptor, settings: Self.settings(settings, for: context))
     }
 
     /// Runs the responder side on an accepted `channel` (call on its loop), as
@@ -108,7 +111,7 @@ public enum SessionEstablishment {
                 actual = named
             }
             return (actual, .responder)
-        }.run(acceptor: acceptor, settings: settings)
+        }.run(acceptor: acceptor, settings: Self.settings(settings, for: context))
     }
 
     /// A handshake in progress on a channel, and how to name the session it makes.
@@ -143,7 +146,9 @@ public enum SessionEstablishment {
         let promise = channel.eventLoop.makePromise(of: NoiseHandshakeResult.self)
         let handler = NoiseHandshakeHandler(
             role: role, identity: settings.identity, context: context,
-            timeout: settings.handshakeTimeout, promise: promise
+            timeout: settings.handshakeTimeout,
+            clearPayloads: Self.settings(settings, for: context).mux.payloadsSealedEndToEnd,
+            promise: promise
         )
         do {
             try channel.pipeline.syncOperations.addHandler(handler)
@@ -152,6 +157,16 @@ public enum SessionEstablishment {
             channel.close(promise: nil)
         }
         return ChannelHandshake(channel: channel, result: promise.futureResult, describe: describe)
+    }
+
+    /// The settings of a session made for `context`. A relay session's streams carry only the
+    /// visors' own end-to-end Noise sessions, so its payloads are sent without a second seal
+    /// (the Noise clear framing; its headers and control frames stay sealed) — the decision and
+    /// its security argument are in docs/ARCHITECTURE.md, "Relay path".
+    static func settings(_ settings: SessionSettings, for context: String) -> SessionSettings {
+        var settings = settings
+        settings.mux.payloadsSealedEndToEnd = context == SessionContext.relay
+        return settings
     }
 
     /// Connects over TCP to `host:port` and runs the initiator side there.
@@ -168,7 +183,7 @@ public enum SessionEstablishment {
     ) async throws -> Session {
         let channel = try await ClientBootstrap(group: group)
             .channelOption(.allowRemoteHalfClosure, value: true)
-            .channelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
+            .channelOption(.writeBufferWaterMark, value: Self.carrierWaterMark)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.recvAllocator, value: Self.carrierReceiveAllocator)
             .connectTimeout(connectTimeout)

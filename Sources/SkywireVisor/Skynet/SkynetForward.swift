@@ -284,11 +284,16 @@ final class SkynetForward: Sendable {
     static let waterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 256 * 1024, high: 1024 * 1024)
 
     /// One accepted local connection: find (or make) the session, open a stream, glue the two.
-    /// Raw mode glues in the stream's initializer, so the connection's first bytes follow the
-    /// OPEN at once (0-RTT); HTTP mode glues after ACCEPT, so that a refusal can still answer 502.
+    /// The glue goes in in the stream's initializer, so the connection's first bytes follow the
+    /// OPEN at once (0-RTT) in both modes. A REJECT fails the open before the stream's pipeline
+    /// sees its close, so in HTTP mode the 502 is written before the glue closes the connection.
     private func handle(_ channel: any Channel) {
         let http = self.mode == "http"
-        let header = SkynetHeader(port: UInt16(self.remotePort), probe: false, http: http).encode()
+        // HTTP mode: the server visor's `X-Forwarded-For` is this visor's view of its client.
+        let header = SkynetHeader(
+            port: UInt16(self.remotePort), probe: false, http: http,
+            clientAddress: http ? channel.remoteAddress?.ipAddress : nil
+        ).encode()
         let counters = self.counters
         let logger = self.logger
         let remote = self.remote
@@ -298,27 +303,17 @@ final class SkynetForward: Sendable {
                 stream.eventLoop.makeCompletedFuture {
                     try stream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
                 }.flatMap {
-                    GlueHandler.glue(channel, stream)
+                    GlueHandler.glue(channel, stream, countFirst: counters.countOut, countSecond: counters.countIn)
                 }.flatMap {
                     channel.setOption(.autoRead, value: true)
                 }
             }
-            let opened: EventLoopFuture<MuxChildChannel>
-            if http {
-                opened = session.openStream(header: header) { stream in
-                    stream.eventLoop.makeCompletedFuture {
-                        try stream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
-                    }
-                }.flatMap { stream in glue(stream).map { stream } }
-            } else {
-                opened = session.openStream(header: header, initializer: glue)
-            }
-            opened.whenComplete { result in
+            session.openStream(header: header, initializer: glue).whenComplete { result in
                 switch result {
                 case .success(let stream):
                     counters.connectionOpened()
                     stream.closeFuture.whenComplete { _ in
-                        counters.connectionClosed(bytesIn: stream.bytesIn, bytesOut: stream.bytesOut)
+                        counters.connectionClosed()
                     }
                 case .failure(let error):
                     counters.failed.add(1, ordering: .relaxed)
