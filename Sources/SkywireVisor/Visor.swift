@@ -200,8 +200,8 @@ public final class Visor: Service, Sendable {
         for instance in saved {
             do {
                 switch instance {
-                case .server(let name, let ports, let whitelist, let backendTimeout, let preserveHost):
-                    _ = try self.skynetServer.start(StartServerRequest(ports: ports, whitelist: whitelist, name: name, backendTimeout: backendTimeout, preserveHost: preserveHost))
+                case .server(let name, let ports, let whitelist, let backendTimeout, let preserveHost, let udpPorts):
+                    _ = try self.skynetServer.start(StartServerRequest(ports: ports, whitelist: whitelist, name: name, backendTimeout: backendTimeout, preserveHost: preserveHost, udpPorts: udpPorts))
                 case .client(let name, let pk, let remotePort, let localPort, let mode, let network):
                     try await self.skynetClients.restore(name: name, remotePublicKey: pk, remotePort: remotePort, localPort: localPort, mode: mode, network: network)
                 }

@@ -25,7 +25,8 @@ struct SkynetHeaderTests {
             [], [0x53], [0x53, 1, 0, 0x1f],            // short
             [0x54, 1, 0, 0x1f, 0x90],                  // wrong magic
             [0x53, 2, 0, 0x1f, 0x90],                  // unknown version
-            [0x53, 1, 8, 0x1f, 0x90],                  // unknown flag
+            [0x53, 1, 16, 0x1f, 0x90],                 // unknown flag
+            [0x53, 1, 10, 0x1f, 0x90],                 // HTTP and UDP at once
             [0x53, 1, 4, 0x1f, 0x90],                  // address flag, no address
             [0x53, 1, 4, 0x1f, 0x90, 0],               // empty address
             [0x53, 1, 4, 0x1f, 0x90, 3, 0x31, 0x2e],   // address shorter than its length

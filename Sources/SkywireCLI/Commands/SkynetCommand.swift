@@ -24,6 +24,7 @@ struct SkynetCommand: AsyncParsableCommand {
         @Option(help: "Port exposed by the remote visor.") var remote: Int
         @Option(help: "Local port to listen on (127.0.0.1; 0 = ephemeral).") var local: Int
         @Flag(name: .customLong("raw-tcp"), help: "Forward raw TCP (any protocol) instead of HTTP.") var rawTCP = false
+        @Flag(help: "Forward UDP datagrams (the local port is a UDP port; one flow per source address).") var udp = false
         @Flag(help: "Direct transports only.") var skynet = false
         @Flag(help: "Relay (dmsg) only.") var dmsg = false
         @Option(help: "Instance name (default skynet-client-<local port>).") var name: String?
@@ -33,7 +34,7 @@ struct SkynetCommand: AsyncParsableCommand {
         var form: ForwardForm {
             ForwardForm(
                 pk: self.pk, remote: String(self.remote), local: String(self.local), rawTCP: self.rawTCP,
-                network: self.skynet ? "skynet" : (self.dmsg ? "dmsg" : "auto"), name: self.name
+                network: self.skynet ? "skynet" : (self.dmsg ? "dmsg" : "auto"), name: self.name, udp: self.udp
             )
         }
 
@@ -74,12 +75,12 @@ struct SkynetCommand: AsyncParsableCommand {
             let list: [ClientInstanceInfo] = try await self.rpc.client().get(path)
             if self.json { try printJSON(list); return }
             if list.isEmpty { print("no client instances"); return }
-            var rows = [["NAME", "SOURCE", "STATE", "MODE", "NETWORK", "TRANSPORT", "LOCAL", "REMOTE", "CONNS", "TOTAL", "IN", "OUT", "ERROR"]]
+            var rows = [["NAME", "SOURCE", "STATE", "MODE", "NETWORK", "TRANSPORT", "LOCAL", "REMOTE", "CONNS", "TOTAL", "IN", "OUT", "DGRAMS", "ERROR"]]
             for i in list {
                 rows.append([
                     i.name, i.source, i.state, i.mode, i.network, transportText(i), i.localAddress,
                     "\(i.remotePublicKey.prefix(8))…:\(i.remotePort)", "\(i.connectionsOpen)", "\(i.connectionsTotal)",
-                    "\(i.bytesIn)", "\(i.bytesOut)",
+                    "\(i.bytesIn)", "\(i.bytesOut)", datagramText(i.datagramsIn, i.datagramsOut, i.datagramsDropped),
                     i.error ?? lastErrorText(i.lastError, i.lastErrorAt) ?? i.directError.map { "direct: \($0)" } ?? "",
                 ])
             }
@@ -97,7 +98,8 @@ struct SkynetCommand: AsyncParsableCommand {
     struct SrvStart: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "start", abstract: "Expose local ports to the Skywire network.")
         @OptionGroup var rpc: RPCOptions
-        @Option(help: "Comma-separated local ports, e.g. 8080,3000.") var ports: String
+        @Option(help: "Comma-separated local TCP ports, e.g. 8080,3000.") var ports: String?
+        @Option(name: .customLong("udp-ports"), help: "Comma-separated local UDP ports, e.g. 53,51820.") var udpPorts: String?
         @Option(help: "Comma-separated public keys allowed to connect (default: every visor).") var whitelist: String?
         @Option(help: "Instance name (default skynet-<first port>).") var name: String?
         @Option(name: .customLong("backend-timeout"), help: ArgumentHelp("HTTP mode: seconds to wait for the service's answer before a 504 (default 30).", valueName: "seconds"))
@@ -108,10 +110,11 @@ struct SkynetCommand: AsyncParsableCommand {
 
         /// The same form the web page fills in, so both refuse the same values with the same words.
         var form: ServerForm {
-            ServerForm(ports: self.ports, whitelist: self.whitelist, name: self.name, backendTimeout: self.backendTimeout, preserveHost: self.preserveHost)
+            ServerForm(ports: self.ports ?? "", whitelist: self.whitelist, name: self.name, backendTimeout: self.backendTimeout, preserveHost: self.preserveHost, udpPorts: self.udpPorts)
         }
 
         func validate() throws {
+            if self.ports == nil && self.udpPorts == nil { throw ValidationError("give --ports, --udp-ports or both") }
             do { _ = try self.form.request() } catch { throw ValidationError(error.description) }
         }
 
@@ -120,7 +123,8 @@ struct SkynetCommand: AsyncParsableCommand {
             do { request = try self.form.request() } catch { throw ValidationError(error.description) }
             let info: ServerInstanceInfo = try await self.rpc.client().post("/v1/skynet/servers", request)
             if self.json { try printJSON(info); return }
-            print("\(info.name): exposing \(info.ports.map(String.init).joined(separator: ",")) to \(info.whitelist.map { "\($0.count) whitelisted visor(s)" } ?? "every visor") (HTTP: backend timeout \(formatSeconds(info.backendTimeout))\(info.preserveHost ? ", Host preserved" : ""))")
+            let udp = info.udpPorts.isEmpty ? "" : "\(info.ports.isEmpty ? "" : " and ")UDP \(info.udpPorts.map(String.init).joined(separator: ","))"
+            print("\(info.name): exposing \(info.ports.map(String.init).joined(separator: ","))\(udp) to \(info.whitelist.map { "\($0.count) whitelisted visor(s)" } ?? "every visor") (HTTP: backend timeout \(formatSeconds(info.backendTimeout))\(info.preserveHost ? ", Host preserved" : ""))")
         }
     }
 
@@ -147,13 +151,15 @@ struct SkynetCommand: AsyncParsableCommand {
             let list: [ServerInstanceInfo] = try await self.rpc.client().get(path)
             if self.json { try printJSON(list); return }
             if list.isEmpty { print("no server instances"); return }
-            var rows = [["NAME", "SOURCE", "STATE", "PORTS", "WHITELIST", "TIMEOUT", "HOST", "CONNS", "TOTAL", "REFUSED", "IN", "OUT", "LAST ERROR"]]
+            var rows = [["NAME", "SOURCE", "STATE", "PORTS", "UDP", "WHITELIST", "TIMEOUT", "HOST", "CONNS", "TOTAL", "REFUSED", "IN", "OUT", "DGRAMS", "LAST ERROR"]]
             for i in list {
                 rows.append([
-                    i.name, i.source, i.state, i.ports.map(String.init).joined(separator: ","),
+                    i.name, i.source, i.state, i.ports.isEmpty ? "-" : i.ports.map(String.init).joined(separator: ","),
+                    i.udpPorts.isEmpty ? "-" : i.udpPorts.map(String.init).joined(separator: ","),
                     i.whitelist.map { "\($0.count) key(s)" } ?? "open (any visor)",
                     formatSeconds(i.backendTimeout), i.preserveHost ? "preserved" : "rewritten",
                     "\(i.connectionsOpen)", "\(i.connectionsTotal)", "\(i.refused)", "\(i.bytesIn)", "\(i.bytesOut)",
+                    datagramText(i.datagramsIn, i.datagramsOut, i.datagramsDropped),
                     lastErrorText(i.lastError, i.lastErrorAt) ?? "",
                 ])
             }
@@ -169,6 +175,12 @@ func lastErrorText(_ message: String?, _ at: Date?) -> String? {
     let formatter = ISO8601DateFormatter()
     formatter.formatOptions = [.withFullDate, .withTime, .withColonSeparatorInTime, .withTimeZone]
     return "last \(formatter.string(from: at)): \(message)"
+}
+
+/// "in/out/dropped" datagrams of a UDP instance, "-" for a TCP one.
+func datagramText(_ received: UInt64?, _ sent: UInt64?, _ dropped: UInt64?) -> String {
+    guard let received, let sent else { return "-" }
+    return "\(received)/\(sent)/\(dropped ?? 0) dropped"
 }
 
 /// "30s", "1.5s".

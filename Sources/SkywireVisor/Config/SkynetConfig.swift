@@ -4,7 +4,8 @@ import SkywireCrypto
 /// The visor config's `skynet` section: exposed ports and forwards declared in the file, started
 /// with the visor and applied again by `skywire cli visor reload` (or SIGHUP). Field names are the
 /// CLI's flags (`srv start --ports --whitelist --name --backend-timeout --preserve-host`,
-/// `start --pk --remote --local --raw-tcp --name` and the network choice).
+/// `start --pk --remote --local --raw-tcp --name` and the network choice; `udp_ports` and `udp`
+/// for UDP forwarding).
 public struct SkynetConfig: Codable, Sendable, Equatable {
     public var servers: [Server]
     public var forwards: [Forward]
@@ -22,8 +23,11 @@ public struct SkynetConfig: Codable, Sendable, Equatable {
         public var whitelist: [String]?
         public var backendTimeout: Double?
         public var preserveHost: Bool?
+        /// UDP ports (`--udp-ports`); with them `ports` may be left out.
+        public var udpPorts: [Int]?
 
-        public init(name: String? = nil, ports: [Int], whitelist: [String]? = nil, backendTimeout: Double? = nil, preserveHost: Bool? = nil) {
+        public init(name: String? = nil, ports: [Int], whitelist: [String]? = nil, backendTimeout: Double? = nil, preserveHost: Bool? = nil, udpPorts: [Int]? = nil) {
+            self.udpPorts = udpPorts
             self.name = name
             self.ports = ports
             self.whitelist = whitelist
@@ -33,23 +37,28 @@ public struct SkynetConfig: Codable, Sendable, Equatable {
 
         enum CodingKeys: String, CodingKey, CaseIterable {
             case name, ports, whitelist, backendTimeout = "backend_timeout", preserveHost = "preserve_host"
+            case udpPorts = "udp_ports"
         }
 
         public init(from decoder: any Decoder) throws {
             try rejectUnknownKeys(decoder, CodingKeys.self)
             let c = try decoder.container(keyedBy: CodingKeys.self)
             self.name = try c.decodeIfPresent(String.self, forKey: .name)
-            self.ports = try c.decode([Int].self, forKey: .ports)
+            self.udpPorts = try c.decodeIfPresent([Int].self, forKey: .udpPorts)
+            // A server may expose only UDP ports.
+            self.ports = self.udpPorts == nil ? try c.decode([Int].self, forKey: .ports) : try c.decodeIfPresent([Int].self, forKey: .ports) ?? []
             self.whitelist = try c.decodeIfPresent([String].self, forKey: .whitelist)
             self.backendTimeout = try c.decodeIfPresent(Double.self, forKey: .backendTimeout)
             self.preserveHost = try c.decodeIfPresent(Bool.self, forKey: .preserveHost)
         }
 
         /// The instance name this entry gets.
-        public var resolvedName: String { self.name ?? "skynet-\(self.ports.first ?? 0)" }
+        public var resolvedName: String {
+            self.name ?? self.ports.first.map { "skynet-\($0)" } ?? "skynet-udp-\(self.udpPorts?.first ?? 0)"
+        }
 
         var request: StartServerRequest {
-            StartServerRequest(ports: self.ports, whitelist: self.whitelist, name: self.resolvedName, backendTimeout: self.backendTimeout, preserveHost: self.preserveHost)
+            StartServerRequest(ports: self.ports, whitelist: self.whitelist, name: self.resolvedName, backendTimeout: self.backendTimeout, preserveHost: self.preserveHost, udpPorts: self.udpPorts)
         }
     }
 
@@ -67,8 +76,11 @@ public struct SkynetConfig: Codable, Sendable, Equatable {
         public var rawTCP: Bool?
         /// "auto" (default), "skynet" (direct only) or "dmsg" (relay only).
         public var network: String?
+        /// Forward UDP (`--udp`) instead of TCP; excludes `raw_tcp`.
+        public var udp: Bool?
 
-        public init(name: String? = nil, pk: String, remote: Int, local: Int, rawTCP: Bool? = nil, network: String? = nil) {
+        public init(name: String? = nil, pk: String, remote: Int, local: Int, rawTCP: Bool? = nil, network: String? = nil, udp: Bool? = nil) {
+            self.udp = udp
             self.name = name
             self.pk = pk
             self.remote = remote
@@ -78,7 +90,7 @@ public struct SkynetConfig: Codable, Sendable, Equatable {
         }
 
         enum CodingKeys: String, CodingKey, CaseIterable {
-            case name, pk, remote, local, rawTCP = "raw_tcp", network
+            case name, pk, remote, local, rawTCP = "raw_tcp", network, udp
         }
 
         public init(from decoder: any Decoder) throws {
@@ -90,10 +102,11 @@ public struct SkynetConfig: Codable, Sendable, Equatable {
             self.local = try c.decode(Int.self, forKey: .local)
             self.rawTCP = try c.decodeIfPresent(Bool.self, forKey: .rawTCP)
             self.network = try c.decodeIfPresent(String.self, forKey: .network)
+            self.udp = try c.decodeIfPresent(Bool.self, forKey: .udp)
         }
 
-        public var resolvedName: String { self.name ?? "skynet-client-\(self.local)" }
-        var mode: String { self.rawTCP == true ? "raw-tcp" : "http" }
+        public var resolvedName: String { self.name ?? (self.udp == true ? "skynet-client-udp-\(self.local)" : "skynet-client-\(self.local)") }
+        var mode: String { self.udp == true ? "udp" : (self.rawTCP == true ? "raw-tcp" : "http") }
         var networkName: String { self.network ?? NetworkChoice.auto.rawValue }
     }
 
@@ -111,12 +124,18 @@ public struct SkynetConfig: Codable, Sendable, Equatable {
     func validate(ownKey: PublicKey) throws {
         var serverNames: [String: Int] = [:]
         var exposed: [Int: String] = [:]
+        var exposedUDP: [Int: String] = [:]
         for (index, server) in self.servers.enumerated() {
             let entry = "skynet.servers[\(index)]" + (server.name.map { " \"\($0)\"" } ?? "")
             func fail(_ why: String) -> ConfigError { ConfigError("\(entry): \(why)") }
-            guard !server.ports.isEmpty else { throw fail("ports is empty") }
-            for port in server.ports where !(1...65535).contains(port) { throw fail("port \(port) is out of range (1-65535)") }
-            guard Set(server.ports).count == server.ports.count else { throw fail("a port is listed twice") }
+            let udpPorts = server.udpPorts ?? []
+            guard !server.ports.isEmpty || !udpPorts.isEmpty else { throw fail("ports is empty") }
+            for port in server.ports + udpPorts where !(1...65535).contains(port) { throw fail("port \(port) is out of range (1-65535)") }
+            guard Set(server.ports).count == server.ports.count, Set(udpPorts).count == udpPorts.count else { throw fail("a port is listed twice") }
+            for port in udpPorts {
+                if let other = exposedUDP[port] { throw fail("UDP port \(port) is also exposed by \(other)") }
+                exposedUDP[port] = server.resolvedName
+            }
             for key in server.whitelist ?? [] {
                 do { _ = try PublicKey(hex: key) } catch { throw fail("whitelist: \(error)") }
             }
@@ -141,14 +160,17 @@ public struct SkynetConfig: Codable, Sendable, Equatable {
             guard key != ownKey else { throw fail("pk is this visor's own key") }
             guard (1...65535).contains(forward.remote) else { throw fail("remote port \(forward.remote) is out of range (1-65535)") }
             guard (1...65535).contains(forward.local) else { throw fail("local port \(forward.local) is out of range (1-65535)") }
+            guard !(forward.udp == true && forward.rawTCP == true) else { throw fail("udp and raw_tcp exclude each other") }
             guard NetworkChoice(rawValue: forward.networkName) != nil else {
                 throw fail("unknown network \"\(forward.networkName)\" (auto, skynet or dmsg)")
             }
             do { try validateInstanceName(forward.resolvedName) } catch { throw fail("\(error)") }
             if let other = forwardNames[forward.resolvedName] { throw fail("name \(forward.resolvedName) is also used by skynet.forwards[\(other)]") }
             forwardNames[forward.resolvedName] = index
-            if let other = locals[forward.local] { throw fail("local port \(forward.local) is also used by \(other)") }
-            locals[forward.local] = forward.resolvedName
+            // TCP and UDP local ports are separate.
+            let local = forward.udp == true ? -forward.local : forward.local
+            if let other = locals[local] { throw fail("local port \(forward.local) is also used by \(other)") }
+            locals[local] = forward.resolvedName
         }
     }
 }

@@ -35,9 +35,12 @@ public struct ServerForm: Codable, Sendable {
     /// Seconds, as typed; empty = the default.
     public var backendTimeout: String?
     public var preserveHost: Bool?
+    /// Comma-separated UDP ports (`--udp-ports`); with them, `ports` may be empty.
+    public var udpPorts: String?
 
-    public init(ports: String, whitelist: String?, name: String?, backendTimeout: String?, preserveHost: Bool?) {
+    public init(ports: String, whitelist: String?, name: String?, backendTimeout: String?, preserveHost: Bool?, udpPorts: String? = nil) {
         self.ports = ports
+        self.udpPorts = udpPorts
         self.whitelist = whitelist
         self.name = name
         self.backendTimeout = backendTimeout
@@ -46,6 +49,7 @@ public struct ServerForm: Codable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case ports, whitelist, name, backendTimeout = "backend_timeout", preserveHost = "preserve_host"
+        case udpPorts = "udp_ports"
     }
 
     /// The whitelist's keys, blanks dropped.
@@ -67,7 +71,10 @@ public struct ServerForm: Codable, Sendable {
 
     /// The API request, or the first thing wrong with the fields.
     public func request() throws(SkynetError) -> StartServerRequest {
-        let ports = try parsePortList(self.ports)
+        let udpText = (self.udpPorts ?? "").trimmingCharacters(in: .whitespaces)
+        let udpPorts = udpText.isEmpty ? [] : try parsePortList(udpText)
+        // A server may expose only UDP ports.
+        let ports = udpPorts.isEmpty || !self.ports.trimmingCharacters(in: .whitespaces).isEmpty ? try parsePortList(self.ports) : []
         let keys = self.whitelistKeys
         for key in keys {
             do { _ = try PublicKey(hex: key) } catch { throw SkynetError.invalidArgument("whitelist: \(error)") }
@@ -75,7 +82,8 @@ public struct ServerForm: Codable, Sendable {
         let name = self.name.map { $0.trimmingCharacters(in: .whitespaces) }.flatMap { $0.isEmpty ? nil : $0 }
         return StartServerRequest(
             ports: ports, whitelist: keys.isEmpty ? nil : keys, name: name,
-            backendTimeout: try self.parsedBackendTimeout(), preserveHost: self.preserveHost ?? false
+            backendTimeout: try self.parsedBackendTimeout(), preserveHost: self.preserveHost ?? false,
+            udpPorts: udpPorts.isEmpty ? nil : udpPorts
         )
     }
 }
@@ -92,8 +100,11 @@ public struct ForwardForm: Codable, Sendable {
     /// "auto", "skynet" (direct only) or "dmsg" (relay only).
     public var network: String
     public var name: String?
+    /// Forward UDP datagrams (mode "udp") instead of TCP; excludes `rawTCP`.
+    public var udp: Bool?
 
-    public init(pk: String, remote: String, local: String, rawTCP: Bool, network: String, name: String?) {
+    public init(pk: String, remote: String, local: String, rawTCP: Bool, network: String, name: String?, udp: Bool? = nil) {
+        self.udp = udp
         self.pk = pk
         self.remote = remote
         self.local = local
@@ -102,7 +113,7 @@ public struct ForwardForm: Codable, Sendable {
         self.name = name
     }
 
-    enum CodingKeys: String, CodingKey { case pk, remote, local, rawTCP = "raw_tcp", network, name }
+    enum CodingKeys: String, CodingKey { case pk, remote, local, rawTCP = "raw_tcp", network, name, udp }
 
     /// The API request, or the first thing wrong with the fields.
     public func request() throws(SkynetError) -> StartClientRequest {
@@ -113,10 +124,13 @@ public struct ForwardForm: Codable, Sendable {
         guard ["auto", "skynet", "dmsg"].contains(self.network) else {
             throw SkynetError.invalidArgument("unknown network \"\(self.network)\" (auto, skynet or dmsg)")
         }
+        if self.udp == true && self.rawTCP {
+            throw SkynetError.invalidArgument("--udp and --raw-tcp exclude each other")
+        }
         let name = self.name.map { $0.trimmingCharacters(in: .whitespaces) }.flatMap { $0.isEmpty ? nil : $0 }
         return StartClientRequest(
             remotePublicKey: pk, remotePort: remote, localPort: local,
-            mode: self.rawTCP ? "raw-tcp" : "http", network: self.network, name: name
+            mode: self.udp == true ? "udp" : (self.rawTCP ? "raw-tcp" : "http"), network: self.network, name: name
         )
     }
 

@@ -71,9 +71,12 @@ public struct StartServerRequest: Codable, Sendable {
     public var backendTimeout: Double?
     /// HTTP mode: send the client's `Host` to the backend instead of its own address; `nil` = false.
     public var preserveHost: Bool?
+    /// UDP ports to expose (`--udp-ports`); `nil` = none. `ports` may be empty when this is not.
+    public var udpPorts: [Int]?
 
-    public init(ports: [Int], whitelist: [String]?, name: String?, backendTimeout: Double? = nil, preserveHost: Bool? = nil) {
+    public init(ports: [Int], whitelist: [String]?, name: String?, backendTimeout: Double? = nil, preserveHost: Bool? = nil, udpPorts: [Int]? = nil) {
         self.ports = ports
+        self.udpPorts = udpPorts
         self.whitelist = whitelist
         self.name = name
         self.backendTimeout = backendTimeout
@@ -82,6 +85,7 @@ public struct StartServerRequest: Codable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case ports, whitelist, name, backendTimeout = "backend_timeout", preserveHost = "preserve_host"
+        case udpPorts = "udp_ports"
     }
 }
 
@@ -108,8 +112,14 @@ public struct ServerInstanceInfo: Codable, Sendable {
     public var lastErrorAt: Date?
     /// "config" (declared in the visor config) or "runtime" (started through the API/CLI).
     public var source: String
+    /// Exposed UDP ports; datagram counters (`null` for an instance without UDP ports).
+    public var udpPorts: [Int] = []
+    public var datagramsIn: UInt64?
+    public var datagramsOut: UInt64?
+    public var datagramsDropped: UInt64?
 
     enum CodingKeys: String, CodingKey {
+        case udpPorts = "udp_ports", datagramsIn = "datagrams_in", datagramsOut = "datagrams_out", datagramsDropped = "datagrams_dropped"
         case uptimeSeconds = "uptime_seconds", backendTimeout = "backend_timeout", preserveHost = "preserve_host"
         case lastError = "last_error", lastErrorAt = "last_error_at", source
         case name, ports, whitelist, state
@@ -180,8 +190,14 @@ public struct ClientInstanceInfo: Codable, Sendable {
     public var lastErrorAt: Date?
     /// "config" (declared in the visor config) or "runtime" (started through the API/CLI).
     public var source: String
+    /// UDP forwards (mode "udp"): datagrams received from / sent to the remote visor, and
+    /// dropped (oversized, congested, no flow); `null` for TCP forwards.
+    public var datagramsIn: UInt64?
+    public var datagramsOut: UInt64?
+    public var datagramsDropped: UInt64?
 
     enum CodingKeys: String, CodingKey {
+        case datagramsIn = "datagrams_in", datagramsOut = "datagrams_out", datagramsDropped = "datagrams_dropped"
         case uptimeSeconds = "uptime_seconds", rttMs = "rtt_ms"
         case lastError = "last_error", lastErrorAt = "last_error_at", source
         case name, remotePublicKey = "remote_pk", remotePort = "remote_port", localPort = "local_port"
@@ -281,6 +297,10 @@ extension ServerInstanceInfo {
         try c.encode(self.lastError, forKey: .lastError)
         try c.encode(self.lastErrorAt, forKey: .lastErrorAt)
         try c.encode(self.source, forKey: .source)
+        try c.encode(self.udpPorts, forKey: .udpPorts)
+        try c.encode(self.datagramsIn, forKey: .datagramsIn)
+        try c.encode(self.datagramsOut, forKey: .datagramsOut)
+        try c.encode(self.datagramsDropped, forKey: .datagramsDropped)
     }
 }
 
@@ -326,6 +346,9 @@ extension ClientInstanceInfo {
         try c.encode(self.lastError, forKey: .lastError)
         try c.encode(self.lastErrorAt, forKey: .lastErrorAt)
         try c.encode(self.source, forKey: .source)
+        try c.encode(self.datagramsIn, forKey: .datagramsIn)
+        try c.encode(self.datagramsOut, forKey: .datagramsOut)
+        try c.encode(self.datagramsDropped, forKey: .datagramsDropped)
     }
 }
 

@@ -14,9 +14,11 @@ extension Visor {
         var round = ScrapeCollector.Round()
         for instance in self.skynetServer.instances {
             Self.record(&round, instance.counters, name: instance.name, role: "server")
+            if !instance.udpPorts.isEmpty { Self.recordDatagrams(&round, instance.datagrams, name: instance.name, role: "server") }
         }
         for forward in self.skynetClients.all {
             Self.record(&round, forward.counters, name: forward.name, role: "client")
+            if forward.mode == "udp" { Self.recordDatagrams(&round, forward.datagrams, name: forward.name, role: "client") }
         }
         var byKind: [TransportKind: Int] = [:]
         for session in self.sessions.all {

@@ -6,12 +6,13 @@ import Synchronization
 enum SavedInstance: Equatable, Sendable {
     /// `backendTimeout`/`preserveHost`: HTTP-mode options; `nil` (lines written before they
     /// existed) means the defaults.
-    case server(name: String, ports: [Int], whitelist: [String]?, backendTimeout: Double? = nil, preserveHost: Bool? = nil)
+    /// `udpPorts`: exposed UDP ports, `nil` for none (and in lines written before UDP existed).
+    case server(name: String, ports: [Int], whitelist: [String]?, backendTimeout: Double? = nil, preserveHost: Bool? = nil, udpPorts: [Int]? = nil)
     case client(name: String, remotePublicKey: String, remotePort: Int, localPort: Int, mode: String, network: String)
 
     var name: String {
         switch self {
-        case .server(let name, _, _, _, _), .client(let name, _, _, _, _, _): return name
+        case .server(let name, _, _, _, _, _), .client(let name, _, _, _, _, _): return name
         }
     }
 }
@@ -19,6 +20,7 @@ enum SavedInstance: Equatable, Sendable {
 extension SavedInstance: Codable {
     private enum CodingKeys: String, CodingKey {
         case kind, name, ports, whitelist, backendTimeout = "backend_timeout", preserveHost = "preserve_host"
+        case udpPorts = "udp_ports"
         case remotePublicKey = "remote_pk", remotePort = "remote_port", localPort = "local_port", mode, network
     }
 
@@ -30,7 +32,8 @@ extension SavedInstance: Codable {
                 name: try c.decode(String.self, forKey: .name), ports: try c.decode([Int].self, forKey: .ports),
                 whitelist: try c.decodeIfPresent([String].self, forKey: .whitelist),
                 backendTimeout: try c.decodeIfPresent(Double.self, forKey: .backendTimeout),
-                preserveHost: try c.decodeIfPresent(Bool.self, forKey: .preserveHost)
+                preserveHost: try c.decodeIfPresent(Bool.self, forKey: .preserveHost),
+                udpPorts: try c.decodeIfPresent([Int].self, forKey: .udpPorts)
             )
         case "client":
             self = .client(
@@ -47,13 +50,15 @@ extension SavedInstance: Codable {
     func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         switch self {
-        case .server(let name, let ports, let whitelist, let backendTimeout, let preserveHost):
+        case .server(let name, let ports, let whitelist, let backendTimeout, let preserveHost, let udpPorts):
             try c.encode("server", forKey: .kind)
             try c.encode(name, forKey: .name)
             try c.encode(ports, forKey: .ports)
             try c.encode(whitelist, forKey: .whitelist)
             try c.encode(backendTimeout, forKey: .backendTimeout)
             try c.encode(preserveHost, forKey: .preserveHost)
+            // Left out when there are none, so TCP-only lines stay as they were.
+            try c.encodeIfPresent(udpPorts, forKey: .udpPorts)
         case .client(let name, let pk, let remotePort, let localPort, let mode, let network):
             try c.encode("client", forKey: .kind)
             try c.encode(name, forKey: .name)

@@ -55,7 +55,7 @@ final class SkynetClients: Sendable {
     func restore(name: String, remotePublicKey: String, remotePort: Int, localPort: Int, mode: String, network: String, source: InstanceSource = .runtime) async throws {
         let remote: PublicKey
         do { remote = try PublicKey(hex: remotePublicKey) } catch { throw SkynetError.invalidArgument("\(error)") }
-        guard let choice = NetworkChoice(rawValue: network), mode == "raw-tcp" || mode == "http",
+        guard let choice = NetworkChoice(rawValue: network), ["raw-tcp", "http", "udp"].contains(mode),
               (1...65535).contains(remotePort), (1...65535).contains(localPort) else {
             throw SkynetError.invalidArgument("saved forward \(name) has invalid settings")
         }
@@ -91,13 +91,16 @@ final class SkynetClients: Sendable {
         switch request.mode {
         case "raw-tcp": mode = "raw-tcp"
         case "http": mode = "http"
-        default: throw SkynetError.invalidArgument("unknown mode \"\(request.mode)\" (raw-tcp or http)")
+        case "udp": mode = "udp"
+        default: throw SkynetError.invalidArgument("unknown mode \"\(request.mode)\" (raw-tcp, http or udp)")
         }
         guard let network = NetworkChoice(rawValue: request.network) else {
             throw SkynetError.invalidArgument("unknown network \"\(request.network)\" (auto, skynet or dmsg)")
         }
         if let name = request.name { try validateInstanceName(name) }
-        let provisional = request.name ?? (request.localPort != 0 ? "skynet-client-\(request.localPort)" : nil)
+        // TCP and UDP port numbers are separate: a UDP forward's default name says udp.
+        let prefix = mode == "udp" ? "skynet-client-udp-" : "skynet-client-"
+        let provisional = request.name ?? (request.localPort != 0 ? "\(prefix)\(request.localPort)" : nil)
 
         try self.forwards.withLock { forwards in
             if let name = provisional, let existing = forwards[name] {
@@ -106,7 +109,7 @@ final class SkynetClients: Sendable {
                 default: throw SkynetError.instanceExists(name)
                 }
             }
-            if request.localPort != 0, let other = forwards.values.first(where: { $0.localPort == request.localPort && $0.state != .stopped && !isErrored($0.state) }) {
+            if request.localPort != 0, let other = forwards.values.first(where: { $0.localPort == request.localPort && ($0.mode == "udp") == (mode == "udp") && $0.state != .stopped && !isErrored($0.state) }) {
                 throw SkynetError.localPortBusy(request.localPort, "used by instance \(other.name)")
             }
         }
@@ -129,7 +132,7 @@ final class SkynetClients: Sendable {
         }
         // Ephemeral local port: the name is known only after binding.
         try await forward.start()
-        let name = "skynet-client-\(forward.localPort)"
+        let name = "\(prefix)\(forward.localPort)"
         forward.name = name
         do {
             try self.forwards.withLock { forwards in

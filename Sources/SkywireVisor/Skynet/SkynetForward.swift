@@ -43,6 +43,8 @@ final class SkynetForward: Sendable {
     let network: NetworkChoice
     let since = Date()
     let counters = Counters()
+    /// Mode "udp": per-datagram counters (bytes go to `counters`).
+    let datagrams: DatagramCounters
     /// Declared in the visor config, or started through the control API.
     let source: InstanceSource
 
@@ -59,6 +61,7 @@ final class SkynetForward: Sendable {
 
     init(name: String, remote: PublicKey, remotePort: Int, localPort: Int, mode: String, network: NetworkChoice, source: InstanceSource = .runtime, manager: TransportManager, group: any EventLoopGroup, logger: Logger) {
         self.nameBox = Mutex(name)
+        self.datagrams = DatagramCounters(bytes: self.counters)
         self.source = source
         self.remote = remote
         self.remotePort = remotePort
@@ -213,6 +216,13 @@ final class SkynetForward: Sendable {
     }
 
     private func bind() async throws -> any Channel {
+        if self.mode == "udp" {
+            let endpoint = UDPForwardEndpoint(
+                remote: self.remote, remotePort: self.remotePort, network: self.network, manager: self.manager,
+                loop: self.loop, counters: self.counters, datagrams: self.datagrams, logger: self.logger
+            )
+            return try await endpoint.bind(port: self.requestedLocalPort)
+        }
         let accept: @Sendable (any Channel) -> EventLoopFuture<Void> = { [weak self] channel in
             channel.eventLoop.makeCompletedFuture {
                 guard let self, self.state != .stopped else { channel.close(promise: nil); return }
@@ -251,7 +261,7 @@ final class SkynetForward: Sendable {
 
     private func probe() async throws {
         let session = try await self.manager.session(to: self.remote, network: self.network, loop: self.loop)
-        let header = SkynetHeader(port: UInt16(self.remotePort), probe: true, http: self.mode == "http").encode()
+        let header = SkynetHeader(port: UInt16(self.remotePort), probe: true, http: self.mode == "http", udp: self.mode == "udp").encode()
         let remote = self.remote
         let remotePort = self.remotePort
         do {
@@ -363,7 +373,9 @@ final class SkynetForward: Sendable {
 
     func info() async -> ClientInstanceInfo {
         let rtt = await self.manager.existing(self.remote, kinds: self.network.kinds)?.stats().rtt
-        return self.snapshotInfo(rtt: rtt)
+        var info = self.snapshotInfo(rtt: rtt)
+        if self.mode == "udp" { info.addDatagrams(self.datagrams) }
+        return info
     }
 
     private func snapshotInfo(rtt: Double?) -> ClientInstanceInfo {

@@ -3,9 +3,11 @@ import NIOCore
 /// The open header of a skynet stream on a visor↔visor session.
 ///
 /// ```
-/// 0x53 ('S') | version u8 (1) | flags u8 (bit 0: probe, bit 1: HTTP mode, bit 2: client address) | port u16
+/// 0x53 ('S') | version u8 (1) | flags u8 (bit 0: probe, bit 1: HTTP mode, bit 2: client address,
+///                                          bit 3: UDP) | port u16
 /// [ | address length u8 | address (an IP address as text, at most 45 bytes) ]   (when bit 2 is set)
 /// ```
+/// A UDP stream is one flow of datagrams to a UDP port (see `UDP/`); HTTP and UDP exclude each other.
 /// The client address is the client visor's view of its local client (the peer address of the
 /// accepted local connection); HTTP mode puts it in `X-Forwarded-For`. Nothing else trusts it.
 /// A probe asks only "is this port exposed to me?": the server accepts or rejects it without
@@ -18,6 +20,8 @@ public struct SkynetHeader: Equatable, Sendable {
     public var http: Bool
     /// The address of the local client as the client visor saw it (an IP address as text).
     public var clientAddress: String?
+    /// The stream carries one UDP flow (length-prefixed datagrams) to a UDP port.
+    public var udp: Bool
 
     static let magic: UInt8 = 0x53
     static let version: UInt8 = 1
@@ -25,7 +29,8 @@ public struct SkynetHeader: Equatable, Sendable {
     /// The longest address text: an IPv6 address with an embedded IPv4 one.
     static let maxAddressLength = 45
 
-    public init(port: UInt16, probe: Bool, http: Bool = false, clientAddress: String? = nil) {
+    public init(port: UInt16, probe: Bool, http: Bool = false, clientAddress: String? = nil, udp: Bool = false) {
+        self.udp = udp
         self.port = port
         self.probe = probe
         self.http = http
@@ -36,7 +41,7 @@ public struct SkynetHeader: Equatable, Sendable {
         var buffer = ByteBuffer()
         buffer.writeInteger(Self.magic)
         buffer.writeInteger(Self.version)
-        buffer.writeInteger(UInt8((self.probe ? 1 : 0) | (self.http ? 2 : 0) | (self.clientAddress != nil ? 4 : 0)))
+        buffer.writeInteger(UInt8((self.probe ? 1 : 0) | (self.http ? 2 : 0) | (self.clientAddress != nil ? 4 : 0) | (self.udp ? 8 : 0)))
         buffer.writeInteger(self.port)
         if let address = self.clientAddress {
             buffer.writeInteger(UInt8(address.utf8.count))
@@ -52,7 +57,7 @@ public struct SkynetHeader: Equatable, Sendable {
               buffer.readInteger(as: UInt8.self) == Self.magic,
               buffer.readInteger(as: UInt8.self) == Self.version,
               let flags = buffer.readInteger(as: UInt8.self),
-              flags & ~7 == 0,
+              flags & ~15 == 0, flags & 10 != 10,
               let port = buffer.readInteger(as: UInt16.self),
               port != 0
         else { return nil }
@@ -69,6 +74,7 @@ public struct SkynetHeader: Equatable, Sendable {
         self.probe = flags & 1 == 1
         self.http = flags & 2 == 2
         self.clientAddress = address
+        self.udp = flags & 8 == 8
     }
 }
 

@@ -16,53 +16,61 @@ final class ServerInstance: Sendable {
         var remote: PublicKey
         var port: Int
         var stream: MuxChildChannel
+        /// A UDP flow (its port is one of `udpPorts`).
+        var udp = false
     }
 
     let name: String
     let ports: [Int]
+    /// Exposed UDP ports (`--udp-ports`); one stream per flow, see `UDP/`.
+    let udpPorts: [Int]
     /// `nil` = open to every visor.
     let whitelist: Set<PublicKey>?
     /// HTTP mode: backend timeout and `Host` handling, for connections admitted from now on.
     let options: ProxyOptions
     let since: Date
     let counters: Counters
+    let datagrams: DatagramCounters
     let admitted: Mutex<[UInt64: Admitted]>
     /// Declared in the visor config, or started through the control API.
     let source: InstanceSource
 
-    init(name: String, ports: [Int], whitelist: Set<PublicKey>?, options: ProxyOptions = .init(), source: InstanceSource = .runtime, replacing previous: ServerInstance? = nil) {
+    init(name: String, ports: [Int], udpPorts: [Int] = [], whitelist: Set<PublicKey>?, options: ProxyOptions = .init(), source: InstanceSource = .runtime, replacing previous: ServerInstance? = nil) {
         self.name = name
         self.ports = ports
+        self.udpPorts = udpPorts
         self.whitelist = whitelist
         self.options = options
         self.source = source
         self.since = previous?.since ?? Date()
         self.counters = previous?.counters ?? Counters()
+        self.datagrams = previous?.datagrams ?? DatagramCounters(bytes: self.counters)
         self.admitted = Mutex([:])
     }
 
-    func allows(_ key: PublicKey, port: Int) -> Bool {
-        self.ports.contains(port) && (self.whitelist?.contains(key) ?? true)
+    func allows(_ key: PublicKey, port: Int, udp: Bool = false) -> Bool {
+        (udp ? self.udpPorts : self.ports).contains(port) && (self.whitelist?.contains(key) ?? true)
     }
 
     /// The record kept in the state file.
     var saved: SavedInstance {
         .server(
             name: self.name, ports: self.ports, whitelist: self.whitelist.map { $0.map(\.hex).sorted() },
-            backendTimeout: self.options.backendTimeout, preserveHost: self.options.preserveHost
+            backendTimeout: self.options.backendTimeout, preserveHost: self.options.preserveHost,
+            udpPorts: self.udpPorts.isEmpty ? nil : self.udpPorts
         )
     }
 
     /// Whether `request` (as the config declares it) describes this instance as it runs.
     func matches(_ request: StartServerRequest) -> Bool {
         let keys = (request.whitelist ?? []).isEmpty ? nil : Set((request.whitelist ?? []).compactMap { try? PublicKey(hex: $0) })
-        return self.ports == request.ports && self.whitelist == keys
+        return self.ports == request.ports && self.udpPorts == (request.udpPorts ?? []) && self.whitelist == keys
             && (try? ProxyOptions(backendTimeout: request.backendTimeout, preserveHost: request.preserveHost)) == self.options
     }
 
     func info() -> ServerInstanceInfo {
         let last = self.counters.lastFailure
-        return ServerInstanceInfo(
+        var info = ServerInstanceInfo(
             name: self.name, ports: self.ports,
             whitelist: self.whitelist.map { $0.map(\.hex).sorted() },
             state: "running",
@@ -79,6 +87,8 @@ final class ServerInstance: Sendable {
             lastErrorAt: last?.at,
             source: self.source.rawValue
         )
+        info.addDatagrams(udpPorts: self.udpPorts, self.datagrams)
+        return info
     }
 }
 
@@ -89,11 +99,11 @@ final class ServerInstance: Sendable {
 /// The whitelist is checked against `session.remoteKey`, the key the Noise handshake
 /// authenticated; nothing the peer says in the stream header is trusted for it.
 final class SkynetServer: StreamAcceptor {
-    private let state = Mutex<(instances: [String: ServerInstance], byPort: [Int: String])>(([:], [:]))
-    private let localKey: PublicKey
-    private let logger: Logger
+    private let state = Mutex<(instances: [String: ServerInstance], byPort: [Int: String], byUDPPort: [Int: String])>(([:], [:], [:]))
+    let localKey: PublicKey
+    let logger: Logger
     private let connectTimeout: TimeAmount
-    private static let nextConnection = Atomic<UInt64>(1)
+    static let nextConnection = Atomic<UInt64>(1)
     /// Called after every start/stop (the visor saves its state file).
     let onChange: (@Sendable () -> Void)?
 
@@ -109,11 +119,12 @@ final class SkynetServer: StreamAcceptor {
     }
 
     func start(_ request: StartServerRequest, source: InstanceSource = .runtime) throws -> ServerInstanceInfo {
-        guard !request.ports.isEmpty else { throw SkynetError.invalidArgument("no ports given") }
-        for port in request.ports where !(1...65535).contains(port) {
+        let udpPorts = request.udpPorts ?? []
+        guard !request.ports.isEmpty || !udpPorts.isEmpty else { throw SkynetError.invalidArgument("no ports given") }
+        for port in request.ports + udpPorts where !(1...65535).contains(port) {
             throw SkynetError.invalidArgument("port \(port) is out of range (1-65535)")
         }
-        guard Set(request.ports).count == request.ports.count else {
+        guard Set(request.ports).count == request.ports.count, Set(udpPorts).count == udpPorts.count else {
             throw SkynetError.invalidArgument("a port is listed twice")
         }
         var whitelist: Set<PublicKey>?
@@ -123,7 +134,7 @@ final class SkynetServer: StreamAcceptor {
             })
         }
         let options = try ProxyOptions(backendTimeout: request.backendTimeout, preserveHost: request.preserveHost)
-        let name = request.name ?? "skynet-\(request.ports[0])"
+        let name = request.name ?? request.ports.first.map { "skynet-\($0)" } ?? "skynet-udp-\(udpPorts[0])"
         try validateInstanceName(name)
         // The same name again replaces the instance (ports and whitelist change without a
         // restart); connections the new rules no longer allow are closed.
@@ -132,10 +143,17 @@ final class SkynetServer: StreamAcceptor {
             for port in request.ports {
                 if let owner = state.byPort[port], owner != name { throw SkynetError.portAlreadyExposed(port, owner) }
             }
-            let instance = ServerInstance(name: name, ports: request.ports, whitelist: whitelist, options: options, source: source, replacing: previous)
-            if let previous { for port in previous.ports { state.byPort[port] = nil } }
+            for port in udpPorts {
+                if let owner = state.byUDPPort[port], owner != name { throw SkynetError.invalidArgument("UDP port \(port) is already exposed by instance \(owner)") }
+            }
+            let instance = ServerInstance(name: name, ports: request.ports, udpPorts: udpPorts, whitelist: whitelist, options: options, source: source, replacing: previous)
+            if let previous {
+                for port in previous.ports { state.byPort[port] = nil }
+                for port in previous.udpPorts { state.byUDPPort[port] = nil }
+            }
             state.instances[name] = instance
             for port in request.ports { state.byPort[port] = name }
+            for port in udpPorts { state.byUDPPort[port] = name }
             return (instance, previous)
         }
         if let previous { self.transfer(from: previous, to: instance) }
@@ -152,7 +170,7 @@ final class SkynetServer: StreamAcceptor {
             return all
         }
         for (id, connection) in old {
-            if instance.allows(connection.remote, port: connection.port) {
+            if instance.allows(connection.remote, port: connection.port, udp: connection.udp) {
                 instance.admitted.withLock { $0[id] = connection }
             } else {
                 self.logger.info("closing connection no longer allowed", metadata: ["peer.key": "\(connection.remote.fingerprint)", "port": "\(connection.port)", "instance": "\(instance.name)"])
@@ -175,6 +193,7 @@ final class SkynetServer: StreamAcceptor {
             for name in names {
                 if let instance = state.instances.removeValue(forKey: name) {
                     for port in instance.ports { state.byPort[port] = nil }
+                    for port in instance.udpPorts { state.byUDPPort[port] = nil }
                 }
             }
             return names
@@ -202,14 +221,14 @@ final class SkynetServer: StreamAcceptor {
         return instances.map { $0.info() }.sorted { $0.name < $1.name }
     }
 
-    private func forget(connection id: UInt64) {
+    func forget(connection id: UInt64) {
         for instance in self.state.withLock({ Array($0.instances.values) }) {
             instance.admitted.withLock { _ = $0.removeValue(forKey: id) }
         }
     }
 
-    private func instance(forPort port: Int) -> ServerInstance? {
-        self.state.withLock { state in state.byPort[port].flatMap { state.instances[$0] } }
+    private func instance(forPort port: Int, udp: Bool) -> ServerInstance? {
+        self.state.withLock { state in (udp ? state.byUDPPort : state.byPort)[port].flatMap { state.instances[$0] } }
     }
 
     // MARK: StreamAcceptor
@@ -220,8 +239,8 @@ final class SkynetServer: StreamAcceptor {
             return
         }
         let port = Int(header.port)
-        guard let instance = self.instance(forPort: port) else {
-            request.reject(code: SkynetRejectCode.notExposed, message: "port \(port) is not exposed by visor \(self.localKey.hex)")
+        guard let instance = self.instance(forPort: port, udp: header.udp) else {
+            request.reject(code: SkynetRejectCode.notExposed, message: "\(header.udp ? "UDP " : "")port \(port) is not exposed by visor \(self.localKey.hex)")
             return
         }
         if let whitelist = instance.whitelist, !whitelist.contains(session.remoteKey) {
@@ -233,6 +252,10 @@ final class SkynetServer: StreamAcceptor {
         }
         if header.probe {
             request.accept().whenSuccess { $0.close(promise: nil) }
+            return
+        }
+        if header.udp {
+            self.acceptUDPFlow(request, session: session, instance: instance, port: port)
             return
         }
         let remote = session.remoteKey
