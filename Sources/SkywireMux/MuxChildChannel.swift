@@ -91,6 +91,7 @@ public final class MuxChildChannel: @unchecked Sendable {
     // Options.
     private var autoRead = true
     private var allowRemoteHalfClosure = false
+    private var acceptsDatagrams = false
     private var waterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 32 * 1024, high: 64 * 1024)
 
     // Inbound.
@@ -162,6 +163,28 @@ extension MuxChildChannel: Channel, ChannelCore {
     public var parent: (any Channel)? { self.parentChannel }
     public var isWritable: Bool { self.writableFlag.load(ordering: .relaxed) }
     public var isActive: Bool { self.activeFlag.load(ordering: .relaxed) }
+
+    /// The largest ``MuxDatagram/Send`` the session's carrier takes now; 0 when it has no
+    /// unreliable path (the stream's byte stream is then the only way). Any thread (an atomic of
+    /// the handler).
+    public var datagramCapacity: Int { self.handler.datagramCapacity }
+
+    /// Lets the peer's ``MuxDatagram/Send``s reach this stream, as ``MuxDatagram/Received``
+    /// inbound user events (without this they are dropped: a stream that never expects
+    /// datagrams is never handed one). Call on ``eventLoop``, before the stream is accepted (in
+    /// its initializer) so the first ones are not lost.
+    public func acceptDatagrams() {
+        self.eventLoop.preconditionInEventLoop()
+        self.acceptsDatagrams = true
+    }
+
+    /// A datagram from the carrier's unreliable path; false if this stream does not take it.
+    func receiveDatagram(_ data: ByteBuffer) -> Bool {
+        guard self.acceptsDatagrams, self.activated, !self.userClosed else { return false }
+        self.handler.noteDatagramDelivered()
+        self.pipeline.fireUserInboundEventTriggered(MuxDatagram.Received(data))
+        return true
+    }
     public var _channelCore: any ChannelCore { self }
 
     public func localAddress0() throws -> SocketAddress {
@@ -300,6 +323,13 @@ extension MuxChildChannel: Channel, ChannelCore {
     public func triggerUserOutboundEvent0(_ event: Any, promise: EventLoopPromise<Void>?) {
         if let reset = event as? Reset {
             self.resetByUser(code: reset.code, message: reset.message, promise: promise)
+        } else if let datagram = event as? MuxDatagram.Send {
+            // Only on an open stream: before ACCEPT the peer has no stream to deliver it to.
+            guard self.activated, !self.userClosed, self.registered else {
+                promise?.fail(MuxError.datagramsUnavailable)
+                return
+            }
+            self.handler.sendDatagram(streamID: self.streamID, data: datagram.data, promise: promise)
         } else {
             promise?.fail(ChannelError.operationUnsupported)
         }

@@ -20,6 +20,9 @@ public enum MuxError: Error, CustomStringConvertible, Equatable, Sendable {
     case linkClosed
     /// ``MuxStreamRequest/accept(initializer:)`` after the request was already accepted or rejected.
     case requestNotPending
+    /// A ``MuxDatagram/Send`` the carrier cannot take: it has no unreliable path, the datagram
+    /// is larger than ``MuxChildChannel/datagramCapacity``, or the stream is not open.
+    case datagramsUnavailable
 
     public var description: String {
         switch self {
@@ -43,6 +46,8 @@ public enum MuxError: Error, CustomStringConvertible, Equatable, Sendable {
             return "mux link closed without GOAWAY"
         case .requestNotPending:
             return "mux open request was already decided"
+        case .datagramsUnavailable:
+            return "no unreliable datagram path for this stream (carrier without one, datagram too large, or stream not open)"
         }
     }
 }
@@ -81,7 +86,7 @@ public enum MuxErrorCode {
             return (deadPeer, muxError.description)
         case .sessionClosed, .linkClosed:
             return (sessionClosed, muxError.description)
-        case .headerTooLarge, .requestNotPending:
+        case .headerTooLarge, .requestNotPending, .datagramsUnavailable:
             return (internalError, muxError.description)
         }
     }

@@ -1,5 +1,6 @@
 import NIOCore
 import SkywireLink
+import Synchronization
 
 /// The stream multiplexer of a session, as a handler in the pipeline of the channel that carries
 /// the session's plaintext (after the Noise handlers on a TCP connection or a relayed stream, or on
@@ -70,6 +71,13 @@ public final class MuxHandler: ChannelDuplexHandler {
     private var started = false
 
     private var streams: [UInt32: MuxChildChannel] = [:]
+    /// The carrier's ``MuxDatagram/CarrierCapacity`` (0: no unreliable path); read from any thread.
+    private let datagramCapacityValue = Atomic<Int>(0)
+    /// Datagrams of the carrier's unreliable path dropped because no open stream that accepts
+    /// datagrams has their stream id (a peer naming streams it may not reach, or late ones).
+    public private(set) var datagramsDropped: UInt64 = 0
+    /// Datagrams received on the carrier's unreliable path and delivered to their stream.
+    public private(set) var datagramsReceived: UInt64 = 0
     private var nextLocalID: UInt64
     private var lastPeerID: UInt32 = 0
 
@@ -235,6 +243,16 @@ public final class MuxHandler: ChannelDuplexHandler {
     }
 
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let datagram = event as? MuxDatagram.CarrierReceived {
+            if self.isClosed || !(self.streams[datagram.streamID]?.receiveDatagram(datagram.data) ?? false) {
+                self.datagramsDropped &+= 1
+            }
+            return
+        }
+        if let capacity = event as? MuxDatagram.CarrierCapacity {
+            self.datagramCapacityValue.store(max(0, capacity.maximumSize), ordering: .relaxed)
+            return
+        }
         if case ChannelEvent.inputClosed = event {
             // The carrier ended without a GOAWAY: nothing more can arrive.
             self.closeSession(error: MuxError.linkClosed, goAway: (MuxErrorCode.sessionClosed, "link closed"))
@@ -335,6 +353,20 @@ public final class MuxHandler: ChannelDuplexHandler {
 
     /// The registered streams by id (tests).
     var allStreams: [MuxChildChannel] { self.streams.values.sorted { $0.streamID < $1.streamID } }
+
+    /// The largest datagram the carrier's unreliable path takes now (0: none). Any thread.
+    public var datagramCapacity: Int { self.datagramCapacityValue.load(ordering: .relaxed) }
+
+    /// A stream's ``MuxDatagram/Send``, passed to the carrier.
+    func sendDatagram(streamID: UInt32, data: ByteBuffer, promise: EventLoopPromise<Void>?) {
+        guard !self.isClosed, let context = self.context, data.readableBytes <= self.datagramCapacity else {
+            promise?.fail(MuxError.datagramsUnavailable)
+            return
+        }
+        context.triggerUserOutboundEvent(MuxDatagram.CarrierSend(streamID: streamID, data: data), promise: promise)
+    }
+
+    func noteDatagramDelivered() { self.datagramsReceived &+= 1 }
 
     var parentIsWritable: Bool { self.context?.channel.isWritable ?? false }
 

@@ -1,6 +1,7 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import SkywireCrypto
+import SkywireMux
 import SkywireReliable
 import Synchronization
 
@@ -114,6 +115,9 @@ final class SudphChannel {
     }
 
     var stats: ReliableStats { reliable.stats }
+    /// DGRAMs sent and authentic ones received (whether or not a stream took them).
+    private(set) var datagramsSent: UInt64 = 0
+    private(set) var datagramsReceived: UInt64 = 0
 
     /// Makes the channel active (`channelRegistered`, `channelActive`, then the first `read()`
     /// if `autoRead`) and starts path MTU discovery. Add the handlers first. Idempotent.
@@ -124,6 +128,7 @@ final class SudphChannel {
         _isActive.store(true, ordering: .relaxed)
         pipeline.fireChannelRegistered()
         pipeline.fireChannelActive()
+        announceDatagramCapacity()
         if autoRead && !closed { pipeline.read() }
         service()
         probePath(attempt: 0)
@@ -171,6 +176,12 @@ final class SudphChannel {
             if let size = plaintext.readInteger(as: UInt32.self) {
                 pathCarries(datagramSize: Int(size))
             }
+            return
+        case SudphWire.streamDatagram:
+            // Authentic and fresh; the mux decides whether the stream it names takes it.
+            guard let streamID = plaintext.readInteger(as: UInt32.self) else { return }
+            datagramsReceived &+= 1
+            pipeline.fireUserInboundEventTriggered(MuxDatagram.CarrierReceived(streamID: streamID, data: plaintext))
             return
         default:
             break
@@ -337,6 +348,34 @@ final class SudphChannel {
     private func pathCarries(datagramSize size: Int) {
         guard size <= probeSizes[0], size > datagramSize else { return }
         reliable.raiseMaxPacketSize(to: size - SudphWire.sealedOverhead)
+        announceDatagramCapacity()
+    }
+
+    // MARK: unreliable datagrams
+
+    /// The largest datagram of a mux stream one DGRAM carries now: a packet of the current size
+    /// less the stream id.
+    var datagramCapacity: Int { reliable.configuration.maxPacketSize - SudphWire.datagramHeaderSize }
+
+    private func announceDatagramCapacity() {
+        guard !closed else { return }
+        pipeline.fireUserInboundEventTriggered(MuxDatagram.CarrierCapacity(maximumSize: datagramCapacity))
+    }
+
+    /// Seals one datagram of a mux stream into a DGRAM and sends it at once, outside the
+    /// reliable protocol (no retransmission, no ordering, no flow-control credit).
+    private func sendDatagram(_ datagram: MuxDatagram.CarrierSend, promise: EventLoopPromise<Void>?) {
+        guard !closed, datagram.data.readableBytes <= datagramCapacity else {
+            promise?.fail(MuxError.datagramsUnavailable)
+            return
+        }
+        var payload = allocator.buffer(capacity: SudphWire.datagramHeaderSize + datagram.data.readableBytes)
+        payload.writeInteger(datagram.streamID)
+        payload.writeImmutableBuffer(datagram.data)
+        sendSealed(type: SudphWire.streamDatagram, payload: payload)
+        flushTransmit()
+        datagramsSent &+= 1
+        promise?.succeed()
     }
 
     /// The largest datagram this channel sends now.
@@ -540,7 +579,11 @@ extension SudphChannel: Channel, ChannelCore {
     }
 
     func triggerUserOutboundEvent0(_ event: Any, promise: EventLoopPromise<Void>?) {
-        promise?.fail(ChannelError.operationUnsupported)
+        if let datagram = event as? MuxDatagram.CarrierSend {
+            sendDatagram(datagram, promise: promise)
+        } else {
+            promise?.fail(ChannelError.operationUnsupported)
+        }
     }
 
     func channelRead0(_ data: NIOAny) {

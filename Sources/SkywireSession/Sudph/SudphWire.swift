@@ -12,14 +12,20 @@ import SkywireCrypto
 /// CLOSE    0x14 | receiver index(u32) | packet number(u64) | AEAD(UTF-8 reason)
 /// PROBE    0x15 | receiver index(u32) | packet number(u64) | AEAD(zero padding to the probed size)
 /// PROBE_ACK 0x16 | receiver index(u32) | packet number(u64) | AEAD(probed datagram size, u32)
+/// DGRAM    0x17 | receiver index(u32) | packet number(u64) | AEAD(mux stream id(u32) | datagram)
 /// ```
+///
+/// DGRAM is an unreliable datagram of a mux stream (``MuxDatagram``): never retransmitted,
+/// acknowledged or ordered, so a lost one holds nothing up.
 ///
 /// PROBE/PROBE_ACK are path MTU discovery (RFC 8899 style, datagrams sent with DF set): the
 /// largest probe answered sets the connection's packet size.
 ///
 /// Indices are random per connection and name the receiver's connection (so a peer whose NAT
-/// mapping changes keeps its session: WireGuard's roaming). DATA and CLOSE authenticate their
-/// 13-byte header as associated data under the packet number as nonce.
+/// mapping changes keeps its session: WireGuard's roaming). The sealed types (DATA to DGRAM)
+/// authenticate their 13-byte header as associated data under the packet number as nonce, all
+/// from one packet number sequence per direction, so no nonce is used twice and one anti-replay
+/// window covers them all.
 enum SudphWire {
     static let punch: UInt8 = 0x10
     static let handshakeInit: UInt8 = 0x11
@@ -28,6 +34,9 @@ enum SudphWire {
     static let close: UInt8 = 0x14
     static let probe: UInt8 = 0x15
     static let probeAck: UInt8 = 0x16
+    static let streamDatagram: UInt8 = 0x17
+    /// The stream id in front of a DGRAM's datagram.
+    static let datagramHeaderSize = 4
     /// Header and tag around a sealed payload.
     static let sealedOverhead = sealedHeaderSize + NoiseDatagramKeys.tagSize
     static let version: UInt8 = 1
@@ -59,7 +68,7 @@ enum SudphWire {
             guard let receiver = buffer.readInteger(as: UInt32.self), let sender = buffer.readInteger(as: UInt32.self),
                   buffer.readableBytes > 0 else { return nil }
             return .handshakeResponse(receiverIndex: receiver, senderIndex: sender, noise: Array(buffer.readableBytesView))
-        case data, close, probe, probeAck:
+        case data, close, probe, probeAck, streamDatagram:
             guard let header = datagram.getBytes(at: datagram.readerIndex, length: sealedHeaderSize),
                   let receiver = buffer.readInteger(as: UInt32.self), let number = buffer.readInteger(as: UInt64.self),
                   buffer.readableBytes >= NoiseDatagramKeys.tagSize else { return nil }

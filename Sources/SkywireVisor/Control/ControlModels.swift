@@ -117,9 +117,12 @@ public struct ServerInstanceInfo: Codable, Sendable {
     public var datagramsIn: UInt64?
     public var datagramsOut: UInt64?
     public var datagramsDropped: UInt64?
+    /// Of `datagrams_out`, those sent on the carrier's unreliable path (sudph) rather than framed
+    /// in the flow's stream.
+    public var datagramsOutUnreliable: UInt64?
 
     enum CodingKeys: String, CodingKey {
-        case udpPorts = "udp_ports", datagramsIn = "datagrams_in", datagramsOut = "datagrams_out", datagramsDropped = "datagrams_dropped"
+        case udpPorts = "udp_ports", datagramsIn = "datagrams_in", datagramsOut = "datagrams_out", datagramsDropped = "datagrams_dropped", datagramsOutUnreliable = "datagrams_out_unreliable"
         case uptimeSeconds = "uptime_seconds", backendTimeout = "backend_timeout", preserveHost = "preserve_host"
         case lastError = "last_error", lastErrorAt = "last_error_at", source
         case name, ports, whitelist, state
@@ -195,9 +198,12 @@ public struct ClientInstanceInfo: Codable, Sendable {
     public var datagramsIn: UInt64?
     public var datagramsOut: UInt64?
     public var datagramsDropped: UInt64?
+    /// Of `datagrams_out`, those sent on the carrier's unreliable path (sudph) rather than framed
+    /// in the flow's stream.
+    public var datagramsOutUnreliable: UInt64?
 
     enum CodingKeys: String, CodingKey {
-        case datagramsIn = "datagrams_in", datagramsOut = "datagrams_out", datagramsDropped = "datagrams_dropped"
+        case datagramsIn = "datagrams_in", datagramsOut = "datagrams_out", datagramsDropped = "datagrams_dropped", datagramsOutUnreliable = "datagrams_out_unreliable"
         case uptimeSeconds = "uptime_seconds", rttMs = "rtt_ms"
         case lastError = "last_error", lastErrorAt = "last_error_at", source
         case name, remotePublicKey = "remote_pk", remotePort = "remote_port", localPort = "local_port"
@@ -301,6 +307,7 @@ extension ServerInstanceInfo {
         try c.encode(self.datagramsIn, forKey: .datagramsIn)
         try c.encode(self.datagramsOut, forKey: .datagramsOut)
         try c.encode(self.datagramsDropped, forKey: .datagramsDropped)
+        try c.encode(self.datagramsOutUnreliable, forKey: .datagramsOutUnreliable)
     }
 }
 
@@ -349,6 +356,7 @@ extension ClientInstanceInfo {
         try c.encode(self.datagramsIn, forKey: .datagramsIn)
         try c.encode(self.datagramsOut, forKey: .datagramsOut)
         try c.encode(self.datagramsDropped, forKey: .datagramsDropped)
+        try c.encode(self.datagramsOutUnreliable, forKey: .datagramsOutUnreliable)
     }
 }
 

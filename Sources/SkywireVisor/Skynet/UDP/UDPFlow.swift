@@ -1,5 +1,6 @@
 import NIOCore
 import NIOExtras
+import SkywireMux
 import Synchronization
 
 /// Limits and defaults of UDP forwarding (see docs/ARCHITECTURE.md, "UDP forwarding").
@@ -35,6 +36,8 @@ enum UDPForwarding {
     static func addStreamHandlers(_ stream: any Channel, sink: any DatagramSink, counters: DatagramCounters, idleTimeout: TimeAmount = Self.idleTimeout) -> EventLoopFuture<Void> {
         stream.eventLoop.makeCompletedFuture {
             let sync = stream.pipeline.syncOperations
+            // The peer's datagrams may also come beside the stream (sudph's unreliable path).
+            (stream as? MuxChildChannel)?.acceptDatagrams()
             try sync.addHandler(ByteToMessageHandler(LengthFieldBasedFrameDecoder(lengthFieldBitLength: .twoBytes)))
             try sync.addHandler(LengthFieldPrepender(lengthFieldBitLength: .twoBytes))
             try sync.addHandler(UDPFlowStreamHandler(sink: sink, counters: counters, idleTimeout: idleTimeout))
@@ -43,12 +46,22 @@ enum UDPForwarding {
 
     /// Sends one datagram into a flow's stream (not flushed): dropped and counted when it is
     /// too large, or when the stream is unwritable — a datagram is never queued behind a full
-    /// window, which would only turn congestion into delay.
+    /// window, which would only turn congestion into delay. When the session's carrier has an
+    /// unreliable path (sudph) and the datagram fits one of its packets, it goes that way
+    /// instead (sent at once, no head-of-line blocking behind a lost packet); the stream's
+    /// framing is the fall-back for every other carrier, for larger datagrams, and before the
+    /// peer accepted the flow.
     @discardableResult
     static func send(_ datagram: ByteBuffer, into stream: any Channel, counters: DatagramCounters) -> Bool {
         guard datagram.readableBytes <= Self.maxDatagram else {
             counters.drop(.oversized)
             return false
+        }
+        if let child = stream as? MuxChildChannel, child.isActive, datagram.readableBytes <= child.datagramCapacity {
+            counters.sent(datagram.readableBytes)
+            counters.sentUnreliably.add(1, ordering: .relaxed)
+            stream.triggerUserOutboundEvent(MuxDatagram.Send(datagram), promise: nil)
+            return true
         }
         guard stream.isWritable else {
             counters.drop(.congested)
@@ -85,6 +98,8 @@ final class DatagramCounters: Sendable {
     let received = Atomic<UInt64>(0)
     /// Datagrams sent to the remote visor.
     let sent = Atomic<UInt64>(0)
+    /// Of `sent`, those that took the carrier's unreliable path (sudph) instead of the stream.
+    let sentUnreliably = Atomic<UInt64>(0)
     private let droppedOversized = Atomic<UInt64>(0)
     private let droppedCongested = Atomic<UInt64>(0)
     private let droppedNoFlow = Atomic<UInt64>(0)
@@ -180,19 +195,43 @@ final class UDPFlowStreamHandler: ChannelDuplexHandler {
         context.write(data, promise: promise)
     }
 
+    func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+        if event is MuxDatagram.Send { self.lastActivity = context.eventLoop.now }
+        context.triggerUserOutboundEvent(event, promise: promise)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard let datagram = event as? MuxDatagram.Received else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        // One datagram from the unreliable path: it is not part of a read batch, so it is
+        // flushed at once (one send, as the datagram that brought it).
+        if self.deliver(datagram.data, context: context) {
+            self.pendingFlush = false
+            self.sink.flush()
+        }
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        _ = self.deliver(Self.unwrapInboundIn(data), context: context)
+    }
+
+    /// Hands one datagram to the sink; true if it was taken (a flush is then due).
+    private func deliver(_ datagram: ByteBuffer, context: ChannelHandlerContext) -> Bool {
         self.lastActivity = context.eventLoop.now
-        let datagram = Self.unwrapInboundIn(data)
         // The peer enforces the same limit; one that does not gets its datagrams dropped here.
         guard datagram.readableBytes <= UDPForwarding.maxDatagram else {
             self.counters.drop(.oversized)
-            return
+            return false
         }
         if self.sink.deliver(datagram) {
             self.counters.received(datagram.readableBytes)
             self.pendingFlush = true
+            return true
         } else {
             self.counters.drop(.congested)
+            return false
         }
     }
 

@@ -201,6 +201,7 @@ extension ServerInstanceInfo {
         self.datagramsIn = counters.received.load(ordering: .relaxed)
         self.datagramsOut = counters.sent.load(ordering: .relaxed)
         self.datagramsDropped = counters.droppedTotal
+        self.datagramsOutUnreliable = counters.sentUnreliably.load(ordering: .relaxed)
     }
 }
 
@@ -210,6 +211,7 @@ extension ClientInstanceInfo {
         self.datagramsIn = counters.received.load(ordering: .relaxed)
         self.datagramsOut = counters.sent.load(ordering: .relaxed)
         self.datagramsDropped = counters.droppedTotal
+        self.datagramsOutUnreliable = counters.sentUnreliably.load(ordering: .relaxed)
     }
 }
 
