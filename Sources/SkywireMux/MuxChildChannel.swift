@@ -180,7 +180,10 @@ extension MuxChildChannel: Channel, ChannelCore {
 
     /// A datagram from the carrier's unreliable path; false if this stream does not take it.
     func receiveDatagram(_ data: ByteBuffer) -> Bool {
-        guard self.acceptsDatagrams, self.activated, !self.userClosed else { return false }
+        // An opener's stream still waiting for ACCEPT takes them too: the peer sends datagrams
+        // only on a stream it accepted, and one may overtake the ACCEPT (it is not ordered).
+        let ready = self.activated || (self.phase == .opening && self.initialized)
+        guard self.acceptsDatagrams, ready, self.registered, !self.userClosed else { return false }
         self.handler.noteDatagramDelivered()
         self.pipeline.fireUserInboundEventTriggered(MuxDatagram.Received(data))
         return true

@@ -131,6 +131,8 @@ def test_dns_through_udp_forward_over_relay(net):
             assert dig(info["local_port"]) == DNS_ADDRESS
         status = b.json("skynet", "status", info["name"])[0]
         assert status["datagrams_out"] >= 3 and status["datagrams_in"] >= 3, status
+        # The relay has no unreliable path: every datagram is framed in its flow's stream.
+        assert status["datagrams_out_unreliable"] == 0, status
         assert status["connections_total"] >= 3 and status["bytes_out"] > 0, status
         server = a.json("skynet", "srv", "status", "dns")[0]
         assert server["datagrams_in"] >= 3 and server["datagrams_out"] >= 3, server
@@ -161,14 +163,47 @@ def test_dns_through_udp_forward_over_sudph(net):
     b = sudph_visor(net, "udp-sudph-b")
     dns = Dnsmasq()
     try:
-        a.ok("skynet", "srv", "start", "--udp-ports", str(dns.port))
+        a.ok("skynet", "srv", "start", "--udp-ports", str(dns.port), "--name", "dns")
         info = start_udp_forward(b, a, dns.port, "--skynet")
         assert info["transport"] == "sudph", info
         assert dig(info["local_port"]) == DNS_ADDRESS
         assert dig(info["local_port"]) == DNS_ADDRESS
         assert b.json("skynet", "status", info["name"])[0]["datagrams_in"] >= 2
+        # The answers went beside the flow's stream, as unreliable sudph datagrams (each dig is a
+        # new flow whose query rides with the OPEN, framed; the server answers on an accepted one).
+        server = a.json("skynet", "srv", "status", "dns")[0]
+        assert server["datagrams_out"] >= 2 and server["datagrams_out_unreliable"] >= 2, server
     finally:
         dns.close()
+
+
+def test_datagrams_take_the_unreliable_sudph_path(net):
+    a = sudph_visor(net, "udp-unrel-a")
+    b = sudph_visor(net, "udp-unrel-b")
+    echo = UDPEcho()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        a.ok("skynet", "srv", "start", "--udp-ports", str(echo.port), "--name", "echo")
+        info = start_udp_forward(b, a, echo.port, "--skynet")
+        assert info["transport"] == "sudph", info
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(3)
+        # One source, one flow: the first datagram rides with the OPEN; the others, once the flow
+        # is accepted, go as sealed DGRAMs (boundaries and bytes kept, whatever the size).
+        sizes = [1, 100, 0, 1000, 1196] * 4
+        for i, size in enumerate(sizes):
+            payload = bytes((j * 13 + i) % 256 for j in range(size))
+            assert exchange(sock, info["local_port"], payload) == payload
+        status = b.json("skynet", "status", info["name"])[0]
+        assert status["datagrams_out"] >= len(sizes), status
+        assert status["datagrams_out_unreliable"] >= len(sizes) - 1, status
+        assert status["datagrams_in"] >= len(sizes), status
+        server = a.json("skynet", "srv", "status", "echo")[0]
+        assert server["datagrams_out_unreliable"] >= len(sizes) - 1, server
+        assert server["connections_open"] == 1, server
+    finally:
+        sock.close()
+        echo.close()
 
 
 def test_boundaries_flows_and_oversized_datagrams(net):
