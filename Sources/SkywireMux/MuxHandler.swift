@@ -359,7 +359,8 @@ public final class MuxHandler: ChannelDuplexHandler {
 
     /// A stream's ``MuxDatagram/Send``, passed to the carrier.
     func sendDatagram(streamID: UInt32, data: ByteBuffer, promise: EventLoopPromise<Void>?) {
-        guard !self.isClosed, let context = self.context, data.readableBytes <= self.datagramCapacity else {
+        let capacity = self.datagramCapacity
+        guard !self.isClosed, let context = self.context, capacity > 0, data.readableBytes <= capacity else {
             promise?.fail(MuxError.datagramsUnavailable)
             return
         }

@@ -68,7 +68,8 @@ struct MuxDatagramTests {
 
         #expect(stream.datagramCapacity == 0)
         let refused = pair.loop.makePromise(of: Void.self)
-        stream.triggerUserOutboundEvent(MuxDatagram.Send(ByteBuffer(string: "x")), promise: refused)
+        // Not even an empty one: capacity 0 means no path.
+        stream.triggerUserOutboundEvent(MuxDatagram.Send(ByteBuffer()), promise: refused)
         #expect(throws: MuxError.datagramsUnavailable) { try refused.futureResult.wait() }
 
         pair.a.pipeline.fireUserInboundEventTriggered(MuxDatagram.CarrierCapacity(maximumSize: 8))

@@ -57,7 +57,9 @@ enum UDPForwarding {
             counters.drop(.oversized)
             return false
         }
-        if let child = stream as? MuxChildChannel, child.isActive, datagram.readableBytes <= child.datagramCapacity {
+        // Capacity 0 is "no path" (not "empty datagrams only").
+        let capacity = (stream as? MuxChildChannel)?.datagramCapacity ?? 0
+        if capacity > 0, datagram.readableBytes <= capacity, stream.isActive {
             counters.sent(datagram.readableBytes)
             counters.sentUnreliably.add(1, ordering: .relaxed)
             stream.triggerUserOutboundEvent(MuxDatagram.Send(datagram), promise: nil)
