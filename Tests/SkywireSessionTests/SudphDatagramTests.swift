@@ -152,4 +152,19 @@ struct SudphDatagramTests {
         ends.alice.triggerUserOutboundEvent0(MuxDatagram.CarrierSend(streamID: 1, data: ByteBuffer(string: "x")), promise: afterClose)
         #expect(throws: MuxError.datagramsUnavailable) { try afterClose.futureResult.wait() }
     }
+
+    @Test("no head-of-line blocking: with the stream's packets lost, later datagrams are still delivered at once, in any order")
+    func noHeadOfLineBlocking() throws {
+        let ends = try Ends()
+        let before = ends.sent.count
+        ends.alice.writeAndFlush(ByteBuffer(string: "reliable bytes"), promise: nil)
+        #expect(ends.sent.count > before, "the stream's DATA left")
+        // The DATA packets are lost; two datagrams sent after them arrive, the second first.
+        let first = try ends.send("one")
+        let second = try ends.send("two")
+        ends.deliver(second)
+        ends.deliver(first)
+        #expect(ends.bobEvents.received.map(\.1) == ["two", "one"])
+        #expect(ends.bobEvents.reads == 0, "the stream waits for its retransmission; the datagrams did not")
+    }
 }
