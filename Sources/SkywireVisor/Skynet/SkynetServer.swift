@@ -99,6 +99,14 @@ final class ServerInstance: Sendable {
 /// The whitelist is checked against `session.remoteKey`, the key the Noise handshake
 /// authenticated; nothing the peer says in the stream header is trusted for it.
 final class SkynetServer: StreamAcceptor {
+    /// A backend's address: 127.0.0.1 and the exposed port, as a `SocketAddress` so that a
+    /// connect goes straight to the socket (`connect(host:port:)` resolves even a literal on
+    /// another thread through happy eyeballs — a thread hop and a timer per connection).
+    static func loopback(_ port: Int) -> SocketAddress {
+        // An IPv4 literal always parses; exposed ports are checked to be 1...65535 on start.
+        try! SocketAddress(ipAddress: "127.0.0.1", port: port)
+    }
+
     private let state = Mutex<(instances: [String: ServerInstance], byPort: [Int: String], byUDPPort: [Int: String])>(([:], [:], [:]))
     let localKey: PublicKey
     let logger: Logger
@@ -289,7 +297,7 @@ final class SkynetServer: StreamAcceptor {
             .channelOption(.writeBufferWaterMark, value: SkynetForward.waterMark)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(self.connectTimeout)
-            .connect(host: "127.0.0.1", port: port)
+            .connect(to: SkynetServer.loopback(port))
             .whenComplete { [weak self] result in
                 // The bootstrap's group is the session's loop, so this runs there.
                 switch result {
