@@ -18,7 +18,8 @@ struct SkynetHeaderTests {
             [], [0x53], [0x53, 1, 0, 0x1f],            // short
             [0x54, 1, 0, 0x1f, 0x90],                  // wrong magic
             [0x53, 2, 0, 0x1f, 0x90],                  // unknown version
-            [0x53, 1, 4, 0x1f, 0x90],                  // unknown flag
+            [0x53, 1, 8, 0x1f, 0x90],                  // unknown flag
+            [0x53, 1, 4, 0x1f, 0x90],                  // client-address flag without the address
             [0x53, 1, 0, 0, 0],                        // port 0
             [0x53, 1, 0, 0x1f, 0x90, 0],               // trailing byte
         ]

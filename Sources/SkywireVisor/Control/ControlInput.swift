@@ -35,17 +35,24 @@ public struct ServerForm: Codable, Sendable {
     /// Seconds, as typed; empty = the default.
     public var backendTimeout: String?
     public var preserveHost: Bool?
+    /// `--proxy-protocol`: every port of this start sends a PROXY v2 header to its backend.
+    public var proxyProtocol: Bool?
+    /// `--proxy-protocol-ports`: comma-separated ports (among `ports`) that do.
+    public var proxyProtocolPorts: String?
 
-    public init(ports: String, whitelist: String?, name: String?, backendTimeout: String?, preserveHost: Bool?) {
+    public init(ports: String, whitelist: String?, name: String?, backendTimeout: String?, preserveHost: Bool?, proxyProtocol: Bool? = nil, proxyProtocolPorts: String? = nil) {
         self.ports = ports
         self.whitelist = whitelist
         self.name = name
         self.backendTimeout = backendTimeout
         self.preserveHost = preserveHost
+        self.proxyProtocol = proxyProtocol
+        self.proxyProtocolPorts = proxyProtocolPorts
     }
 
     enum CodingKeys: String, CodingKey {
         case ports, whitelist, name, backendTimeout = "backend_timeout", preserveHost = "preserve_host"
+        case proxyProtocol = "proxy_protocol", proxyProtocolPorts = "proxy_protocol_ports"
     }
 
     /// The whitelist's keys, blanks dropped.
@@ -73,10 +80,28 @@ public struct ServerForm: Codable, Sendable {
             do { _ = try PublicKey(hex: key) } catch { throw SkynetError.invalidArgument("whitelist: \(error)") }
         }
         let name = self.name.map { $0.trimmingCharacters(in: .whitespaces) }.flatMap { $0.isEmpty ? nil : $0 }
-        return StartServerRequest(
+        let request = StartServerRequest(
             ports: ports, whitelist: keys.isEmpty ? nil : keys, name: name,
-            backendTimeout: try self.parsedBackendTimeout(), preserveHost: self.preserveHost ?? false
+            backendTimeout: try self.parsedBackendTimeout(), preserveHost: self.preserveHost ?? false,
+            proxyProtocolPorts: try self.parsedProxyProtocolPorts(ports: ports)
         )
+        _ = try checkProxyProtocolPorts(request)
+        return request
+    }
+
+    /// `--proxy-protocol` (all ports) or `--proxy-protocol-ports LIST`; not both.
+    func parsedProxyProtocolPorts(ports: [Int]) throws(SkynetError) -> [Int]? {
+        let listed = self.proxyProtocolPorts.flatMap { $0.trimmingCharacters(in: .whitespaces).isEmpty ? nil : $0 }
+        switch (self.proxyProtocol ?? false, listed) {
+        case (true, .some):
+            throw SkynetError.invalidArgument("--proxy-protocol and --proxy-protocol-ports exclude each other")
+        case (true, nil):
+            return ports
+        case (false, .some(let text)):
+            return try parsePortList(text)
+        case (false, nil):
+            return nil
+        }
     }
 }
 

@@ -6,12 +6,15 @@ import Synchronization
 enum SavedInstance: Equatable, Sendable {
     /// `backendTimeout`/`preserveHost`: HTTP-mode options; `nil` (lines written before they
     /// existed) means the defaults.
-    case server(name: String, ports: [Int], whitelist: [String]?, backendTimeout: Double? = nil, preserveHost: Bool? = nil)
+    /// `proxyProtocolPorts`: `nil` = none.
+    case server(name: String, ports: [Int], whitelist: [String]?, backendTimeout: Double? = nil, preserveHost: Bool? = nil, proxyProtocolPorts: [Int]? = nil)
     case client(name: String, remotePublicKey: String, remotePort: Int, localPort: Int, mode: String, network: String)
+    /// A SOCKS5 entry; the password is kept as its SHA-256 only.
+    case proxy(name: String, local: String, network: String, user: String?, passwordSHA256: String?)
 
     var name: String {
         switch self {
-        case .server(let name, _, _, _, _), .client(let name, _, _, _, _, _): return name
+        case .server(let name, _, _, _, _, _), .client(let name, _, _, _, _, _), .proxy(let name, _, _, _, _): return name
         }
     }
 }
@@ -19,7 +22,9 @@ enum SavedInstance: Equatable, Sendable {
 extension SavedInstance: Codable {
     private enum CodingKeys: String, CodingKey {
         case kind, name, ports, whitelist, backendTimeout = "backend_timeout", preserveHost = "preserve_host"
+        case proxyProtocolPorts = "proxy_protocol_ports"
         case remotePublicKey = "remote_pk", remotePort = "remote_port", localPort = "local_port", mode, network
+        case local, user, passwordSHA256 = "password_sha256"
     }
 
     init(from decoder: any Decoder) throws {
@@ -30,7 +35,8 @@ extension SavedInstance: Codable {
                 name: try c.decode(String.self, forKey: .name), ports: try c.decode([Int].self, forKey: .ports),
                 whitelist: try c.decodeIfPresent([String].self, forKey: .whitelist),
                 backendTimeout: try c.decodeIfPresent(Double.self, forKey: .backendTimeout),
-                preserveHost: try c.decodeIfPresent(Bool.self, forKey: .preserveHost)
+                preserveHost: try c.decodeIfPresent(Bool.self, forKey: .preserveHost),
+                proxyProtocolPorts: try c.decodeIfPresent([Int].self, forKey: .proxyProtocolPorts)
             )
         case "client":
             self = .client(
@@ -39,16 +45,25 @@ extension SavedInstance: Codable {
                 remotePort: try c.decode(Int.self, forKey: .remotePort), localPort: try c.decode(Int.self, forKey: .localPort),
                 mode: try c.decode(String.self, forKey: .mode), network: try c.decode(String.self, forKey: .network)
             )
+        case "proxy":
+            self = .proxy(
+                name: try c.decode(String.self, forKey: .name), local: try c.decode(String.self, forKey: .local),
+                network: try c.decode(String.self, forKey: .network),
+                user: try c.decodeIfPresent(String.self, forKey: .user),
+                passwordSHA256: try c.decodeIfPresent(String.self, forKey: .passwordSHA256)
+            )
         case let other:
-            throw DecodingError.dataCorruptedError(forKey: .kind, in: c, debugDescription: "unknown kind \"\(other)\" (server or client)")
+            throw DecodingError.dataCorruptedError(forKey: .kind, in: c, debugDescription: "unknown kind \"\(other)\" (server, client or proxy)")
         }
     }
 
     func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         switch self {
-        case .server(let name, let ports, let whitelist, let backendTimeout, let preserveHost):
+        case .server(let name, let ports, let whitelist, let backendTimeout, let preserveHost, let proxyProtocolPorts):
             try c.encode("server", forKey: .kind)
+            // Written only when set, so older visors read the line unchanged.
+            try c.encodeIfPresent(proxyProtocolPorts, forKey: .proxyProtocolPorts)
             try c.encode(name, forKey: .name)
             try c.encode(ports, forKey: .ports)
             try c.encode(whitelist, forKey: .whitelist)
@@ -62,6 +77,13 @@ extension SavedInstance: Codable {
             try c.encode(localPort, forKey: .localPort)
             try c.encode(mode, forKey: .mode)
             try c.encode(network, forKey: .network)
+        case .proxy(let name, let local, let network, let user, let passwordSHA256):
+            try c.encode("proxy", forKey: .kind)
+            try c.encode(name, forKey: .name)
+            try c.encode(local, forKey: .local)
+            try c.encode(network, forKey: .network)
+            try c.encode(user, forKey: .user)
+            try c.encode(passwordSHA256, forKey: .passwordSHA256)
         }
     }
 }
@@ -127,6 +149,8 @@ final class StateSaver: Sendable {
     private let store: InstanceStore
     private let logger: Logger
     private let parts = Mutex<(server: SkynetServer?, clients: SkynetClients?, suspended: Bool, frozen: Bool)>((nil, nil, false, false))
+    /// The SOCKS5 entries, when the visor runs them.
+    private let proxies = Mutex<SocksProxies?>(nil)
 
     init(store: InstanceStore, logger: Logger) {
         self.store = store
@@ -135,6 +159,10 @@ final class StateSaver: Sendable {
 
     func attach(server: SkynetServer, clients: SkynetClients) {
         self.parts.withLock { $0.server = server; $0.clients = clients }
+    }
+
+    func attach(proxies: SocksProxies) {
+        self.proxies.withLock { $0 = proxies }
     }
 
     /// While restoring: the file is the source, don't rewrite it half-way.
@@ -152,7 +180,7 @@ final class StateSaver: Sendable {
         let (server, clients, skip) = self.parts.withLock { ($0.server, $0.clients, $0.suspended || $0.frozen) }
         guard !skip, let server, let clients else { return }
         do {
-            try self.store.save(server.saved + clients.saved)
+            try self.store.save(server.saved + clients.saved + (self.proxies.withLock { $0 }?.saved ?? []))
         } catch {
             self.logger.error("cannot write the state file", metadata: ["file": "\(self.store.path)", "error": "\(error)"])
         }

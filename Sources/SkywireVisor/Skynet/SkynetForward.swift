@@ -278,7 +278,8 @@ final class SkynetForward: Sendable {
     /// OPEN at once (0-RTT); HTTP mode glues after ACCEPT, so that a refusal can still answer 502.
     private func handle(_ channel: any Channel) {
         let http = self.mode == "http"
-        let header = SkynetHeader(port: UInt16(self.remotePort), probe: false, http: http).encode()
+        // The client address rides along for servers that hand it on (PROXY protocol).
+        let header = SkynetHeader(port: UInt16(self.remotePort), probe: false, http: http, clientAddress: channel.remoteAddress).encode()
         let counters = self.counters
         let logger = self.logger
         let remote = self.remote

@@ -24,14 +24,18 @@ final class ServerInstance: Sendable {
     let whitelist: Set<PublicKey>?
     /// HTTP mode: backend timeout and `Host` handling, for connections admitted from now on.
     let options: ProxyOptions
+    /// Ports whose backend connections start with a PROXY protocol v2 header (sorted; a subset
+    /// of `ports`).
+    let proxyProtocolPorts: [Int]
     let since: Date
     let counters: Counters
     let admitted: Mutex<[UInt64: Admitted]>
     /// Declared in the visor config, or started through the control API.
     let source: InstanceSource
 
-    init(name: String, ports: [Int], whitelist: Set<PublicKey>?, options: ProxyOptions = .init(), source: InstanceSource = .runtime, replacing previous: ServerInstance? = nil) {
+    init(name: String, ports: [Int], whitelist: Set<PublicKey>?, options: ProxyOptions = .init(), proxyProtocolPorts: [Int] = [], source: InstanceSource = .runtime, replacing previous: ServerInstance? = nil) {
         self.name = name
+        self.proxyProtocolPorts = proxyProtocolPorts.sorted()
         self.ports = ports
         self.whitelist = whitelist
         self.options = options
@@ -49,7 +53,8 @@ final class ServerInstance: Sendable {
     var saved: SavedInstance {
         .server(
             name: self.name, ports: self.ports, whitelist: self.whitelist.map { $0.map(\.hex).sorted() },
-            backendTimeout: self.options.backendTimeout, preserveHost: self.options.preserveHost
+            backendTimeout: self.options.backendTimeout, preserveHost: self.options.preserveHost,
+            proxyProtocolPorts: self.proxyProtocolPorts.isEmpty ? nil : self.proxyProtocolPorts
         )
     }
 
@@ -58,6 +63,7 @@ final class ServerInstance: Sendable {
         let keys = (request.whitelist ?? []).isEmpty ? nil : Set((request.whitelist ?? []).compactMap { try? PublicKey(hex: $0) })
         return self.ports == request.ports && self.whitelist == keys
             && (try? ProxyOptions(backendTimeout: request.backendTimeout, preserveHost: request.preserveHost)) == self.options
+            && self.proxyProtocolPorts == (request.proxyProtocolPorts ?? []).sorted()
     }
 
     func info() -> ServerInstanceInfo {
@@ -75,6 +81,7 @@ final class ServerInstance: Sendable {
             uptimeSeconds: Int(Date().timeIntervalSince(self.since)),
             backendTimeout: self.options.backendTimeout,
             preserveHost: self.options.preserveHost,
+            proxyProtocolPorts: self.proxyProtocolPorts,
             lastError: last?.message,
             lastErrorAt: last?.at,
             source: self.source.rawValue
@@ -122,6 +129,7 @@ final class SkynetServer: StreamAcceptor {
             })
         }
         let options = try ProxyOptions(backendTimeout: request.backendTimeout, preserveHost: request.preserveHost)
+        let proxyProtocolPorts = try checkProxyProtocolPorts(request)
         let name = request.name ?? "skynet-\(request.ports[0])"
         try validateInstanceName(name)
         // The same name again replaces the instance (ports and whitelist change without a
@@ -131,7 +139,7 @@ final class SkynetServer: StreamAcceptor {
             for port in request.ports {
                 if let owner = state.byPort[port], owner != name { throw SkynetError.portAlreadyExposed(port, owner) }
             }
-            let instance = ServerInstance(name: name, ports: request.ports, whitelist: whitelist, options: options, source: source, replacing: previous)
+            let instance = ServerInstance(name: name, ports: request.ports, whitelist: whitelist, options: options, proxyProtocolPorts: proxyProtocolPorts, source: source, replacing: previous)
             if let previous { for port in previous.ports { state.byPort[port] = nil } }
             state.instances[name] = instance
             for port in request.ports { state.byPort[port] = name }
@@ -230,6 +238,11 @@ final class SkynetServer: StreamAcceptor {
             request.reject(code: SkynetRejectCode.notWhitelisted, message: "visor \(session.remoteKey.hex) is not whitelisted for port \(port) on visor \(self.localKey.hex)")
             return
         }
+        let proxyProtocol = instance.proxyProtocolPorts.contains(port)
+        if proxyProtocol, header.http {
+            request.reject(code: SkynetRejectCode.badRequest, message: proxyProtocolHTTPRefusal(port: port, visor: self.localKey))
+            return
+        }
         if header.probe {
             request.accept().whenSuccess { $0.close(promise: nil) }
             return
@@ -266,6 +279,11 @@ final class SkynetServer: StreamAcceptor {
                     let proxyPort = backend.localAddress?.port ?? 0
                     proxy?.register(localPort: proxyPort, route: .init(remoteKey: remoteHex, backendPort: port, options: instance.options))
                     if let proxy { backend.closeFuture.whenComplete { _ in proxy.unregister(localPort: proxyPort) } }
+                    if proxyProtocol {
+                        // First on the wire, ahead of the opener's early data (glued below).
+                        let preamble = ProxyProtocolV2(source: header.clientAddress, destination: backend.remoteAddress, remoteKey: remote.rawBytes)
+                        backend.writeAndFlush(preamble.encode(), promise: nil)
+                    }
                     // Early data the opener sent with its OPEN reaches the backend once glued.
                     boundRequest.value.accept { stream in
                         stream.eventLoop.makeCompletedFuture {
