@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import NIOEmbedded
 import NIOSOCKS
@@ -115,11 +116,11 @@ struct SocksEntryTests {
         #expect(resolve("3000.\(hex).skynet", 80) == .success(SocksTarget(key: self.key, port: 3000)))
         #expect(resolve("example.com") == .failure(.notAllowed))
         #expect(resolve("skynet") == .failure(.notAllowed))
-        #expect(resolve("abcd.skynet") == .failure(.hostUnreachable))
-        #expect(resolve("x.\(hex).skynet") == .failure(.hostUnreachable))
-        #expect(resolve("70000.\(hex).skynet") == .failure(.hostUnreachable))
-        #expect(resolve("a.b.\(hex).skynet") == .failure(.hostUnreachable))
-        #expect(resolve("\(hex).skynet", 0) == .failure(.hostUnreachable))
+        #expect(resolve("abcd.skynet") == .failure(.badName))
+        #expect(resolve("x.\(hex).skynet") == .failure(.badName))
+        #expect(resolve("70000.\(hex).skynet") == .failure(.badName))
+        #expect(resolve("a.b.\(hex).skynet") == .failure(.badName))
+        #expect(resolve("\(hex).skynet", 0) == .failure(.badName))
         #expect(resolve("\(hex).skynet", 8080, .bind) == .failure(.commandUnsupported))
         #expect(resolve("\(hex).skynet", 8080, .udpAssociate) == .failure(.commandUnsupported))
         let ip = SOCKSRequest(command: .connect, addressType: .address(try! SocketAddress(ipAddress: "10.0.0.1", port: 80)))
@@ -194,8 +195,8 @@ struct SocksEntryTests {
         for (request, reply) in cases {
             let harness = try Harness { target in
                 switch target.port {
-                case 9: return .refused
-                case 10: return .notAllowed
+                case 9: return .notExposed
+                case 10: return .notWhitelisted
                 case 11: return SocksTarget.refusal(for: SocksUnreachable(key: target.key, reason: "no route"))
                 default: return nil
                 }
@@ -207,6 +208,7 @@ struct SocksEntryTests {
             #expect(answer.count == 10 && answer[0] == 5 && answer[1] == reply, "reply \(answer) for \(request(harness)), expected \(reply)")
             #expect(!harness.channel.isActive, "connection left open after reply \(reply)")
             #expect(harness.refusals.map(\.reply.value) == [reply])
+            if reply == 0x05 { #expect(harness.refusals.map(\.reason) == [.notExposed]) }
         }
     }
 
@@ -253,5 +255,22 @@ struct SocksEntryTests {
         try right.send(right.connectRequest("\(self.key.hex).skynet"))
         #expect(try right.received().prefix(2) == [5, 0])
         #expect(right.channel.isActive)
+    }
+}
+
+@Suite("State file: SOCKS5 entries and PROXY protocol ports")
+struct SocksStateFileTests {
+    @Test func roundTrip() throws {
+        let entries: [SavedInstance] = [
+            .proxy(name: "socks-1080", local: "127.0.0.1:1080", network: "auto", user: nil, passwordSHA256: nil),
+            .proxy(name: "wide", local: "0.0.0.0:1081", network: "dmsg", user: "alice", passwordSHA256: SocksCredentials(user: "alice", password: "pw").passwordSHA256),
+            .server(name: "pp", ports: [80, 81], whitelist: nil, proxyProtocolPorts: [81]),
+        ]
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let text = try entries.map { String(decoding: try encoder.encode($0), as: UTF8.self) }.joined(separator: "\n")
+        #expect(text.contains(#""kind":"proxy""#) && text.contains(#""proxy_protocol_ports":[81]"#) && !text.contains(#""pw""#))
+        let (loaded, problems) = InstanceStore.parse(Data(text.utf8), path: "state")
+        #expect(problems.isEmpty && loaded == entries)
     }
 }

@@ -19,6 +19,9 @@ final class SocksProxies: Sendable {
         self.onChange = onChange
     }
 
+    /// Every entry, for metrics.
+    var all: [SocksProxy] { self.proxies.withLock { Array($0.values) } }
+
     /// The running runtime entries, as saved in the state file.
     var saved: [SavedInstance] {
         self.proxies.withLock { $0.values.filter { $0.source == .runtime && $0.state == .running }.map(\.saved) }

@@ -3,14 +3,21 @@ import NIOCore
 import NIOSOCKS
 import SkywireCrypto
 
-/// Why the SOCKS entry refuses a request, each with its RFC 1928 §6 reply code.
+/// Why the SOCKS entry refuses a request, each with its RFC 1928 §6 reply code (several reasons
+/// share a code; the reason itself goes to status and metrics).
 enum SocksRefusal: Error, Equatable, Sendable {
-    /// A domain outside `.skynet`, or the remote visor's whitelist refused this visor: 0x02.
+    /// A domain outside `.skynet`, or no acceptable authentication: 0x02.
     case notAllowed
-    /// A `.skynet` name that is no visor key (or port), or a visor that cannot be reached: 0x04.
-    case hostUnreachable
-    /// The visor does not expose the port, or nothing listens behind it: 0x05.
-    case refused
+    /// The remote visor's whitelist refused this visor: 0x02.
+    case notWhitelisted
+    /// A `.skynet` name that is no visor key (or port): 0x04.
+    case badName
+    /// No session to the visor could be made: 0x04.
+    case unreachable
+    /// The visor does not expose the port: 0x05.
+    case notExposed
+    /// Nothing listens behind the exposed port: 0x05.
+    case backendUnavailable
     /// BIND, UDP ASSOCIATE or an unknown command: 0x07.
     case commandUnsupported
     /// IPv4 or IPv6 addresses (only `.skynet` names are routable): 0x08.
@@ -20,22 +27,23 @@ enum SocksRefusal: Error, Equatable, Sendable {
 
     var reply: SOCKSServerReply {
         switch self {
-        case .notAllowed: return .notAllowed
-        case .hostUnreachable: return .hostUnreachable
-        case .refused: return .refused
+        case .notAllowed, .notWhitelisted: return .notAllowed
+        case .badName, .unreachable: return .hostUnreachable
+        case .notExposed, .backendUnavailable: return .refused
         case .commandUnsupported: return .commandUnsupported
         case .addressUnsupported: return .addressUnsupported
         case .generalFailure: return .serverFailure
         }
     }
 
-    /// The metric/status label of a refusal the remote side decided.
+    /// The status/metric label.
     var reason: RefuseReason {
         switch self {
-        case .notAllowed: return .notWhitelisted
-        case .refused: return .notExposed
-        case .hostUnreachable: return .unreachable
-        default: return .rejected
+        case .notWhitelisted: return .notWhitelisted
+        case .notExposed: return .notExposed
+        case .backendUnavailable: return .backendUnavailable
+        case .unreachable: return .unreachable
+        case .notAllowed, .badName, .commandUnsupported, .addressUnsupported, .generalFailure: return .rejected
         }
     }
 }
@@ -62,24 +70,25 @@ struct SocksTarget: Equatable, Sendable {
         case 1:
             keyLabel = labels[0]
         case 2:
-            guard let named = Int(labels[0]), labels[0].allSatisfy(\.isASCII) else { return .failure(.hostUnreachable) }
+            guard let named = Int(labels[0]), labels[0].allSatisfy(\.isASCII) else { return .failure(.badName) }
             port = named
             keyLabel = labels[1]
         default:
-            return .failure(.hostUnreachable)
+            return .failure(.badName)
         }
-        guard (1...65535).contains(port), let key = try? PublicKey(hex: String(keyLabel)) else { return .failure(.hostUnreachable) }
+        guard (1...65535).contains(port), let key = try? PublicKey(hex: String(keyLabel)) else { return .failure(.badName) }
         return .success(SocksTarget(key: key, port: port))
     }
 
     /// What the remote visor's answer to the stream OPEN means for the SOCKS client.
     static func refusal(for error: any Error) -> SocksRefusal {
         if let refusal = error as? SocksRefusal { return refusal }
-        if error is SocksUnreachable { return .hostUnreachable }
+        if error is SocksUnreachable { return .unreachable }
         switch SkynetForward.refuseReason(error) {
-        case .notWhitelisted: return .notAllowed
-        case .notExposed, .backendUnavailable: return .refused
-        case .unreachable: return .hostUnreachable
+        case .notWhitelisted: return .notWhitelisted
+        case .notExposed: return .notExposed
+        case .backendUnavailable: return .backendUnavailable
+        case .unreachable: return .unreachable
         case .rejected: return .generalFailure
         }
     }
