@@ -61,6 +61,7 @@ let package = Package(
         .target(
             name: "SkywireMux",
             dependencies: [
+                "SkywireLink",
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings

@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
-"""perf record -g of both visors during one iperf3 bulk run through a stcpr raw-TCP forward.
-Usage: SKYWIRE_BIN=... python3 scripts/profile_forward.py OUT_PREFIX [BYTES]  (root, needs perf and iperf3)
+"""perf record -g of both visors (and the relay, for a relayed forward) during one iperf3 bulk run
+through a raw-TCP forward: stcpr (`skynet`, the default) or the relay (`dmsg`).
+Usage: SKYWIRE_BIN=... python3 scripts/profile_forward.py OUT_PREFIX [BYTES] [skynet|dmsg] [metrics]
+(`metrics`: the visors run with --metrics 127.0.0.1:0, to look for any cost of metrics on the data path)
+(root, needs perf and iperf3)
 Every process it starts is ended by PID; traffic stays on 127.0.0.1."""
 import os, subprocess, sys, time, shutil
 from pathlib import Path
@@ -8,22 +11,29 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts")); sys.path.insert(0, str(ROOT / "Tests" / "integration"))
 import bench, harness
 out, nbytes = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "2G")
+network = sys.argv[3] if len(sys.argv) > 3 else "skynet"
+if network not in ("skynet", "dmsg"):
+    sys.exit("network: skynet or dmsg")
+extra = ("--metrics", "127.0.0.1:0") if len(sys.argv) > 4 and sys.argv[4] == "metrics" else ()
 procs = bench.Procs(); net = harness.Network()
 try:
     port = harness.free_port()
     procs.start("iperf3", ["iperf3", "-s", "-B", "127.0.0.1", "-p", str(port)])
     time.sleep(0.5)
-    net.start_discovery(); net.start_relay()
-    a = net.start_visor("visor-a", bench.gen_stcpr_config(net, "visor-a"))
-    b = net.start_visor("visor-b", bench.gen_stcpr_config(net, "visor-b"))
+    net.start_discovery(); relay = net.start_relay()
+    a = net.start_visor("visor-a", bench.gen_stcpr_config(net, "visor-a"), extra=extra)
+    b = net.start_visor("visor-b", bench.gen_stcpr_config(net, "visor-b"), extra=extra)
     a.ok("skynet", "srv", "start", "--ports", str(port))
-    f = bench.start_forward(b, a.pk, port, "prof", "skynet", attempts=3)
+    f = bench.start_forward(b, a.pk, port, "prof", network, attempts=3)
     print("transport", f.get("transport"), flush=True)
     bench.bulk(f["local_port"], "256M")  # warm-up
+    pids = [a.proc.pid, b.proc.pid] + ([relay.pid] if network == "dmsg" else [])
     perf = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-o", f"{out}.data",
-                             "-p", f"{a.proc.pid},{b.proc.pid}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "-p", ",".join(str(p) for p in pids)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1)
     groups = {"visor-a": [a.proc.pid], "visor-b": [b.proc.pid]}
+    if network == "dmsg":
+        groups["relay"] = [relay.pid]
     before = bench.cpu_snapshot(groups)
     gbps, n = bench.bulk_bytes(f["local_port"], nbytes)
     print(f"{gbps:.2f} Gbit/s, CPU-s/GB {bench.cpu_per_gb(before, bench.cpu_snapshot(groups), n)}", flush=True)

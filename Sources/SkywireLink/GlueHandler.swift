@@ -11,6 +11,10 @@ import NIOCore
 ///   channels need `ChannelOptions.allowRemoteHalfClosure` for half-close to pass through.
 /// - A side going inactive or failing closes the other.
 ///
+/// Each side may count what it reads (``ReadTally``): once per read batch, at
+/// `channelReadComplete`, so a long transfer's byte counters move while it runs at the cost of
+/// one call per batch — never per chunk.
+///
 /// Partners on different event loops (the relay splices streams of sessions on different loops)
 /// work too: a side batches its reads and hands each batch to the partner's loop in one task at
 /// `channelReadComplete`, and writability crosses back the same way, so the cost is one hop per
@@ -22,6 +26,9 @@ import NIOCore
 /// are set in ``matchedPair(_:_:)`` before either handler is shared and never change (the weak
 /// reference only goes `nil` when the partner is deallocated).
 public final class GlueHandler: @unchecked Sendable {
+    /// Told how many bytes a side read in one read batch (called on that side's loop).
+    public typealias ReadTally = @Sendable (Int) -> Void
+
     private weak var partner: GlueHandler?
     private let ownLoop: any EventLoop
     private let partnerChannel: any Channel
@@ -36,17 +43,25 @@ public final class GlueHandler: @unchecked Sendable {
     private var removed = false
     /// Reads of the current batch for a partner on another loop.
     private var batch: [ByteBuffer] = []
+    private let tally: ReadTally?
+    /// Bytes read in the current batch, not yet told to `tally`.
+    private var batchBytes = 0
 
-    private init(ownLoop: any EventLoop, partnerChannel: any Channel) {
+    private init(ownLoop: any EventLoop, partnerChannel: any Channel, tally: ReadTally?) {
         self.ownLoop = ownLoop
         self.partnerChannel = partnerChannel
         self.sameLoop = ownLoop === partnerChannel.eventLoop
+        self.tally = tally
     }
 
     /// Two handlers: add the first to `first`'s pipeline and the second to `second`'s.
-    public static func matchedPair(_ first: any Channel, _ second: any Channel) -> (GlueHandler, GlueHandler) {
-        let a = GlueHandler(ownLoop: first.eventLoop, partnerChannel: second)
-        let b = GlueHandler(ownLoop: second.eventLoop, partnerChannel: first)
+    /// `countFirst` / `countSecond` are told what `first` / `second` read, per read batch.
+    public static func matchedPair(
+        _ first: any Channel, _ second: any Channel,
+        countFirst: ReadTally? = nil, countSecond: ReadTally? = nil
+    ) -> (GlueHandler, GlueHandler) {
+        let a = GlueHandler(ownLoop: first.eventLoop, partnerChannel: second, tally: countFirst)
+        let b = GlueHandler(ownLoop: second.eventLoop, partnerChannel: first, tally: countSecond)
         a.partner = b
         b.partner = a
         return (a, b)
@@ -54,8 +69,12 @@ public final class GlueHandler: @unchecked Sendable {
 
     /// Glues `first` and `second` (adding a handler to each pipeline, on each channel's loop).
     /// The future fails if either channel is already closed (both are then closed).
-    public static func glue(_ first: any Channel, _ second: any Channel) -> EventLoopFuture<Void> {
-        let (a, b) = Self.matchedPair(first, second)
+    /// `countFirst` / `countSecond` are told what `first` / `second` read, per read batch.
+    public static func glue(
+        _ first: any Channel, _ second: any Channel,
+        countFirst: ReadTally? = nil, countSecond: ReadTally? = nil
+    ) -> EventLoopFuture<Void> {
+        let (a, b) = Self.matchedPair(first, second, countFirst: countFirst, countSecond: countSecond)
         let added = first.pipeline.addHandler(a).and(second.pipeline.addHandler(b)).map { _ in }
         added.whenFailure { _ in
             first.close(promise: nil)
@@ -153,6 +172,7 @@ extension GlueHandler: ChannelDuplexHandler {
     }
 
     public func handlerRemoved(context: ChannelHandlerContext) {
+        self.reportBatchBytes()
         self.context = nil
         self.removed = true
         self.batch.removeAll()
@@ -161,6 +181,7 @@ extension GlueHandler: ChannelDuplexHandler {
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = Self.unwrapInboundIn(data)
+        self.batchBytes &+= buffer.readableBytes
         if self.sameLoop {
             self.partner?.partnerWrite(buffer)
         } else {
@@ -169,6 +190,7 @@ extension GlueHandler: ChannelDuplexHandler {
     }
 
     public func channelReadComplete(context: ChannelHandlerContext) {
+        self.reportBatchBytes()
         if self.sameLoop {
             self.partner?.partnerFlush()
         } else if !self.batch.isEmpty {
@@ -180,6 +202,7 @@ extension GlueHandler: ChannelDuplexHandler {
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
+        self.reportBatchBytes()
         self.handOverBatch()
         self.withPartner { $0.partnerCloseFull() }
         context.fireChannelInactive()
@@ -211,6 +234,13 @@ extension GlueHandler: ChannelDuplexHandler {
         } else {
             self.pendingRead = true
         }
+    }
+
+    private func reportBatchBytes() {
+        guard self.batchBytes > 0 else { return }
+        let count = self.batchBytes
+        self.batchBytes = 0
+        self.tally?(count)
     }
 
     /// Reads not yet handed over (a close or EOF inside a batch) go first, in order.

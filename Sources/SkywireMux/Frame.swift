@@ -109,7 +109,25 @@ struct MuxFrameDecoder: NIOSingleStepByteToMessageDecoder {
         self.init(maxDataPayload: configuration.maxFramePayload, maxOpenHeader: configuration.maxOpenHeader)
     }
 
+    /// The whole size (header and payload) of the frame whose header starts `buffer`, once the
+    /// header is checked; `nil` while the header is incomplete.
+    func frameSize(_ buffer: ByteBuffer) throws -> Int? {
+        guard let (_, _, length) = try self.checkedHeader(buffer) else { return nil }
+        return MuxFrame.headerSize + length
+    }
+
     mutating func decode(buffer: inout ByteBuffer) throws -> MuxFrame? {
+        guard let (type, flags, payloadLength) = try self.checkedHeader(buffer) else { return nil }
+        guard buffer.readableBytes >= MuxFrame.headerSize + payloadLength else { return nil }
+        let streamID = buffer.getInteger(at: buffer.readerIndex + 4, as: UInt32.self)!
+        buffer.moveReaderIndex(forwardBy: MuxFrame.headerSize)
+        let payload = buffer.readSlice(length: payloadLength)!
+        return MuxFrame(type: type, flags: flags, streamID: streamID, payload: payload)
+    }
+
+    /// Type, flags and payload length of the header at `buffer`'s reader index, every field
+    /// checked against its limits before anything is buffered for the frame.
+    private func checkedHeader(_ buffer: ByteBuffer) throws -> (MuxFrameType, UInt16, Int)? {
         guard
             let (version, rawType, flags, streamID, length) = buffer.getMultipleIntegers(
                 at: buffer.readerIndex,
@@ -137,11 +155,7 @@ struct MuxFrameDecoder: NIOSingleStepByteToMessageDecoder {
         guard range.contains(length64) else {
             throw MuxError.protocolError("\(type) frame length \(length) outside \(range.lowerBound)...\(range.upperBound)")
         }
-        let payloadLength = Int(length)
-        guard buffer.readableBytes >= MuxFrame.headerSize + payloadLength else { return nil }
-        buffer.moveReaderIndex(forwardBy: MuxFrame.headerSize)
-        let payload = buffer.readSlice(length: payloadLength)!
-        return MuxFrame(type: type, flags: flags, streamID: streamID, payload: payload)
+        return (type, flags, Int(length))
     }
 
     mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> MuxFrame? {

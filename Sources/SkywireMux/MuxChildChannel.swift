@@ -403,22 +403,25 @@ extension MuxChildChannel {
     var sendableBytes: Int { min(self.flushedBytes, max(self.state.sendWindow, 0)) }
 
     /// Appends one DATA frame (payload copied into `out`, so the parent gets one contiguous
-    /// buffer per batch); FIN rides on the frame that carries the last written byte.
-    func emitFrame(into out: inout ByteBuffer, maxFramePayload: Int) {
+    /// buffer per batch); FIN rides on the frame that carries the last written byte. With
+    /// `payload`, only the header goes into `out` and the payload is handed to `payload` as the
+    /// buffers it was written in (sliced, not copied); returns the payload's size.
+    @discardableResult
+    func emitFrame(into out: inout ByteBuffer, maxFramePayload: Int, payload: ((ByteBuffer) -> Void)? = nil) -> Int {
         let count = min(self.flushedBytes, self.state.sendWindow, maxFramePayload, self.peerMaxFramePayload)
         let fin = self.finQueued && count == self.unsentBytes
-        guard count > 0 || fin else { return }
+        guard count > 0 || fin else { return 0 }
         out.writeMuxHeader(.data, flags: fin ? MuxFrame.flagFIN : 0, streamID: self.streamID, length: count)
         var remaining = count
         while remaining > 0 {
             var (head, promise) = self.pendingWrites.removeFirst()
             if head.readableBytes <= remaining {
                 remaining -= head.readableBytes
-                out.writeBuffer(&head)
+                if let payload { payload(head) } else { out.writeBuffer(&head) }
                 if let promise { self.completedWrites.append(promise) }
             } else {
                 let slice = head.readSlice(length: remaining)!
-                out.writeImmutableBuffer(slice)
+                if let payload { payload(slice) } else { out.writeImmutableBuffer(slice) }
                 remaining = 0
                 self.pendingWrites.prepend((head, promise))
             }
@@ -434,6 +437,7 @@ extension MuxChildChannel {
                 self.completedWrites.append(promise)
             }
         }
+        return count
     }
 
     /// After the handler emitted a frame of ours.

@@ -31,6 +31,12 @@ public struct MuxConfiguration: Sendable {
     /// The session closes with ``MuxError/deadPeer`` if nothing at all was received for this
     /// long. Default 8 s (four missed pings). Zero or negative disables the check.
     public var deadPeerTimeout: TimeAmount
+    /// Every stream's payload is already sealed end to end (a relay session: its streams carry
+    /// the visors' own Noise sessions). DATA payloads are then written to the parent as their own
+    /// buffers, each announced by an ``AlreadySealed`` outbound event, so that a Noise handler with
+    /// the clear framing sends them without sealing them again and without the copy into the
+    /// frame buffer; headers and control frames are sealed as always. Default `false`.
+    public var payloadsSealedEndToEnd: Bool = false
 
     /// The defaults described on each property.
     public init(

@@ -1,4 +1,5 @@
 import NIOCore
+import SkywireLink
 
 /// The stream multiplexer of a session, as a handler in the pipeline of the channel that carries
 /// the session's plaintext (after the Noise handlers on a TCP connection or a relayed stream, or on
@@ -62,7 +63,9 @@ public final class MuxHandler: ChannelDuplexHandler {
 
     private var inboundStreamHandler: InboundStreamHandler?
     private var context: ChannelHandlerContext?
-    private let processor: NIOSingleStepByteToMessageProcessor<MuxFrameDecoder>
+    private var decoder: MuxFrameDecoder
+    /// The start of a frame that spans reads (only that frame's bytes are ever gathered).
+    private var partial = ByteBuffer()
     private var closePromise: EventLoopPromise<Void>?
     private var started = false
 
@@ -111,7 +114,7 @@ public final class MuxHandler: ChannelDuplexHandler {
         self.configuration = configuration
         self.sessionInfo = sessionInfo
         self.inboundStreamHandler = inboundStreamHandler
-        self.processor = NIOSingleStepByteToMessageProcessor(MuxFrameDecoder(configuration: configuration))
+        self.decoder = MuxFrameDecoder(configuration: configuration)
         self.nextLocalID = role == .initiator ? 1 : 2
         self.coalesceLimit = max(128 * 1024, 2 * (configuration.maxFramePayload + MuxFrame.headerSize))
     }
@@ -245,19 +248,53 @@ public final class MuxHandler: ChannelDuplexHandler {
         self.lastReceive = context.eventLoop.now
         self.inReadBatch = true
         // Frames are handled one at a time; a stream's callbacks do not run inside (they wait for
-        // channelReadComplete), so the processor is never re-entered.
+        // channelReadComplete), so decoding is never re-entered.
         self.processingInbound = true
         defer { self.processingInbound = false }
         do {
-            try self.processor.process(buffer: buffer) { frame in
-                guard !self.isClosed else { throw StopProcessing() }
-                try self.handle(frame)
-            }
-        } catch is StopProcessing {
-            return
+            try self.decodeFrames(buffer)
         } catch {
             self.failProtocol(error)
         }
+    }
+
+    /// Handles every whole frame of `buffer`, after finishing a frame begun in an earlier read.
+    /// Frames are sliced out of the buffer they arrived in (DATA payloads reach the streams
+    /// without a copy); only a frame that spans two reads is gathered, into its own buffer.
+    private func decodeFrames(_ buffer: ByteBuffer) throws {
+        var buffer = buffer
+        if self.partial.readableBytes > 0 {
+            guard let frame = try self.completePartial(from: &buffer) else { return }
+            guard !self.isClosed else { return }
+            try self.handle(frame)
+        }
+        while !self.isClosed, let frame = try self.decoder.decode(buffer: &buffer) {
+            try self.handle(frame)
+        }
+        if buffer.readableBytes > 0 && !self.isClosed {
+            // Sized for the whole frame when its header is here (checked against the limits).
+            let size = try self.decoder.frameSize(buffer) ?? MuxFrame.headerSize
+            self.partial = ByteBuffer()
+            self.partial.reserveCapacity(size)
+            self.partial.writeBuffer(&buffer)
+        }
+    }
+
+    /// Adds what the unfinished frame still lacks from `buffer`; the frame once it is whole.
+    private func completePartial(from buffer: inout ByteBuffer) throws -> MuxFrame? {
+        if self.partial.readableBytes < MuxFrame.headerSize {
+            var head = buffer.readSlice(length: min(buffer.readableBytes, MuxFrame.headerSize - self.partial.readableBytes))!
+            self.partial.writeBuffer(&head)
+            guard self.partial.readableBytes == MuxFrame.headerSize else { return nil }
+        }
+        let size = try self.decoder.frameSize(self.partial)!
+        var part = buffer.readSlice(length: min(size - self.partial.readableBytes, buffer.readableBytes))!
+        self.partial.reserveCapacity(minimumWritableBytes: part.readableBytes)
+        self.partial.writeBuffer(&part)
+        guard let frame = try self.decoder.decode(buffer: &self.partial) else { return nil }
+        // The frame's payload keeps the gathered storage; the next partial frame gets its own.
+        self.partial = ByteBuffer()
+        return frame
     }
 
     public func channelReadComplete(context: ChannelHandlerContext) {
@@ -395,7 +432,9 @@ public final class MuxHandler: ChannelDuplexHandler {
         while !self.isClosed, context.channel.isWritable, let child = self.ready.popFirst() {
             child.inReadyQueue = false
             guard child.hasSendableFrame else { continue }
-            let frameSize = MuxFrame.headerSize + min(maxFrame, child.sendableBytes)
+            // With payloads sealed end to end only the header is copied into `out`.
+            let clear = self.configuration.payloadsSealedEndToEnd
+            let frameSize = MuxFrame.headerSize + (clear ? 0 : min(maxFrame, child.sendableBytes))
             if self.out.readableBytes > 0 && self.out.readableBytes + frameSize > self.coalesceLimit {
                 self.writeOut(context: context)
                 wrote = true
@@ -407,16 +446,37 @@ public final class MuxHandler: ChannelDuplexHandler {
             }
             if self.out.writableBytes < frameSize {
                 // Size a fresh buffer for the whole batch at once rather than growing it frame by frame.
-                let batch = self.out.readableBytes == 0 ? self.estimatedBatchSize(first: frameSize) : frameSize
+                let batch = self.out.readableBytes == 0 && !clear ? self.estimatedBatchSize(first: frameSize) : max(frameSize, 256)
                 self.out.reserveCapacity(minimumWritableBytes: batch)
             }
-            child.emitFrame(into: &self.out, maxFramePayload: maxFrame)
+            if clear {
+                if self.emitFrameClear(child, context: context, maxFrame: maxFrame) { wrote = true }
+            } else {
+                child.emitFrame(into: &self.out, maxFramePayload: maxFrame)
+            }
             if child.hasSendableFrame {
                 child.inReadyQueue = true
                 self.ready.append(child)
             }
             child.afterSend()
         }
+    }
+
+    /// A DATA frame whose payload is sealed end to end already: the header joins the coalesced
+    /// output, which is written out; then the payload buffers follow as they are, announced by
+    /// ``AlreadySealed`` (see ``MuxConfiguration/payloadsSealedEndToEnd``).
+    /// `true` when it wrote to the parent.
+    private func emitFrameClear(_ child: MuxChildChannel, context: ChannelHandlerContext, maxFrame: Int) -> Bool {
+        var payload: [ByteBuffer] = []
+        let count = child.emitFrame(into: &self.out, maxFramePayload: maxFrame) { payload.append($0) }
+        guard count > 0 else { return false }
+        self.writeOut(context: context)
+        context.triggerUserOutboundEvent(AlreadySealed(byteCount: count), promise: nil)
+        for buffer in payload {
+            context.write(Self.wrapOutboundOut(buffer), promise: nil)
+        }
+        self.bytesOut &+= UInt64(count)
+        return true
     }
 
     private func estimatedBatchSize(first: Int) -> Int {
@@ -442,7 +502,6 @@ public final class MuxHandler: ChannelDuplexHandler {
 
     // MARK: - Inbound frames
 
-    private struct StopProcessing: Error {}
 
     private func failProtocol(_ error: any Error) {
         let muxError = (error as? MuxError) ?? MuxError.protocolError(String(describing: error))

@@ -2,6 +2,7 @@ import NIOCore
 import NIOEmbedded
 import NIOPosix
 import SkywireLink
+import Synchronization
 import Testing
 
 /// A TCP proxy built from GlueHandler pairs in front of an echo server that replies only after
@@ -105,6 +106,32 @@ import Testing
         #expect(!right.isActive)
     }
 
+    @Test("each side's reads are counted once per read batch, also the last reads before a close")
+    func readTally() throws {
+        let loop = EmbeddedEventLoop()
+        let left = EmbeddedChannel(loop: loop)
+        let right = EmbeddedChannel(loop: loop)
+        let leftTally = TallyRecorder()
+        let rightTally = TallyRecorder()
+        let (a, b) = GlueHandler.matchedPair(left, right, countFirst: leftTally.add, countSecond: rightTally.add)
+        try left.pipeline.syncOperations.addHandler(a)
+        try right.pipeline.syncOperations.addHandler(b)
+
+        for word in ["ab", "cde", "f"] { left.pipeline.fireChannelRead(ByteBuffer(string: word)) }
+        #expect(leftTally.calls.isEmpty)  // told at the end of the batch, not per read
+        left.pipeline.fireChannelReadComplete()
+        #expect(leftTally.calls == [6])
+        right.pipeline.fireChannelRead(ByteBuffer(string: "back"))
+        right.pipeline.fireChannelReadComplete()
+        #expect(rightTally.calls == [4])
+        // A read with no batch end before the channel goes away is still counted.
+        left.pipeline.fireChannelRead(ByteBuffer(string: "xyz"))
+        try left.close().wait()
+        loop.run()
+        #expect(leftTally.calls == [6, 3])
+        #expect(rightTally.calls == [4])
+    }
+
     @Test("partners on different loops: data both ways and close cross over")
     func crossLoop() async throws {
         let left = NIOAsyncTestingChannel()
@@ -122,6 +149,13 @@ import Testing
         try await left.close()
         try await right.closeFuture.get()
     }
+}
+
+/// Records what a glue side reports (EmbeddedEventLoop: one thread, so the lock is uncontended).
+final class TallyRecorder: Sendable {
+    private let recorded = Mutex<[Int]>([])
+    var calls: [Int] { self.recorded.withLock { $0 } }
+    @Sendable func add(_ count: Int) { self.recorded.withLock { $0.append(count) } }
 }
 
 /// Counts reads that pass the handlers after it (toward the head).

@@ -108,6 +108,50 @@ def test_forward_counters_follow_traffic(mnet):
         a.cli("skynet", "srv", "stop", "echo")
 
 
+def test_byte_counters_move_while_a_connection_is_open(mnet):
+    """A long transfer shows in status and metrics while it runs, not only when it closes."""
+    net, a, b = mnet
+    backend = TCPServer(echo_handler)
+    try:
+        a.ok("skynet", "srv", "start", "--ports", str(backend.port), "--name", "live")
+        fwd = b.json("skynet", "start", "--pk", a.pk, "--remote", str(backend.port), "--local", "0",
+                     "--raw-tcp", "--dmsg", "--name", "live-fwd")
+        s = connect(fwd["local_port"])
+        try:
+            size = 1_000_000
+            payload = os.urandom(size)
+            s.sendall(payload)
+            echoed = bytearray()
+            while len(echoed) < size:
+                chunk = s.recv(1 << 16)
+                assert chunk, "forward closed early"
+                echoed += chunk
+            assert bytes(echoed) == payload
+
+            def mine(rows, name):
+                return next(r for r in rows if r["name"] == name)
+            # The connection is still open: the counters must show its bytes already.
+            client = wait_for(lambda: (lambda r: r if r["bytes_out"] >= size and r["bytes_in"] >= size else None)(
+                mine(b.json("skynet", "status", "--json"), "live-fwd")), "client status counts live bytes")
+            assert client["connections_open"] == 1
+            server = wait_for(lambda: (lambda r: r if r["bytes_in"] >= size and r["bytes_out"] >= size else None)(
+                mine(a.json("skynet", "srv", "status", "--json"), "live")), "server status counts live bytes")
+            assert server["connections_open"] == 1
+            metrics = scrape(b.metrics)
+            assert value(metrics, "skywire_skynet_bytes_total", instance="live-fwd", role="client", direction="out") >= size
+            assert value(metrics, "skywire_skynet_connections_open", instance="live-fwd", role="client") == 1
+        finally:
+            s.close()
+        # Closing adds nothing twice: the totals stay the bytes that crossed.
+        settled = wait_for(lambda: (lambda r: r if r["connections_open"] == 0 else None)(
+            mine(b.json("skynet", "status", "--json"), "live-fwd")), "connection closed")
+        assert size <= settled["bytes_out"] < 2 * size and size <= settled["bytes_in"] < 2 * size
+        b.ok("skynet", "stop", "live-fwd")
+    finally:
+        backend.close()
+        a.cli("skynet", "srv", "stop", "live")
+
+
 def test_refusals_counted_by_reason(mnet):
     """A raw-TCP forward whose backend refuses: both visors count it as backend_unavailable."""
     net, a, b = mnet

@@ -46,6 +46,7 @@ public final class NoiseHandshakeHandler: ChannelInboundHandler, RemovableChanne
     private var timeoutTask: Scheduled<Void>?
     private var inbound = ByteBuffer()
     private var state = State.idle
+    private let clearPayloads: Bool
 
     private enum State {
         case idle, running, finished
@@ -53,16 +54,21 @@ public final class NoiseHandshakeHandler: ChannelInboundHandler, RemovableChanne
 
     /// A handler for `role`, authenticating as `identity`. `context` goes into the prologue
     /// (e.g. "visor-session"), so a handshake made for one use fails in another.
+    /// `clearPayloads` selects the transport framing that may carry ``AlreadySealed`` bytes
+    /// unsealed (``NoiseTransportHandler/init(ciphers:clearPayloads:)``); both peers must agree,
+    /// so it belongs to the `context`.
     public init(
         role: NoiseHandshakeRole,
         identity: KeyPair,
         context: String,
         timeout: TimeAmount,
+        clearPayloads: Bool = false,
         promise: EventLoopPromise<NoiseHandshakeResult>? = nil
     ) {
         self.driver = NoiseHandshakeDriver(role: role, identity: identity, context: context)
         self.timeout = timeout
         self.promise = promise
+        self.clearPayloads = clearPayloads
     }
 
     public func handlerAdded(context: ChannelHandlerContext) {
@@ -149,7 +155,7 @@ public final class NoiseHandshakeHandler: ChannelInboundHandler, RemovableChanne
     ) {
         self.state = .finished
         self.timeoutTask?.cancel()
-        let transport = NoiseTransportHandler(ciphers: ciphers)
+        let transport = NoiseTransportHandler(ciphers: ciphers, clearPayloads: self.clearPayloads)
         do {
             try context.pipeline.syncOperations.addHandler(transport, position: .after(self))
         } catch {

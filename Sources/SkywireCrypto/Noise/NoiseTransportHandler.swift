@@ -1,4 +1,5 @@
 import NIOCore
+import SkywireLink
 
 /// Seals outbound and opens inbound Noise transport frames (`u16 big-endian length | ciphertext
 /// | tag`) on a channel; ``NoiseHandshakeHandler`` installs it once the handshake is done.
@@ -8,6 +9,13 @@ import NIOCore
 /// pipeline as one buffer at `channelReadComplete`. Outbound: writes are gathered until `flush`
 /// and sealed then, in frames of up to ``NoiseCipher/maxPlaintextSize`` bytes, into one buffer
 /// (reused when the previous one has gone out), so one flush is one write to the socket.
+///
+/// With `clearPayloads` (the framing of visor↔relay sessions), bytes announced by an
+/// ``AlreadySealed`` outbound event — another Noise session's frames, relayed — are sent as they
+/// are instead of being sealed a second time: every sealed frame's plaintext then starts with a
+/// `u32 big-endian` count of clear bytes that follow that frame on the wire. The count is inside
+/// the authenticated frame, so clear bytes can be neither added, dropped nor moved; their content
+/// is authenticated by the end-to-end session they belong to (docs/ARCHITECTURE.md, "Relay path").
 ///
 /// Errors are ``NoiseError``s: a bad length or a frame that fails authentication stops all
 /// further input, fires the error and closes the channel; the end of input inside a frame is
@@ -21,6 +29,8 @@ public final class NoiseTransportHandler: ChannelDuplexHandler, RemovableChannel
 
     private let sendCipher: NoiseCipher
     private let receiveCipher: NoiseCipher
+    /// The framing with a clear-byte count in every sealed frame (see the type's documentation).
+    private let clearPayloads: Bool
 
     // Inbound
     /// A frame that began in an earlier read: its bytes so far (length prefix included).
@@ -30,10 +40,17 @@ public final class NoiseTransportHandler: ChannelDuplexHandler, RemovableChannel
     /// The capacity to give ``plaintext`` when the batch's first frame opens.
     private var batchEstimate = 2048
     private var inputFailed = false
+    /// Clear bytes still to come after the last opened frame (`clearPayloads` only).
+    private var clearRemaining = 0
 
     // Outbound
-    /// Plaintext written since the last flush, and the promises of those writes.
-    private var pending = CircularBuffer<ByteBuffer>(initialCapacity: 8)
+    /// Plaintext written since the last flush (and whether it goes out clear), and the promises
+    /// of those writes.
+    private var pending = CircularBuffer<(buffer: ByteBuffer, clear: Bool)>(initialCapacity: 8)
+    /// Bytes still to be written that an ``AlreadySealed`` event announced.
+    private var clearExpected = 0
+    /// Of ``pendingBytes``, those that go out clear.
+    private var pendingClearBytes = 0
     private var pendingBytes = 0
     private var pendingPromise: EventLoopPromise<Void>?
     /// Small writes are copied together here so they share one frame.
@@ -50,11 +67,19 @@ public final class NoiseTransportHandler: ChannelDuplexHandler, RemovableChannel
     /// Reused buffers above this capacity are dropped rather than kept for the life of the channel.
     private static let retainedCapacity = 2 << 20
     private static let frameOverhead = NoiseFrameDecoder.headerSize + NoiseCipher.tagSize
+    /// Size of the clear-byte count at the start of each sealed frame (`clearPayloads` only).
+    private static let clearCountSize = 4
+    /// The most clear bytes one frame may announce: more than any mux frame carries, far less
+    /// than would let a peer make us wait on a count that never ends.
+    public static let maxClearRun = 1 << 25
 
     /// A handler using the ciphers of a completed handshake (``NoiseHandshake/split()``).
-    public init(ciphers: (send: NoiseCipher, receive: NoiseCipher)) {
+    /// `clearPayloads` selects the framing that carries ``AlreadySealed`` bytes unsealed; both
+    /// peers must use the same framing.
+    public init(ciphers: (send: NoiseCipher, receive: NoiseCipher), clearPayloads: Bool = false) {
         self.sendCipher = ciphers.send
         self.receiveCipher = ciphers.receive
+        self.clearPayloads = clearPayloads
         self.partial = ByteBuffer()
     }
 
@@ -86,11 +111,11 @@ public final class NoiseTransportHandler: ChannelDuplexHandler, RemovableChannel
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case ChannelEvent.inputClosed = event {
             guard !self.inputFailed else { return }
-            if self.partial.readableBytes > 0 {
-                self.failInput(
-                    context: context,
-                    NoiseError(.truncated, "\(self.partial.readableBytes) bytes of an unfinished frame")
-                )
+            if self.partial.readableBytes > 0 || self.clearRemaining > 0 {
+                let missing = self.partial.readableBytes > 0
+                    ? "\(self.partial.readableBytes) bytes of an unfinished frame"
+                    : "\(self.clearRemaining) announced clear bytes missing"
+                self.failInput(context: context, NoiseError(.truncated, missing))
                 return
             }
             self.passOnPlaintext(context: context, complete: true)
@@ -117,12 +142,22 @@ public final class NoiseTransportHandler: ChannelDuplexHandler, RemovableChannel
     }
 
     /// Opens every whole frame of `buffer` (after finishing a frame begun in an earlier read) into
-    /// ``plaintext``; keeps an unfinished frame's bytes in ``partial``.
+    /// ``plaintext``, with the clear bytes announced between frames; keeps an unfinished frame's
+    /// bytes in ``partial``.
     private func open(_ buffer: inout ByteBuffer, allocator: ByteBufferAllocator) throws {
-        if self.partial.readableBytes > 0 {
-            guard try self.completePartial(from: &buffer, allocator: allocator) else { return }
-        }
-        while buffer.readableBytes >= NoiseFrameDecoder.headerSize {
+        while buffer.readableBytes > 0 {
+            if self.clearRemaining > 0 {
+                let count = min(self.clearRemaining, buffer.readableBytes)
+                var clear = buffer.readSlice(length: count)!
+                self.appendPlaintext(&clear, allocator: allocator)
+                self.clearRemaining -= count
+                continue
+            }
+            if self.partial.readableBytes > 0 {
+                guard try self.completePartial(from: &buffer, allocator: allocator) else { return }
+                continue
+            }
+            guard buffer.readableBytes >= NoiseFrameDecoder.headerSize else { break }
             let length = try Self.frameLength(buffer)
             guard buffer.readableBytes >= NoiseFrameDecoder.headerSize + length else { break }
             try buffer.withUnsafeReadableBytes { bytes in
@@ -138,6 +173,13 @@ public final class NoiseTransportHandler: ChannelDuplexHandler, RemovableChannel
             self.partial.clear()
             self.partial.writeBuffer(&buffer)
         }
+    }
+
+    private func appendPlaintext(_ bytes: inout ByteBuffer, allocator: ByteBufferAllocator) {
+        if self.plaintext == nil {
+            self.plaintext = allocator.buffer(capacity: max(bytes.readableBytes, self.batchEstimate))
+        }
+        self.plaintext!.writeBuffer(&bytes)
     }
 
     /// Adds what the unfinished frame still lacks from `buffer`; opens it once complete.
@@ -165,7 +207,25 @@ public final class NoiseTransportHandler: ChannelDuplexHandler, RemovableChannel
         if self.plaintext == nil {
             self.plaintext = allocator.buffer(capacity: max(frame.count, self.batchEstimate))
         }
+        let start = self.plaintext!.writerIndex
         try self.receiveCipher.open(frame, into: &self.plaintext!)
+        guard self.clearPayloads else { return }
+        // The frame's plaintext starts with the count of clear bytes behind it: read it, then
+        // close the gap (sealed content is small in this framing: mux headers and control).
+        let opened = self.plaintext!.writerIndex - start
+        guard opened >= Self.clearCountSize else {
+            throw NoiseError(.malformedMessage, "frame of \(opened) bytes lacks its clear-byte count")
+        }
+        let clear = Int(self.plaintext!.getInteger(at: start, as: UInt32.self)!)
+        guard clear <= Self.maxClearRun else {
+            throw NoiseError(.malformedMessage, "frame announces \(clear) clear bytes (at most \(Self.maxClearRun))")
+        }
+        let body = opened - Self.clearCountSize
+        if body > 0 {
+            try self.plaintext!.copyBytes(at: start + Self.clearCountSize, to: start, length: body)
+        }
+        self.plaintext!.moveWriterIndex(to: start + body)
+        self.clearRemaining = clear
     }
 
     /// The length a frame header at `buffer`'s reader index announces; checked before anything
@@ -195,7 +255,7 @@ public final class NoiseTransportHandler: ChannelDuplexHandler, RemovableChannel
             promise?.fail(ChannelError.ioOnClosedChannel)
             return
         }
-        let buffer = self.unwrapOutboundIn(data)
+        var buffer = self.unwrapOutboundIn(data)
         if let promise {
             if let pendingPromise = self.pendingPromise {
                 pendingPromise.futureResult.cascade(to: promise)
@@ -204,8 +264,27 @@ public final class NoiseTransportHandler: ChannelDuplexHandler, RemovableChannel
             }
         }
         guard buffer.readableBytes > 0 else { return }
-        self.pending.append(buffer)
         self.pendingBytes += buffer.readableBytes
+        guard self.clearExpected > 0 else {
+            self.pending.append((buffer, false))
+            return
+        }
+        // Announced bytes go out clear; should a write run past the announcement, the rest is sealed.
+        let clear = buffer.readSlice(length: min(self.clearExpected, buffer.readableBytes))!
+        self.clearExpected -= clear.readableBytes
+        if self.clearPayloads { self.pendingClearBytes += clear.readableBytes }
+        self.pending.append((clear, self.clearPayloads))
+        if buffer.readableBytes > 0 { self.pending.append((buffer, false)) }
+    }
+
+    public func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+        guard let sealed = event as? AlreadySealed else {
+            context.triggerUserOutboundEvent(event, promise: promise)
+            return
+        }
+        // Without the clear framing the bytes are simply sealed again; either way the event ends here.
+        self.clearExpected += max(sealed.byteCount, 0)
+        promise?.succeed()
     }
 
     public func flush(context: ChannelHandlerContext) {
@@ -233,9 +312,10 @@ public final class NoiseTransportHandler: ChannelDuplexHandler, RemovableChannel
             }
             return
         }
-        let total = self.pendingBytes
+        // Clear bytes are not copied into the output: only sealed bytes and frame overheads count.
+        let total = self.pendingBytes - self.pendingClearBytes
         let frames = (total + NoiseCipher.maxPlaintextSize - 1) / NoiseCipher.maxPlaintextSize + self.pending.count
-        let capacity = total + frames * Self.frameOverhead
+        let capacity = total + frames * (Self.frameOverhead + Self.clearCountSize)
         var out = ByteBuffer()
         swap(&out, &self.output)
         let reused = out.modifyIfUniquelyOwned { (buffer: inout ByteBuffer) -> Bool in
@@ -246,20 +326,25 @@ public final class NoiseTransportHandler: ChannelDuplexHandler, RemovableChannel
         if !reused {
             out = context.channel.allocator.buffer(capacity: capacity)
         }
+        var cuts: [(at: Int, run: [ByteBuffer])] = []
         do {
-            while let buffer = self.pending.popFirst() {
-                if buffer.readableBytes < Self.coalesceThreshold {
-                    var buffer = buffer
-                    if self.staging.readableBytes + buffer.readableBytes > NoiseCipher.maxPlaintextSize {
+            if self.clearPayloads {
+                cuts = try self.sealWithClearRuns(into: &out)
+            } else {
+                while let (buffer, _) = self.pending.popFirst() {
+                    if buffer.readableBytes < Self.coalesceThreshold {
+                        var buffer = buffer
+                        if self.staging.readableBytes + buffer.readableBytes > NoiseCipher.maxPlaintextSize {
+                            try self.sealStaging(into: &out)
+                        }
+                        self.staging.writeBuffer(&buffer)
+                    } else {
                         try self.sealStaging(into: &out)
+                        try self.seal(buffer, into: &out)
                     }
-                    self.staging.writeBuffer(&buffer)
-                } else {
-                    try self.sealStaging(into: &out)
-                    try self.seal(buffer, into: &out)
                 }
+                try self.sealStaging(into: &out)
             }
-            try self.sealStaging(into: &out)
         } catch {
             self.outputFailed = true
             self.failPending(error)
@@ -269,10 +354,80 @@ public final class NoiseTransportHandler: ChannelDuplexHandler, RemovableChannel
             return
         }
         self.pendingBytes = 0
+        self.pendingClearBytes = 0
         if out.capacity <= Self.retainedCapacity {
             self.output = out
         }
-        context.write(self.wrapOutboundOut(out), promise: promise)
+        guard !cuts.isEmpty else {
+            context.write(self.wrapOutboundOut(out), promise: promise)
+            return
+        }
+        // Sealed frames and clear runs in order (NIO gathers them into one writev); the promise
+        // goes with the last write.
+        var from = out.readerIndex
+        for (index, cut) in cuts.enumerated() {
+            if cut.at > from {
+                context.write(self.wrapOutboundOut(out.getSlice(at: from, length: cut.at - from)!), promise: nil)
+            }
+            from = cut.at
+            let isLast = index == cuts.count - 1 && from == out.writerIndex
+            for (i, clear) in cut.run.enumerated() {
+                context.write(self.wrapOutboundOut(clear), promise: isLast && i == cut.run.count - 1 ? promise : nil)
+            }
+        }
+        if out.writerIndex > from {
+            context.write(self.wrapOutboundOut(out.getSlice(at: from, length: out.writerIndex - from)!), promise: promise)
+        }
+    }
+
+    /// The clear framing: pending bytes are sealed in frames that each start with the count of
+    /// clear bytes following them on the wire; each clear run is written as it is, after the part
+    /// of `out` that precedes it (no copy of clear bytes). Returns where in `out` each run goes.
+    private func sealWithClearRuns(into out: inout ByteBuffer) throws -> [(at: Int, run: [ByteBuffer])] {
+        var cuts: [(at: Int, run: [ByteBuffer])] = []
+        self.staging.clear()
+        while let (buffer, clear) = self.pending.popFirst() {
+            if !clear {
+                var buffer = buffer
+                while buffer.readableBytes > 0 {
+                    if self.staging.readableBytes == NoiseCipher.maxPlaintextSize {
+                        try self.sealCounted(clearAfter: 0, into: &out)
+                    }
+                    if self.staging.readableBytes == 0 {
+                        self.staging.writeInteger(UInt32(0))  // the count, set when sealed
+                    }
+                    let room = NoiseCipher.maxPlaintextSize - self.staging.readableBytes
+                    var part = buffer.readSlice(length: min(buffer.readableBytes, room))!
+                    self.staging.writeBuffer(&part)
+                }
+                continue
+            }
+            // A clear run: this write and every clear write right behind it (up to the limit).
+            var run = [buffer]
+            var runBytes = buffer.readableBytes
+            while let next = self.pending.first, next.clear,
+                  runBytes + next.buffer.readableBytes <= Self.maxClearRun {
+                run.append(self.pending.removeFirst().buffer)
+                runBytes += next.buffer.readableBytes
+            }
+            if self.staging.readableBytes == 0 {
+                self.staging.writeInteger(UInt32(0))
+            }
+            try self.sealCounted(clearAfter: runBytes, into: &out)
+            cuts.append((out.writerIndex, run))
+        }
+        if self.staging.readableBytes > 0 {
+            try self.sealCounted(clearAfter: 0, into: &out)
+        }
+        if self.staging.capacity > Self.retainedCapacity { self.staging = ByteBuffer() }
+        return cuts
+    }
+
+    /// Seals the staging buffer (its first 4 bytes hold the count) as one frame, then clears it.
+    private func sealCounted(clearAfter: Int, into out: inout ByteBuffer) throws {
+        self.staging.setInteger(UInt32(clearAfter), at: self.staging.readerIndex)
+        try self.seal(self.staging, into: &out)
+        self.staging.clear()
     }
 
     private func sealStaging(into out: inout ByteBuffer) throws {
@@ -304,6 +459,8 @@ public final class NoiseTransportHandler: ChannelDuplexHandler, RemovableChannel
     private func failPending(_ error: any Error) {
         self.pending.removeAll()
         self.pendingBytes = 0
+        self.pendingClearBytes = 0
+        self.clearExpected = 0
         self.staging.clear()
         let promise = self.pendingPromise
         self.pendingPromise = nil

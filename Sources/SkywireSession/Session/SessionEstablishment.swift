@@ -81,7 +81,7 @@ public enum SessionEstablishment {
             context: context, settings: settings
         ) { _ in
             (kind, .initiator)
-        }.run(acceptor: acceptor, settings: settings)
+        }.run(acceptor: acceptor, settings: Self.settings(settings, for: context))
     }
 
     /// Runs the responder side on an accepted `channel` (call on its loop), as
@@ -108,7 +108,7 @@ public enum SessionEstablishment {
                 actual = named
             }
             return (actual, .responder)
-        }.run(acceptor: acceptor, settings: settings)
+        }.run(acceptor: acceptor, settings: Self.settings(settings, for: context))
     }
 
     /// A handshake in progress on a channel, and how to name the session it makes.
@@ -143,7 +143,9 @@ public enum SessionEstablishment {
         let promise = channel.eventLoop.makePromise(of: NoiseHandshakeResult.self)
         let handler = NoiseHandshakeHandler(
             role: role, identity: settings.identity, context: context,
-            timeout: settings.handshakeTimeout, promise: promise
+            timeout: settings.handshakeTimeout,
+            clearPayloads: Self.settings(settings, for: context).mux.payloadsSealedEndToEnd,
+            promise: promise
         )
         do {
             try channel.pipeline.syncOperations.addHandler(handler)
@@ -152,6 +154,16 @@ public enum SessionEstablishment {
             channel.close(promise: nil)
         }
         return ChannelHandshake(channel: channel, result: promise.futureResult, describe: describe)
+    }
+
+    /// The settings of a session made for `context`. A relay session's streams carry only the
+    /// visors' own end-to-end Noise sessions, so its payloads are sent without a second seal
+    /// (the Noise clear framing; its headers and control frames stay sealed) — the decision and
+    /// its security argument are in docs/ARCHITECTURE.md, "Relay path".
+    static func settings(_ settings: SessionSettings, for context: String) -> SessionSettings {
+        var settings = settings
+        settings.mux.payloadsSealedEndToEnd = context == SessionContext.relay
+        return settings
     }
 
     /// Connects over TCP to `host:port` and runs the initiator side there.

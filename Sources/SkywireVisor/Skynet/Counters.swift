@@ -17,8 +17,9 @@ enum RefuseReason: String, CaseIterable, Sendable {
 
 /// Live counters of an instance; updated from any event loop.
 ///
-/// Connections and bytes are counted once per connection (bytes when it closes), never per chunk:
-/// the data path pays two relaxed atomic adds per connection. Metrics read these at scrape time.
+/// Connections are counted when they open and close; bytes once per read batch of a connection's
+/// glue (``GlueHandler/ReadTally``), never per chunk, so a long transfer's figures move while it
+/// runs: one relaxed atomic add per read batch and direction. Metrics read these at scrape time.
 final class Counters: Sendable {
     let open = Atomic<Int>(0)
     let total = Atomic<Int>(0)
@@ -40,10 +41,18 @@ final class Counters: Sendable {
         self.total.add(1, ordering: .relaxed)
     }
 
-    func connectionClosed(bytesIn: UInt64, bytesOut: UInt64) {
+    func connectionClosed() {
         self.open.subtract(1, ordering: .relaxed)
-        self.bytesIn.add(bytesIn, ordering: .relaxed)
-        self.bytesOut.add(bytesOut, ordering: .relaxed)
+    }
+
+    /// Bytes that came from the remote visor (one read batch of the stream).
+    func countIn(_ count: Int) {
+        self.bytesIn.add(UInt64(count), ordering: .relaxed)
+    }
+
+    /// Bytes that went to the remote visor (one read batch of the local side).
+    func countOut(_ count: Int) {
+        self.bytesOut.add(UInt64(count), ordering: .relaxed)
     }
 
     /// A connection that was not served: counted by reason and kept as the last failure.

@@ -289,7 +289,7 @@ final class SkynetForward: Sendable {
                 stream.eventLoop.makeCompletedFuture {
                     try stream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
                 }.flatMap {
-                    GlueHandler.glue(channel, stream)
+                    GlueHandler.glue(channel, stream, countFirst: counters.countOut, countSecond: counters.countIn)
                 }.flatMap {
                     channel.setOption(.autoRead, value: true)
                 }
@@ -309,7 +309,7 @@ final class SkynetForward: Sendable {
                 case .success(let stream):
                     counters.connectionOpened()
                     stream.closeFuture.whenComplete { _ in
-                        counters.connectionClosed(bytesIn: stream.bytesIn, bytesOut: stream.bytesOut)
+                        counters.connectionClosed()
                     }
                 case .failure(let error):
                     counters.failed.add(1, ordering: .relaxed)

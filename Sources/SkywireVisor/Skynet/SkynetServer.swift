@@ -289,7 +289,7 @@ final class SkynetServer: StreamAcceptor {
                         stream.eventLoop.makeCompletedFuture {
                             try stream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
                         }.flatMap {
-                            GlueHandler.glue(stream, backend)
+                            GlueHandler.glue(stream, backend, countFirst: instance.counters.countIn, countSecond: instance.counters.countOut)
                         }.flatMap {
                             backend.setOption(.autoRead, value: true)
                         }
@@ -304,7 +304,7 @@ final class SkynetServer: StreamAcceptor {
                                 // The instance may have been replaced meanwhile: forget it everywhere.
                                 instance.admitted.withLock { _ = $0.removeValue(forKey: id) }
                                 self?.forget(connection: id)
-                                counters.connectionClosed(bytesIn: stream.bytesIn, bytesOut: stream.bytesOut)
+                                counters.connectionClosed()
                             }
                         case .failure(let error):
                             logger.info("stream not accepted", metadata: ["port": "\(port)", "error": "\(error)"])
