@@ -110,6 +110,7 @@ def test_socks_entry_reaches_exposed_ports_and_refuses_the_rest(net, pair, web):
     listed = b.json("skynet", "proxy", "status")
     assert [(p["name"], p["connections_total"], p["connections_failed"]) for p in listed] == [("entry", 2, 11)]
     assert "SOCKS reply" in listed[0]["last_error"]
+    assert listed[0]["bytes_in"] > 0 and listed[0]["bytes_out"] > 0  # the two HTTP exchanges
     rows = [i for i in b.json("skynet", "status") if i["mode"] == "socks5"]
     assert [(i["name"], i["local_port"], i["remote_pk"]) for i in rows] == [("entry", port, "*")]
     text = b.ok("skynet", "status")

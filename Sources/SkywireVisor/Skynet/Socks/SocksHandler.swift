@@ -34,6 +34,10 @@ final class SocksConnectHandler: ChannelInboundHandler, RemovableChannelHandler 
     private let connector: Connector
     private let onRefusal: @Sendable (SocksRefusal, String) -> Void
     private let handshakeTimeout: TimeAmount
+    /// Byte tallies for the glue: what the local connection read (sent to the remote visor) and
+    /// what the stream read (came from it).
+    private let countLocal: GlueHandler.ReadTally?
+    private let countStream: GlueHandler.ReadTally?
     private var state = State.greeting
     private var deadline: Scheduled<Void>?
 
@@ -42,9 +46,13 @@ final class SocksConnectHandler: ChannelInboundHandler, RemovableChannelHandler 
     ///   - credentials: required username/password; `nil` = no authentication.
     ///   - onRefusal: every refused request, with its reason in words (for status and metrics).
     ///   - handshakeTimeout: a client that has not sent its request by then is closed.
+    ///   - countLocal, countStream: the glue's read tallies (the instance's byte counters).
     init(socks: SOCKSServerHandshakeHandler, credentials: SocksCredentials?, handshakeTimeout: TimeAmount = .seconds(10),
+         countLocal: GlueHandler.ReadTally? = nil, countStream: GlueHandler.ReadTally? = nil,
          onRefusal: @escaping @Sendable (SocksRefusal, String) -> Void = { _, _ in }, connector: @escaping Connector) {
         self.socks = socks
+        self.countLocal = countLocal
+        self.countStream = countStream
         self.credentials = credentials
         self.handshakeTimeout = handshakeTimeout
         self.onRefusal = onRefusal
@@ -213,7 +221,7 @@ final class SocksConnectHandler: ChannelInboundHandler, RemovableChannelHandler 
             return
         }
         let held = NIOLoopBound(early, eventLoop: channel.eventLoop)
-        GlueHandler.glue(channel, stream).hop(to: channel.eventLoop).whenSuccess {
+        GlueHandler.glue(channel, stream, countFirst: self.countLocal, countSecond: self.countStream).hop(to: channel.eventLoop).whenSuccess {
             held.value.release()
             channel.setOption(.autoRead, value: true).whenComplete { _ in }
         }

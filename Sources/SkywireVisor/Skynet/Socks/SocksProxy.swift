@@ -130,7 +130,7 @@ final class SocksProxy: Sendable {
                 let socks = SOCKSServerHandshakeHandler()
                 let counters = self.counters
                 let logger = self.logger
-                let connect = SocksConnectHandler(socks: socks, credentials: credentials, onRefusal: { refusal, why in
+                let connect = SocksConnectHandler(socks: socks, credentials: credentials, countLocal: counters.countOut, countStream: counters.countIn, onRefusal: { refusal, why in
                     counters.failed.add(1, ordering: .relaxed)
                     counters.noteFailure(refusal.reason, "SOCKS reply \(refusal.reply.value): \(why)")
                     logger.info("SOCKS request refused", metadata: ["reply": "\(refusal.reply.value)", "why": "\(why)"])
@@ -174,7 +174,7 @@ final class SocksProxy: Sendable {
                 connections.table.withLock { $0[id] = Connection(local: local, info: info) }
                 stream.closeFuture.whenComplete { _ in
                     _ = connections.table.withLock { $0.removeValue(forKey: id) }
-                    counters.connectionClosed(bytesIn: stream.bytesIn, bytesOut: stream.bytesOut)
+                    counters.connectionClosed()
                 }
                 return stream as any Channel
             }
