@@ -230,6 +230,21 @@ struct SocksEntryTests {
         #expect(harness.channel.isActive && harness.refusals.isEmpty)
     }
 
+    @Test func clientsThatSayNothingAreClosed() throws {
+        let idle = try Harness { _ in nil }
+        try idle.send([5, 1])  // half a greeting
+        idle.loop.advanceTime(by: .seconds(9))
+        #expect(idle.channel.isActive)
+        idle.loop.advanceTime(by: .seconds(2))
+        #expect(!idle.channel.isActive)
+        // Once glued, the deadline no longer applies.
+        let busy = try Harness { _ in nil }
+        try busy.send([5, 1, 0])
+        try busy.send(busy.connectRequest("\(self.key.hex).skynet"))
+        busy.loop.advanceTime(by: .seconds(60))
+        #expect(busy.channel.isActive)
+    }
+
     @Test func usernamePassword() throws {
         let credentials = SocksCredentials(user: "alice", password: "pw")
         // No username/password offered: "no acceptable methods", then close.

@@ -45,7 +45,8 @@ final class SocksConnectHandler: ChannelInboundHandler, RemovableChannelHandler 
     ///   - socks: the NIOSOCKS handler just before this one (removed on success).
     ///   - credentials: required username/password; `nil` = no authentication.
     ///   - onRefusal: every refused request, with its reason in words (for status and metrics).
-    ///   - handshakeTimeout: a client that has not sent its request by then is closed.
+    ///   - handshakeTimeout: a client that has not sent its request by then (greeting,
+    ///     authentication and request together) is closed.
     ///   - countLocal, countStream: the glue's read tallies (the instance's byte counters).
     init(socks: SOCKSServerHandshakeHandler, credentials: SocksCredentials?, handshakeTimeout: TimeAmount = .seconds(10),
          countLocal: GlueHandler.ReadTally? = nil, countStream: GlueHandler.ReadTally? = nil,
@@ -170,6 +171,8 @@ final class SocksConnectHandler: ChannelInboundHandler, RemovableChannelHandler 
             target = resolved
         }
         self.state = .connecting
+        // The client's part is done; reaching the visor has its own time limits (dial, OPEN).
+        self.deadline?.cancel()
         // Nothing more is read until the stream is there to take it.
         try? context.channel.syncOptions?.setOption(.autoRead, value: false)
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
