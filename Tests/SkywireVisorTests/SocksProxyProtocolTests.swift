@@ -67,6 +67,8 @@ struct ProxyProtocolV2Tests {
         #expect(sorted == [80, 81])
         let both = ServerForm(ports: "80", whitelist: nil, name: nil, backendTimeout: nil, preserveHost: nil, proxyProtocol: true, proxyProtocolPorts: "80")
         #expect(throws: SkynetError.self) { try both.request() }
+        let httpOptions = ServerForm(ports: "80", whitelist: nil, name: nil, backendTimeout: nil, preserveHost: true, proxyProtocol: true)
+        #expect(throws: SkynetError.self) { try httpOptions.request() }
         let all = ServerForm(ports: "80,81", whitelist: nil, name: nil, backendTimeout: nil, preserveHost: nil, proxyProtocol: true)
         let request = try all.request()
         #expect(request.proxyProtocolPorts == [80, 81])

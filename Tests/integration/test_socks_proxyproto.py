@@ -135,7 +135,10 @@ def test_socks_entry_reaches_exposed_ports_and_refuses_the_rest(net, pair, web):
 
 
 def test_socks_entry_with_password_survives_restart(net, web):
-    a = net.start_visor("socks-a")
+    a_cfg = net.gen_config("socks-a")
+    a = net.start_visor("socks-a", config=a_cfg)
+    pp_port = free_port()
+    a.ok("skynet", "srv", "start", "--ports", str(pp_port), "--proxy-protocol", "--name", "pp-kept")
     b_cfg = net.gen_config("socks-b")
     b = net.start_visor("socks-b", config=b_cfg)
     a.ok("skynet", "srv", "start", "--ports", str(web))
@@ -173,6 +176,11 @@ def test_socks_entry_with_password_survives_restart(net, web):
     assert r.returncode == 0 and r.stdout == f"hello from {web} /auth", r.stderr
     b.ok("skynet", "proxy", "stop")
     b.proc.stop()
+    # The server side keeps its PROXY protocol ports across a restart too.
+    a.proc.stop()
+    a = net.start_visor("socks-a2", config=a_cfg)
+    kept = {i["name"]: i["proxy_protocol_ports"] for i in a.json("skynet", "srv", "status")}
+    assert kept == {"pp-kept": [pp_port], f"skynet-{web}": []}, kept
     a.proc.stop()
 
 
@@ -364,6 +372,7 @@ def test_nginx_reads_the_client_address_from_the_header(net, pair, nginx):
     (["--ports", "8080", "--proxy-protocol-ports", "8081"], "not among the exposed ports"),
     (["--ports", "8080", "--proxy-protocol", "--proxy-protocol-ports", "8080"], "exclude each other"),
     (["--ports", "8080", "--proxy-protocol-ports", "x"], "invalid port"),
+    (["--ports", "8080", "--proxy-protocol", "--preserve-host"], "HTTP-mode options"),
 ])
 def test_proxy_protocol_bad_flags(pair, args, needle):
     a, _ = pair

@@ -86,6 +86,11 @@ public struct ServerForm: Codable, Sendable {
             proxyProtocolPorts: try self.parsedProxyProtocolPorts(ports: ports)
         )
         _ = try checkProxyProtocolPorts(request)
+        // PROXY-protocol ports serve raw TCP only: typed HTTP-mode options would apply to no port.
+        // (Checked on the typed form only: saved instances always carry the timeout's value.)
+        if let pp = request.proxyProtocolPorts, Set(pp) == Set(ports), request.backendTimeout != nil || request.preserveHost == true {
+            throw SkynetError.invalidArgument("--backend-timeout and --preserve-host are HTTP-mode options, and every port here sends the PROXY protocol (raw TCP only)")
+        }
         return request
     }
 
