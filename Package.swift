@@ -37,7 +37,8 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // Layer 0: a duplex byte pipe abstraction (TCP channels, mux streams, encrypted links all are Links).
+        // Layer 0: GlueHandler, the byte-stream glue between two NIO channels (forwards, relay), and
+        // the AlreadySealed outbound event the mux and Noise handlers agree on.
         .target(
             name: "SkywireLink",
             dependencies: [
@@ -45,7 +46,7 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // Layer 1: identity (Ed25519 / X25519) and the Noise protocol; NoiseLink encrypts a Link.
+        // Layer 1: identity (Ed25519 / X25519) and the Noise protocol as channel handlers.
         .target(
             name: "SkywireCrypto",
             dependencies: [
@@ -161,7 +162,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SkywireCryptoTests",
-            dependencies: ["SkywireCrypto", "SkywireLink", .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio")],
+            dependencies: ["SkywireCrypto", .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio")],
             exclude: ["python"],
             swiftSettings: swiftSettings
         ),
@@ -192,7 +193,9 @@ let package = Package(
                 "SkywireVisor", "SkywireCrypto", "SkywireSupport", "SkywireSession", "SkywireDiscovery",
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
-                .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOSOCKS", package: "swift-nio-extras"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                .product(name: "NIOSOCKS", package: "swift-nio-extras"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -86,6 +86,8 @@ public final class MuxHandler: ChannelDuplexHandler {
 
     /// Control output written while the parent was not writable; past the limit reads stop.
     private static let unwritableOutputLimit = 256 * 1024
+    /// More control output allowed per open stream before reads stop.
+    private static let unwritableOutputPerStream = 256
     private var bytesWrittenWhileUnwritable = 0
     private var readsWithheld = false
     private var pendingParentRead = false
@@ -416,7 +418,11 @@ public final class MuxHandler: ChannelDuplexHandler {
         self.bytesOut &+= UInt64(buffer.readableBytes)
         if !context.channel.isWritable {
             self.bytesWrittenWhileUnwritable += buffer.readableBytes
-            if self.bytesWrittenWhileUnwritable > Self.unwritableOutputLimit {
+            // Each open stream may legitimately owe its peer a few control frames (ACCEPT, FIN,
+            // RST, WINDOW_UPDATE) at once; without this allowance two busy peers with thousands
+            // of streams both withhold their reads and stall each other until the dead-peer timer.
+            let limit = Self.unwritableOutputLimit + self.streams.count * Self.unwritableOutputPerStream
+            if self.bytesWrittenWhileUnwritable > limit {
                 // A peer that makes us answer (PING, OPEN) while it does not read our answers
                 // could grow the parent's buffer without bound: stop reading until it drains.
                 self.readsWithheld = true

@@ -144,7 +144,6 @@ public final class Visor: Service, Sendable {
             group.addTask { await cancelWhenGracefulShutdown { await dmsg.run() } }
             group.addTask { try await direct.run() }
             group.addTask { try await sudph.run() }
-            group.addTask { [httpProxy = self.httpProxy] in try await httpProxy.run() }
             group.addTask { try await publisher.run() }
             group.addTask {
                 // Announce relay changes at once instead of waiting for the next refresh.
@@ -189,7 +188,7 @@ public final class Visor: Service, Sendable {
             stcpr: self.direct.boundAddress,
             sudph: self.sudph.boundAddress,
             sudphPublic: self.sudph.publicAddress,
-            relays: self.dmsg.homeRelays.map { .init(publicKey: $0.publicKey.hex, address: $0.address) },
+            relays: await self.relayList(),
             sessions: await self.transportList(),
             version: SkywireVersion.current
         )
@@ -237,6 +236,22 @@ public final class Visor: Service, Sendable {
     }
 
     /// `tp ls`.
+    /// Home relays, lowest handshake time first, with how many visor sessions each carries.
+    func relayList() async -> [VisorInfo.RelayInfo] {
+        let carried = self.sessions.all.compactMap { self.dmsg.carrier(of: $0)?.publicKey }
+        var relays: [VisorInfo.RelayInfo] = []
+        for home in self.dmsg.homes {
+            let relay = home.client.relay
+            relays.append(VisorInfo.RelayInfo(
+                publicKey: relay.publicKey.hex, address: relay.address,
+                handshakeMs: DmsgNetwork.milliseconds(home.handshake),
+                rttMs: await home.client.session.stats().rtt,
+                sessions: carried.filter { $0 == relay.publicKey }.count
+            ))
+        }
+        return relays
+    }
+
     func transportList() async -> [SessionInfo] {
         var sessions: [SessionInfo] = []
         for session in self.sessions.all {
@@ -245,7 +260,8 @@ public final class Visor: Service, Sendable {
                 id: session.id, type: session.kind.rawValue, remotePublicKey: session.remoteKey.hex,
                 initiator: session.isInitiator, since: session.since,
                 bytesIn: stats.bytesIn, bytesOut: stats.bytesOut, streams: stats.streams, rttMs: stats.rtt,
-                persistent: self.persistent.wants(session.remoteKey, session.kind)
+                persistent: self.persistent.wants(session.remoteKey, session.kind),
+                relay: self.dmsg.carrier(of: session)?.publicKey.hex
             ))
         }
         return sessions.sorted { $0.id < $1.id }

@@ -202,6 +202,85 @@ import Testing
         #expect(!pair.server.isActive)
     }
 
+    /// A responder channel alone, fed by hand.
+    static func responder(context: String = context, validate: @escaping (PublicKey, [UInt8]) -> Bool = { _, _ in true })
+        throws -> (channel: EmbeddedChannel, identity: KeyPair, result: EventLoopFuture<NoiseHandshakeResult>)
+    {
+        let identity = KeyPair.generate()
+        let channel = EmbeddedChannel()
+        let promise = channel.eventLoop.makePromise(of: NoiseHandshakeResult.self)
+        try channel.pipeline.syncOperations.addHandler(NoiseHandshakeHandler(
+            role: .responder(payload: [], validate: validate),
+            identity: identity, context: context, timeout: .seconds(1), promise: promise))
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        return (channel, identity, promise.futureResult)
+    }
+
+    /// An initiator whose first message claims another visor's key: the claim must match the
+    /// static key the handshake proved, before `validate` ever sees it.
+    @Test func claimedIdentityMustMatchTheStaticKey() throws {
+        var validated = false
+        let (server, bob, result) = try Self.responder { _, _ in
+            validated = true
+            return true
+        }
+        let suite = NoiseSuite.chaChaPoly
+        var handshake = try NoiseHandshake(
+            initiatorWith: .generate(), remote: bob.publicKey, suite: suite,
+            prologue: NoisePrologue.bytes(context: Self.context, suite: suite))
+        let message = try handshake.writeMessage(payload: KeyPair.generate().publicKey.rawBytes)
+        var frame = ByteBuffer(bytes: [suite.rawValue, UInt8(message.count >> 8), UInt8(message.count & 0xff)])
+        frame.writeBytes(message)
+        #expect(thrownNoiseKind { try server.writeInbound(frame) } == .remoteKeyMismatch)
+        #expect(!validated)
+        #expect(!server.isActive)
+        #expect(throws: NoiseError.self) { try result.wait() }
+    }
+
+    /// The suite byte rewritten in flight, another context (prologue), an unknown suite: each
+    /// fails the responder with its own kind.
+    @Test func tamperedSuiteByteOtherContextOrUnknownSuiteFails() throws {
+        do {
+            let (pair, _) = try Self.makePair(suite: .chaChaPoly)
+            var first = try #require(try pair.client.readOutbound(as: ByteBuffer.self))
+            first.setInteger(NoiseSuite.aesGCM.rawValue, at: first.readerIndex)
+            #expect(thrownNoiseKind { try pair.server.writeInbound(first) } == .decryptionFailed)
+        }
+        do {
+            let (server, bob, _) = try Self.responder(context: "dmsg")
+            let client = EmbeddedChannel()
+            let promise = client.eventLoop.makePromise(of: NoiseHandshakeResult.self)
+            try client.pipeline.syncOperations.addHandler(NoiseHandshakeHandler(
+                role: .initiator(remote: bob.publicKey, suite: .chaChaPoly, payload: []),
+                identity: .generate(), context: "transport", timeout: .seconds(1), promise: promise))
+            try client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+            let first = try #require(try client.readOutbound(as: ByteBuffer.self))
+            #expect(thrownNoiseKind { try server.writeInbound(first) } == .decryptionFailed)
+        }
+        do {
+            let (server, _, _) = try Self.responder()
+            #expect(thrownNoiseKind { try server.writeInbound(ByteBuffer(bytes: [9, 0, 1, 2])) } == .unknownSuite)
+        }
+    }
+
+    /// Random bytes instead of a handshake, many times: always a typed failure, never a crash.
+    @Test func garbageHandshakesFailCleanly() throws {
+        for round in 0..<300 {
+            let (server, _, result) = try Self.responder()
+            var garbage = ByteBuffer()
+            // Valid suite byte half of the time, so the frame parser and handshake see garbage too.
+            garbage.writeInteger(round % 2 == 0 ? UInt8(1 + round % 3) : UInt8.random(in: 0...255))
+            garbage.writeBytes(Self.randomBytes(Int.random(in: 0...300)))
+            if round % 4 == 0, garbage.readableBytes >= 3 {  // a plausible length prefix
+                garbage.setInteger(UInt16(garbage.readableBytes - 3), at: 1)
+            }
+            _ = thrownNoiseKind { try server.writeInbound(garbage) }
+            if server.isActive { server.pipeline.fireChannelInactive() }
+            server.embeddedEventLoop.advanceTime(by: .seconds(1))
+            #expect(throws: NoiseError.self, "round \(round)") { try result.wait() }
+        }
+    }
+
     @Test func handshakeTimesOutOnTheEmbeddedClock() throws {
         let (pair, _) = try Self.makePair(timeout: .seconds(3))
         pair.server.embeddedEventLoop.advanceTime(by: .milliseconds(2999))

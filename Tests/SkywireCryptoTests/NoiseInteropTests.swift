@@ -99,7 +99,7 @@ import Testing
 
     /// The Skywire prologue the handlers use for `context`.
     private func skywirePrologue(_ suite: NoiseSuite) -> String {
-        Hex.encode(NoiseLink.prologue(context: "interop", suite: suite))
+        Hex.encode(NoisePrologue.bytes(context: "interop", suite: suite))
     }
 
     /// An active EmbeddedChannel with a handshake handler for `role`.

@@ -42,3 +42,13 @@ import Testing
         print("PublicKey.x25519(): \(elapsed / keys.count) per conversion")
     }
 }
+
+extension ByteBuffer {
+    /// `count` bytes of a deterministic, non-repeating-looking pattern.
+    static func pattern(count: Int, seed: UInt8) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(count)
+        buffer.writeBytes((0..<count).lazy.map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(seed) &+ $0 >> 11) })
+        return buffer
+    }
+}

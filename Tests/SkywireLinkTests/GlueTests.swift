@@ -176,3 +176,23 @@ final class FlushCounter: ChannelOutboundHandler {
         context.flush()
     }
 }
+
+/// A byte service for glue tests: collects everything, echoes it all back after the peer's FIN.
+final class CollectThenEcho: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    var collected = ByteBuffer()
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = self.unwrapInboundIn(data)
+        self.collected.writeBuffer(&buffer)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event {
+            context.writeAndFlush(self.wrapOutboundOut(self.collected)).assumeIsolated().whenComplete { _ in
+                context.close(promise: nil)
+            }
+        }
+    }
+}

@@ -13,13 +13,25 @@ struct SkynetHeaderTests {
         #expect(SkynetHeader(header.encode()) == header)
     }
 
+    @Test(arguments: ["127.0.0.1", "::1", "2001:db8::ff00:42:8329", "::ffff:192.168.100.200"])
+    func clientAddressRoundTrip(address: String) {
+        let header = SkynetHeader(port: 8080, probe: false, http: true, clientAddress: address)
+        #expect(header.clientAddress == address)
+        #expect(SkynetHeader(header.encode()) == header)
+    }
+
     @Test func rejectsMalformed() {
         let bad: [[UInt8]] = [
             [], [0x53], [0x53, 1, 0, 0x1f],            // short
             [0x54, 1, 0, 0x1f, 0x90],                  // wrong magic
             [0x53, 2, 0, 0x1f, 0x90],                  // unknown version
-            [0x53, 1, 8, 0x1f, 0x90],                  // unknown flag
-            [0x53, 1, 4, 0x1f, 0x90],                  // client-address flag without the address
+            [0x53, 1, 8, 0x1f, 0x90, 0, 1],            // client port without an address
+            [0x53, 1, 4, 0x1f, 0x90],                  // address flag, no address
+            [0x53, 1, 4, 0x1f, 0x90, 0],               // empty address
+            [0x53, 1, 4, 0x1f, 0x90, 3, 0x31, 0x2e],   // address shorter than its length
+            [0x53, 1, 4, 0x1f, 0x90, 2, 0x0d, 0x0a],   // address with control characters
+            [0x53, 1, 16, 0x1f, 0x90],                 // unknown flag
+            [0x53, 1, 12, 0x1f, 0x90, 1, 0x31, 0],     // client port cut short
             [0x53, 1, 0, 0, 0],                        // port 0
             [0x53, 1, 0, 0x1f, 0x90, 0],               // trailing byte
         ]

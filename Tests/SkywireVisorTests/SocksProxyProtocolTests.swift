@@ -75,28 +75,31 @@ struct ProxyProtocolV2Tests {
     }
 }
 
-@Suite("Skynet stream header: client address")
+@Suite("Skynet stream header: client address and port")
 struct SkynetHeaderClientAddressTests {
     @Test(arguments: ["127.0.0.1", "::1", "2001:db8::7"])
     func roundTrip(host: String) throws {
-        let header = SkynetHeader(port: 8080, probe: false, http: false, clientAddress: try SocketAddress(ipAddress: host, port: 40000))
+        let header = SkynetHeader(port: 8080, probe: false, http: false, client: try SocketAddress(ipAddress: host, port: 40000))
         let decoded = SkynetHeader(header.encode())
         #expect(decoded == header)
-        #expect(decoded?.clientAddress?.port == 40000)
+        #expect(decoded?.clientSocketAddress == (try SocketAddress(ipAddress: host, port: 40000)))
     }
 
     @Test func layout() throws {
-        let header = SkynetHeader(port: 8080, probe: false, clientAddress: try SocketAddress(ipAddress: "127.0.0.2", port: 513))
-        #expect(Array(buffer: header.encode()) == [0x53, 1, 4, 0x1F, 0x90, 4, 127, 0, 0, 2, 0x02, 0x01])
+        let header = SkynetHeader(port: 8080, probe: false, client: try SocketAddress(ipAddress: "127.0.0.2", port: 513))
+        #expect(Array(buffer: header.encode()) == [0x53, 1, 12, 0x1F, 0x90, 9] + Array("127.0.0.2".utf8) + [0x02, 0x01])
+        // An address without a port (HTTP mode's X-Forwarded-For alone): source port 0.
+        let addressOnly = SkynetHeader(ByteBuffer(bytes: [0x53, 1, 4, 0x1F, 0x90, 3, 0x3A, 0x3A, 0x31]))
+        #expect(addressOnly?.clientSocketAddress == (try SocketAddress(ipAddress: "::1", port: 0)))
     }
 
     @Test func rejectsMalformedAddress() {
         let bad: [[UInt8]] = [
-            [0x53, 1, 4, 0x1F, 0x90],                          // flag without address
-            [0x53, 1, 4, 0x1F, 0x90, 5, 1, 2, 3, 4, 0, 1],     // unknown family
-            [0x53, 1, 4, 0x1F, 0x90, 4, 1, 2, 3, 4, 0],        // short port
-            [0x53, 1, 4, 0x1F, 0x90, 4, 1, 2, 3, 4, 0, 1, 9],  // trailing byte
-            [0x53, 1, 8, 0x1F, 0x90],                          // unknown flag
+            [0x53, 1, 4, 0x1F, 0x90],                          // address flag without address
+            [0x53, 1, 8, 0x1F, 0x90, 0, 1],                    // port without address
+            [0x53, 1, 12, 0x1F, 0x90, 1, 0x31, 0],             // short port
+            [0x53, 1, 12, 0x1F, 0x90, 1, 0x31, 0, 1, 9],       // trailing byte
+            [0x53, 1, 16, 0x1F, 0x90],                         // unknown flag
         ]
         for bytes in bad {
             #expect(SkynetHeader(ByteBuffer(bytes: bytes)) == nil, "accepted \(bytes)")

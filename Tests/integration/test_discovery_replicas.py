@@ -5,9 +5,11 @@ Every test here runs real `skywire discovery` processes on a throwaway PostgreSQ
 live one, and checks forwards end to end through the real CLI.
 """
 import json
+import os
 import signal
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +115,28 @@ def test_sudph_between_visors_on_different_replicas(pg, lab):
         v.proc.wait_log(r"rendezvous=127\.0\.0\.1:\d+,127\.0\.0\.1:\d+ .*sudph rendezvous")
     info = forward_roundtrip(a, b, network_flag="--skynet", tag=b"sudph")
     assert info["transport"] == "sudph", info
+
+
+def test_postgres_outage_answers_503_instead_of_hanging(pg, lab):
+    """With PostgreSQL frozen (SIGSTOP on the cluster's processes, which this test started), a
+    replica answers 503 after its statement bound (3 s) — well inside a client's timeout, so the
+    client moves on to another replica — and serves again once the database is back."""
+    db = pg.create_database("replicas_outage")
+    url = lab.start_discovery(name="discovery-outage", db=db)
+    assert get_json(f"{url}/v1/relays") == []
+    postmaster = pg.postmaster_pid()
+    assert postmaster is not None
+    children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+    frozen = [postmaster, *map(int, children)]
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            # The client's own bound here is 15 s; the replica answers first.
+            urllib.request.urlopen(f"{url}/v1/visors/{'ab' * 32}", timeout=15)
+        assert refused.value.code == 503
+        assert "did not answer within" in json.loads(refused.value.read())["error"]
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    assert get_json(f"{url}/v1/relays") == []

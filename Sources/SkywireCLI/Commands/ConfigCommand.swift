@@ -111,13 +111,22 @@ struct VisorCLICommand: AsyncParsableCommand {
             print("discovery:  \(info.discovery)")
             print("stcpr:      \(info.stcpr ?? "off")")
             print("sudph:      \(info.sudph.map { "\($0) (public \(info.sudphPublic ?? "not bound yet"))" } ?? "off")")
-            print("relays:     \(info.relays.isEmpty ? "none" : info.relays.map { "\($0.publicKey.prefix(8))@\($0.address)" }.joined(separator: ", "))")
+            if info.relays.isEmpty {
+                print("relays:     none")
+            } else {
+                print("relays:")
+                for r in info.relays {
+                    let handshake = r.handshakeMs.map { String(format: " handshake=%.2fms", $0) } ?? ""
+                    let rtt = r.rttMs.map { String(format: " rtt=%.2fms", $0) } ?? ""
+                    print("  \(r.publicKey.prefix(8))@\(r.address) carries=\(r.sessions ?? 0)\(handshake)\(rtt)")
+                }
+            }
             if info.sessions.isEmpty {
                 print("sessions:   none")
             } else {
                 print("sessions:")
                 for s in info.sessions {
-                    print("  #\(s.id) \(s.type) \(s.remotePublicKey) streams=\(s.streams) in=\(s.bytesIn) out=\(s.bytesOut)\(s.rttMs.map { String(format: " rtt=%.2fms", $0) } ?? "")")
+                    print("  #\(s.id) \(s.type)\(s.relay.map { " via \($0.prefix(8))" } ?? "") \(s.remotePublicKey) streams=\(s.streams) in=\(s.bytesIn) out=\(s.bytesOut)\(s.rttMs.map { String(format: " rtt=%.2fms", $0) } ?? "")")
                 }
             }
         }

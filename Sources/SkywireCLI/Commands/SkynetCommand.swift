@@ -83,7 +83,7 @@ struct SkynetCommand: AsyncParsableCommand {
             var rows = [["NAME", "SOURCE", "STATE", "MODE", "NETWORK", "TRANSPORT", "LOCAL", "REMOTE", "CONNS", "TOTAL", "IN", "OUT", "ERROR"]]
             for i in list {
                 rows.append([
-                    i.name, i.source, i.state, i.mode, i.network, i.transport ?? "-", i.localAddress,
+                    i.name, i.source, i.state, i.mode, i.network, transportText(i), i.localAddress,
                     "\(i.remotePublicKey.prefix(8))…:\(i.remotePort)", "\(i.connectionsOpen)", "\(i.connectionsTotal)",
                     "\(i.bytesIn)", "\(i.bytesOut)",
                     i.error ?? lastErrorText(i.lastError, i.lastErrorAt) ?? i.directError.map { "direct: \($0)" } ?? "",
@@ -204,4 +204,11 @@ func printTable(_ rows: [[String]]) {
         }.joined(separator: "  ")
         print(line.trimmingCharacters(in: .whitespaces))
     }
+}
+
+/// The transport column: the type, and for a relayed forward the relay carrying it.
+private func transportText(_ info: ClientInstanceInfo) -> String {
+    guard let transport = info.transport else { return "-" }
+    guard let relay = info.relay else { return transport }
+    return "\(transport) via \(relay.prefix(8))@\(info.relayAddr ?? "?")"
 }

@@ -4,7 +4,7 @@ import NIOCore
 /// The Noise IK handshake and transport encryption for datagrams (sudph).
 ///
 /// Same pattern, suites, prologue ("skywire/1 <context> <protocol>") and identity binding (the
-/// initiator's payload starts with its Ed25519 key) as ``NoiseLink``; what differs is the
+/// initiator's payload starts with its Ed25519 key) as ``NoiseHandshakeHandler``; what differs is the
 /// framing: each handshake message is one whole datagram, and after the handshake every datagram
 /// carries its own explicit packet number, used as the AEAD nonce (the transport messages of
 /// Noise spec §11.4 with out-of-order delivery, as WireGuard does). The receiver drops forged
@@ -23,7 +23,7 @@ public enum NoiseDatagram {
         public init(identity: KeyPair, remote: PublicKey, suite: NoiseSuite, context: String, payload: [UInt8]) throws {
             var handshake = try NoiseHandshake(
                 initiatorWith: identity, remote: remote, suite: suite,
-                prologue: NoiseLink.prologue(context: context, suite: suite)
+                prologue: NoisePrologue.bytes(context: context, suite: suite)
             )
             self.firstMessage = try handshake.writeMessage(payload: identity.publicKey.rawBytes + payload)
             self.expectedResponderStatic = handshake.remoteStatic.map { Array($0.rawRepresentation) } ?? []
@@ -65,7 +65,7 @@ public enum NoiseDatagram {
         validate: (PublicKey, [UInt8]) -> Bool = { _, _ in true }
     ) throws -> Response {
         var handshake = NoiseHandshake(
-            responderWith: identity, suite: suite, prologue: NoiseLink.prologue(context: context, suite: suite)
+            responderWith: identity, suite: suite, prologue: NoisePrologue.bytes(context: context, suite: suite)
         )
         let received = try handshake.readMessage(message)
         let initiatorKey = try handshake.authenticatedInitiator(payload: received)

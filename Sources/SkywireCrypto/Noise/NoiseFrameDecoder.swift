@@ -4,8 +4,7 @@ import NIOCore
 ///
 /// The length is checked against the bounds before anything is buffered for the frame, so a
 /// peer cannot make us hold more than one 64 KiB frame plus one read. Usable in a channel
-/// pipeline (`ByteToMessageHandler`) or, as ``NoiseLink`` does, with
-/// `NIOSingleStepByteToMessageProcessor`.
+/// pipeline (`ByteToMessageHandler`) or with `NIOSingleStepByteToMessageProcessor`.
 public struct NoiseFrameDecoder: NIOSingleStepByteToMessageDecoder {
     /// Each frame's body, a slice of the received bytes.
     public typealias InboundOut = ByteBuffer

@@ -25,7 +25,7 @@ public enum NoiseHandshakeRole {
 /// Runs the Noise IK handshake on a channel, then replaces itself with a
 /// ``NoiseTransportHandler``.
 ///
-/// Same wire format, suites, prologue and identity binding as ``NoiseLink``: the initiator sends
+/// The wire format, suites, prologue (``NoisePrologue``) and identity binding: the initiator sends
 /// one cleartext suite byte, then every message is `u16 big-endian length | bytes`. On success
 /// it adds the transport handler right after itself, succeeds `promise` and fires a
 /// ``NoiseHandshakeResult`` user event (both before any transport bytes move, so whoever reacts
@@ -216,7 +216,7 @@ struct NoiseHandshakeDriver {
         guard case .initiator(let remote, let suite, let payload) = self.role else { return nil }
         var handshake = try NoiseHandshake(
             initiatorWith: self.identity, remote: remote, suite: suite,
-            prologue: NoiseLink.prologue(context: self.context, suite: suite)
+            prologue: NoisePrologue.bytes(context: self.context, suite: suite)
         )
         let message = try handshake.writeMessage(payload: self.identity.publicKey.rawBytes + payload)
         self.handshake = handshake
@@ -263,7 +263,7 @@ struct NoiseHandshakeDriver {
                 }
                 self.handshake = NoiseHandshake(
                     responderWith: self.identity, suite: suite,
-                    prologue: NoiseLink.prologue(context: self.context, suite: suite)
+                    prologue: NoisePrologue.bytes(context: self.context, suite: suite)
                 )
             }
             var decoder = NoiseFrameDecoder(minimumFrameSize: NoiseHandshake.firstMessageOverhead)

@@ -238,6 +238,9 @@ struct JSONErrorMiddleware: RouterMiddleware {
                 )
             }
             return JSONResponse.error(APIError(error.status, error.body ?? error.status.reasonPhrase))
+        } catch let error as EntryStoreUnavailable {
+            self.logger.debug("registry database unavailable", metadata: ["http.path": "\(request.uri.path)", "error": "\(error)"])
+            return JSONResponse.error(APIError(.serviceUnavailable, "\(error)"))
         } catch is NIOTooManyBytesError {
             return JSONResponse.error(APIError(.contentTooLarge, "request body too large"))
         } catch {

@@ -60,6 +60,12 @@ public final class RelayServer: Service, Sendable {
     /// The address the listener is bound to, once running.
     public var boundAddress: SocketAddress? { self.bound.withLock { $0 } }
 
+    /// The receive buffer of a visor's session starts small: a relay holds thousands of mostly
+    /// idle sessions, and NIO keeps each channel's last receive buffer for reuse, so a 64 KiB
+    /// start (``SessionEstablishment/carrierReceiveAllocator``) cost ~64 KiB of RSS per idle
+    /// session. A busy session still reaches the maximum after a few full reads.
+    static let receiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 2048, maximum: 256 * 1024)
+
     public func run() async throws {
         let acceptor = RelayAcceptor(server: self)
         let settings = self.configuration.settings
@@ -68,9 +74,9 @@ public final class RelayServer: Service, Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelInitializer { channel in listenerGuard.installAcceptBackoff(on: channel) }
             .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .childChannelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
+            .childChannelOption(.writeBufferWaterMark, value: SessionEstablishment.carrierWaterMark)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.recvAllocator, value: SessionEstablishment.carrierReceiveAllocator)
+            .childChannelOption(.recvAllocator, value: Self.receiveAllocator)
             // The relay lives as long as its listener: holding it strongly here is no cycle.
             .childChannelInitializer { channel in
                 // Whoever can reach the port can open connections: bounded pending handshakes,

@@ -1,7 +1,6 @@
 import NIOCore
 import NIOPosix
 import SkywireCrypto
-import SkywireLink
 import SkywireMux
 
 /// The Noise prologue contexts: a handshake made for one purpose can't be replayed for another.
@@ -62,6 +61,10 @@ public enum SessionEstablishment {
     /// Receive buffers for carrier connections: NIO's default stops at 64 KiB, so nearly every
     /// 64 KiB Noise frame would span two reads and be gathered (copied) before it is opened.
     public static let carrierReceiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 * 1024, maximum: 256 * 1024)
+
+    /// Write-buffer marks for carrier connections: NIO's default (32/64 KiB) turns a channel
+    /// unwritable after one large frame, which stalls a multi-Gbit/s pipe on every write.
+    public static let carrierWaterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 256 * 1024, high: 1024 * 1024)
 
     /// Runs the initiator side on `channel` (call on its loop): Noise handlers
     /// (``NoiseHandshakeHandler``, then ``NoiseTransportHandler``) in the channel's pipeline and,
@@ -180,7 +183,7 @@ public enum SessionEstablishment {
     ) async throws -> Session {
         let channel = try await ClientBootstrap(group: group)
             .channelOption(.allowRemoteHalfClosure, value: true)
-            .channelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
+            .channelOption(.writeBufferWaterMark, value: Self.carrierWaterMark)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.recvAllocator, value: Self.carrierReceiveAllocator)
             .connectTimeout(connectTimeout)

@@ -50,12 +50,13 @@ public struct VisorConfig: Codable, Sendable, Equatable {
     }
 
     public struct DmsgConfig: Codable, Sendable, Equatable {
-        /// How many relays to keep a session with.
+        /// How many relays to keep a session with (fewer when discovery lists fewer), picked by
+        /// handshake round trip; a visor on two relays stays reachable when one goes down.
         public var sessions: Int
         /// Relays to prefer (keys); empty = any relay discovery lists.
         public var relays: [PublicKey]
 
-        public init(sessions: Int = 1, relays: [PublicKey] = []) {
+        public init(sessions: Int = 2, relays: [PublicKey] = []) {
             self.sessions = sessions
             self.relays = relays
         }

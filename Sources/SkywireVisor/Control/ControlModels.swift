@@ -23,7 +23,15 @@ public struct VisorInfo: Codable, Sendable {
     public struct RelayInfo: Codable, Sendable {
         public var publicKey: String
         public var address: String
-        enum CodingKeys: String, CodingKey { case publicKey = "public_key", address }
+        /// The handshake time that chose this relay, milliseconds.
+        public var handshakeMs: Double?
+        /// The relay session's last keepalive round trip, milliseconds.
+        public var rttMs: Double?
+        /// End-to-end sessions (with other visors) this relay carries now.
+        public var sessions: Int?
+        enum CodingKeys: String, CodingKey {
+            case publicKey = "public_key", address, handshakeMs = "handshake_ms", rttMs = "rtt_ms", sessions
+        }
     }
 
     enum CodingKeys: String, CodingKey {
@@ -44,10 +52,12 @@ public struct SessionInfo: Codable, Sendable {
     public var rttMs: Double?
     /// Added with `tp add`: kept up and restored at start.
     public var persistent: Bool
+    /// For a dmsg session: the public key (hex) of the relay carrying it.
+    public var relay: String?
 
     enum CodingKeys: String, CodingKey {
         case id, type, remotePublicKey = "remote_pk", initiator, since
-        case bytesIn = "bytes_in", bytesOut = "bytes_out", streams, rttMs = "rtt_ms", persistent
+        case bytesIn = "bytes_in", bytesOut = "bytes_out", streams, rttMs = "rtt_ms", persistent, relay
     }
 }
 
@@ -153,6 +163,10 @@ public struct ClientInstanceInfo: Codable, Sendable {
     public var network: String
     /// The transport type carrying new connections now ("dmsg", …), `null` when none.
     public var transport: String?
+    /// The relay's public key (hex) when a relay carries new connections now, else `null`.
+    public var relay: String?
+    /// That relay's `host:port`, else `null`.
+    public var relayAddr: String?
     /// "starting", "running", "errored" or "stopped".
     public var state: String
     /// Why the instance is errored.
@@ -180,6 +194,7 @@ public struct ClientInstanceInfo: Codable, Sendable {
         case lastError = "last_error", lastErrorAt = "last_error_at", source
         case name, remotePublicKey = "remote_pk", remotePort = "remote_port", localPort = "local_port"
         case localAddress = "local_address", mode, network, transport, state, error
+        case relay, relayAddr = "relay_addr"
         case directError = "direct_error"
         case connectionsOpen = "connections_open", connectionsTotal = "connections_total"
         case connectionsFailed = "connections_failed"
@@ -304,6 +319,8 @@ extension ClientInstanceInfo {
         try c.encode(self.mode, forKey: .mode)
         try c.encode(self.network, forKey: .network)
         try c.encode(self.transport, forKey: .transport)
+        try c.encode(self.relay, forKey: .relay)
+        try c.encode(self.relayAddr, forKey: .relayAddr)
         try c.encode(self.state, forKey: .state)
         try c.encode(self.error, forKey: .error)
         try c.encode(self.directError, forKey: .directError)
@@ -334,6 +351,7 @@ extension SessionInfo {
         try c.encode(self.streams, forKey: .streams)
         try c.encode(self.rttMs, forKey: .rttMs)
         try c.encode(self.persistent, forKey: .persistent)
+        try c.encode(self.relay, forKey: .relay)
     }
 }
 

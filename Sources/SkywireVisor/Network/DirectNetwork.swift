@@ -5,7 +5,6 @@ import NIOPosix
 import ServiceLifecycle
 import SkywireCrypto
 import SkywireDiscovery
-import SkywireLink
 import SkywireSession
 import Synchronization
 
@@ -87,7 +86,7 @@ final class DirectNetwork: Sendable {
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .serverChannelInitializer { channel in listenerGuard.installAcceptBackoff(on: channel) }
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
-                .childChannelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
+                .childChannelOption(.writeBufferWaterMark, value: SessionEstablishment.carrierWaterMark)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelOption(.recvAllocator, value: SessionEstablishment.carrierReceiveAllocator)
                 .childChannelInitializer { channel in

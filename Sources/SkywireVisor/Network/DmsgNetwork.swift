@@ -8,7 +8,24 @@ import Synchronization
 
 /// The relay side of a visor: keeps sessions with relays, publishes them in the visor's
 /// discovery entry, and dials other visors through their relays.
+///
+/// Several relays (`dmsg.sessions`, default 2): new ones are picked by racing handshakes with up
+/// to ``probeLimit`` candidates at once and keeping the first to finish (the lowest round trip);
+/// a lost one is replaced by the keeper loop. Every end-to-end session remembers the relay that
+/// carries it (``carrier(of:)``), for `skynet status` and `visor info`.
 final class DmsgNetwork: Sendable {
+    /// A home relay and the round trip measured when it was chosen (its handshake time).
+    struct Home: Sendable {
+        var client: RelayClient
+        var handshake: Duration
+    }
+
+    /// How many candidate relays are raced at once when sessions are missing.
+    static let probeLimit = 8
+    /// How long the keeper waits before asking discovery again when fewer relays are listed
+    /// than `dmsg.sessions` wants (not an error: a small network has one relay).
+    static let fewRelaysRecheck: Duration = .seconds(15)
+
     private let discovery: DiscoveryClient
     private let group: any EventLoopGroup
     private let settings: SessionSettings
@@ -16,9 +33,11 @@ final class DmsgNetwork: Sendable {
     private let preferred: [PublicKey]
     private let logger: Logger
     /// Relays we keep a session with and publish.
-    private let home = Mutex<[PublicKey: RelayClient]>([:])
+    private let home = Mutex<[PublicKey: Home]>([:])
     /// Relays we connected to only to reach a visor that sits there.
     private let transient = Mutex<[PublicKey: RelayClient]>([:])
+    /// The relay under each end-to-end session (by session id), dialed or accepted.
+    private let carriers = Mutex<[UInt64: RelayEntry]>([:])
     private let acceptor = Mutex<(any StreamAcceptor)?>(nil)
     private let inbound = Mutex<(@Sendable (Session) -> Void)?>(nil)
     private let changes: AsyncStream<Void>.Continuation
@@ -42,7 +61,18 @@ final class DmsgNetwork: Sendable {
 
     /// Relays with a live session, for the visor entry and `visor info`.
     var homeRelays: [RelayEntry] {
-        self.home.withLock { $0.values.map(\.relay) }.sorted { $0.publicKey < $1.publicKey }
+        self.home.withLock { $0.values.map(\.client.relay) }.sorted { $0.publicKey < $1.publicKey }
+    }
+
+    /// Home relays with their sessions and the handshake time that chose them, lowest first.
+    var homes: [Home] {
+        self.home.withLock { Array($0.values) }.sorted { $0.handshake < $1.handshake }
+    }
+
+    /// The relay carrying `session`, if it is an end-to-end session through a relay.
+    func carrier(of session: Session) -> RelayEntry? {
+        guard session.kind == .dmsg else { return nil }
+        return self.carriers.withLock { $0[session.id] }
     }
 
     /// Keeps `wanted` relay sessions up until cancelled, reconnecting with backoff and jitter.
@@ -50,61 +80,88 @@ final class DmsgNetwork: Sendable {
         var backoff = Duration.milliseconds(250)
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             let have = self.home.withLock { $0.count }
+            var fewListed = false
             if have < self.wanted {
                 do {
-                    try await self.connectMore(self.wanted - have)
+                    fewListed = try await self.connectMore(self.wanted - have) == 0 && have > 0
                     backoff = .milliseconds(250)
                 } catch {
                     self.logger.warning("cannot reach a relay", metadata: ["error": "\(error)"])
                 }
             }
             let missing = self.home.withLock { $0.count } < self.wanted
-            let delay = missing ? backoff : .seconds(2)
-            if missing { backoff = min(backoff * 2, .seconds(10)) }
+            let delay = fewListed ? Self.fewRelaysRecheck : missing ? backoff : .seconds(2)
+            if missing && !fewListed { backoff = min(backoff * 2, .seconds(10)) }
             let jitter = Duration.milliseconds(Int.random(in: 0...max(1, Int(delay.components.seconds * 250 + 50))))
             try? await Task.sleep(for: delay + jitter)
         }
-        for client in self.home.withLock({ Array($0.values) }) + self.transient.withLock({ Array($0.values) }) {
+        for client in self.home.withLock({ $0.values.map(\.client) }) + self.transient.withLock({ Array($0.values) }) {
             client.session.close()
         }
         self.changes.finish()
     }
 
-    private func connectMore(_ count: Int) async throws {
+    /// Races handshakes with up to ``probeLimit`` relays we have no session with and keeps the
+    /// first `count` to finish (lowest round trip); later ones are closed. Returns how many
+    /// candidates discovery listed (0: every listed relay is in use already).
+    private func connectMore(_ count: Int) async throws -> Int {
         var candidates = try await self.discovery.relays()
         let current = Set(self.home.withLock { Array($0.keys) })
         candidates.removeAll { current.contains($0.publicKey) }
         if !self.preferred.isEmpty {
             candidates = candidates.filter { self.preferred.contains($0.publicKey) }
-        } else {
-            candidates.shuffle()
         }
+        // Shuffled so that many visors spread over many relays; the race then picks by RTT.
+        candidates.shuffle()
         guard !candidates.isEmpty else {
-            throw SkynetError.noRelay(self.discovery.baseURL)
+            if current.isEmpty { throw SkynetError.noRelay(self.discovery.baseURL) }
+            return 0
         }
-        var lastError: (any Error)?
-        var added = 0
-        for entry in candidates where added < count {
-            do {
-                let client = try await self.connect(entry)
-                self.home.withLock { $0[entry.publicKey] = client }
-                added += 1
-                self.logger.info("relay session up", metadata: ["relay.key": "\(entry.publicKey.fingerprint)", "relay.addr": "\(entry.address)"])
-                client.session.closeFuture.whenComplete { [weak self] _ in
-                    guard let self else { return }
-                    self.home.withLock { home in
-                        if home[entry.publicKey]?.session.id == client.session.id { home[entry.publicKey] = nil }
+        let race = ProbeRace(slots: count)
+        await withTaskGroup(of: Void.self) { group in
+            for entry in candidates.prefix(Self.probeLimit) {
+                group.addTask {
+                    let started = ContinuousClock.now
+                    do {
+                        let client = try await self.connect(entry)
+                        let handshake = ContinuousClock.now - started
+                        if race.takeSlot() {
+                            self.adopt(client, handshake: handshake)
+                        } else {
+                            client.session.close()
+                        }
+                    } catch {
+                        race.failed(error)
+                        self.logger.info("relay connect failed", metadata: ["relay.key": "\(entry.publicKey.fingerprint)", "error": "\(error)"])
                     }
-                    self.logger.warning("relay session down", metadata: ["relay.key": "\(entry.publicKey.fingerprint)"])
-                    self.changes.yield()
                 }
-                self.changes.yield()
-            } catch {
-                lastError = error
-                self.logger.info("relay connect failed", metadata: ["relay.key": "\(entry.publicKey.fingerprint)", "error": "\(error)"])
             }
         }
-        if added == 0, let lastError { throw lastError }
+        if race.taken == 0, let error = race.lastError { throw error }
+        return candidates.count
+    }
+
+    private func adopt(_ client: RelayClient, handshake: Duration) {
+        let entry = client.relay
+        self.home.withLock { $0[entry.publicKey] = Home(client: client, handshake: handshake) }
+        self.logger.info("relay session up", metadata: [
+            "relay.key": "\(entry.publicKey.fingerprint)", "relay.addr": "\(entry.address)",
+            "handshake_ms": "\(Self.milliseconds(handshake))",
+        ])
+        client.session.closeFuture.whenComplete { [weak self] _ in
+            guard let self else { return }
+            self.home.withLock { home in
+                if home[entry.publicKey]?.client.session.id == client.session.id { home[entry.publicKey] = nil }
+            }
+            self.logger.warning("relay session down", metadata: ["relay.key": "\(entry.publicKey.fingerprint)"])
+            self.changes.yield()
+        }
+        self.changes.yield()
+    }
+
+    static func milliseconds(_ duration: Duration) -> Double {
+        let (seconds, attoseconds) = duration.components
+        return Double(seconds) * 1000 + Double(attoseconds) / 1e15
     }
 
     private func connect(_ entry: RelayEntry) async throws -> RelayClient {
@@ -112,8 +169,11 @@ final class DmsgNetwork: Sendable {
         let inbound: @Sendable (Session) -> Void = self.inbound.withLock { $0 } ?? { @Sendable _ in }
         return try await RelayClient.connect(
             to: entry, group: self.group, settings: self.settings,
-            peerAcceptor: acceptor, logger: self.logger, onInboundSession: inbound
-        )
+            peerAcceptor: acceptor, logger: self.logger
+        ) { [weak self] session in
+            self?.noteCarrier(entry, of: session)
+            inbound(session)
+        }
     }
 
     /// An end-to-end session with `peer` through one of the relays its discovery entry lists.
@@ -127,10 +187,12 @@ final class DmsgNetwork: Sendable {
         guard let entry else { throw SkynetError.unknownRemote(peer) }
         guard !entry.relays.isEmpty else { throw SkynetError.remoteOffline(peer, "it is on no relay") }
         var reasons: [String] = []
-        for relayKey in entry.relays {
+        for relayKey in self.dialOrder(entry.relays) {
             do {
                 let client = try await self.client(for: relayKey)
-                return try await client.dial(peer)
+                let session = try await client.dial(peer)
+                self.noteCarrier(client.relay, of: session)
+                return session
             } catch {
                 reasons.append("\(error)")
             }
@@ -138,9 +200,24 @@ final class DmsgNetwork: Sendable {
         throw SkynetError.remoteOffline(peer, reasons.joined(separator: "; "))
     }
 
+    /// The peer's relays, ours first (lowest handshake time first: no new relay session needed),
+    /// then the rest in the peer's order.
+    private func dialOrder(_ relays: [PublicKey]) -> [PublicKey] {
+        let ours = self.home.withLock { $0.mapValues(\.handshake) }
+        let shared = relays.filter { ours[$0] != nil }.sorted { ours[$0]! < ours[$1]! }
+        return shared + relays.filter { ours[$0] == nil }
+    }
+
+    private func noteCarrier(_ relay: RelayEntry, of session: Session) {
+        self.carriers.withLock { $0[session.id] = relay }
+        session.closeFuture.whenComplete { [weak self] _ in
+            self?.carriers.withLock { _ = $0.removeValue(forKey: session.id) }
+        }
+    }
+
     /// A session with relay `key`: one of ours, or a transient one made now.
     private func client(for key: PublicKey) async throws -> RelayClient {
-        if let client = self.home.withLock({ $0[key] }) ?? self.transient.withLock({ $0[key] }) {
+        if let client = self.home.withLock({ $0[key]?.client }) ?? self.transient.withLock({ $0[key] }) {
             return client
         }
         guard let entry = try await self.discovery.relay(key) else {
@@ -155,4 +232,35 @@ final class DmsgNetwork: Sendable {
         }
         return client
     }
+}
+
+/// The slots of one relay race: the first finishers take them.
+private final class ProbeRace: Sendable {
+    private struct State {
+        var free: Int
+        var taken = 0
+        var lastError: (any Error)?
+    }
+
+    private let state: Mutex<State>
+
+    init(slots: Int) {
+        self.state = Mutex(State(free: slots))
+    }
+
+    func takeSlot() -> Bool {
+        self.state.withLock { state in
+            guard state.free > 0 else { return false }
+            state.free -= 1
+            state.taken += 1
+            return true
+        }
+    }
+
+    func failed(_ error: any Error) {
+        self.state.withLock { $0.lastError = error }
+    }
+
+    var taken: Int { self.state.withLock { $0.taken } }
+    var lastError: (any Error)? { self.state.withLock { $0.lastError } }
 }

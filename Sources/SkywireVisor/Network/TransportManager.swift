@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import SkywireCrypto
+import SkywireDiscovery
 import SkywireSession
 import Synchronization
 
@@ -124,6 +125,11 @@ public actor TransportManager {
         let why = reasons.joined(separator: "; ")
         self.directFailures.withLock { $0[key] = why }
         throw SkynetError.noDirectTransport(key, why)
+    }
+
+    /// The relay carrying `session` (a dmsg session), `nil` for direct ones.
+    public nonisolated func relay(carrying session: Session) -> RelayEntry? {
+        self.dmsg.carrier(of: session)
     }
 
     /// Why the last direct dial to `key` failed, if it did and none succeeded since.

@@ -221,6 +221,9 @@ final class SkynetForward: Sendable {
                 channel.closeFuture.whenComplete { [weak self] _ in
                     _ = self?.connections.withLock { $0.removeValue(forKey: id) }
                 }
+                // A client that sends and half-closes before its stream is glued (e.g. while the
+                // session is being dialed) has its bytes and EOF read anyway: held until the glue.
+                try channel.pipeline.syncOperations.addHandler(EarlyInputHandler(), name: EarlyInputHandler.name)
                 self.handle(channel)
             }
         }
@@ -274,12 +277,14 @@ final class SkynetForward: Sendable {
     static let waterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 256 * 1024, high: 1024 * 1024)
 
     /// One accepted local connection: find (or make) the session, open a stream, glue the two.
-    /// Raw mode glues in the stream's initializer, so the connection's first bytes follow the
-    /// OPEN at once (0-RTT); HTTP mode glues after ACCEPT, so that a refusal can still answer 502.
+    /// The glue goes in in the stream's initializer, so the connection's first bytes follow the
+    /// OPEN at once (0-RTT) in both modes. A REJECT fails the open before the stream's pipeline
+    /// sees its close, so in HTTP mode the 502 is written before the glue closes the connection.
     private func handle(_ channel: any Channel) {
         let http = self.mode == "http"
-        // The client address rides along for servers that hand it on (PROXY protocol).
-        let header = SkynetHeader(port: UInt16(self.remotePort), probe: false, http: http, clientAddress: channel.remoteAddress).encode()
+        // This visor's view of its client: the server visor's `X-Forwarded-For` in HTTP mode, the
+        // PROXY protocol header's source on raw-TCP ports that ask for it.
+        let header = SkynetHeader(port: UInt16(self.remotePort), probe: false, http: http, client: channel.remoteAddress).encode()
         let counters = self.counters
         let logger = self.logger
         let remote = self.remote
@@ -291,20 +296,12 @@ final class SkynetForward: Sendable {
                 }.flatMap {
                     GlueHandler.glue(channel, stream, countFirst: counters.countOut, countSecond: counters.countIn)
                 }.flatMap {
+                    channel.pipeline.removeHandler(name: EarlyInputHandler.name)
+                }.flatMap {
                     channel.setOption(.autoRead, value: true)
                 }
             }
-            let opened: EventLoopFuture<MuxChildChannel>
-            if http {
-                opened = session.openStream(header: header) { stream in
-                    stream.eventLoop.makeCompletedFuture {
-                        try stream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
-                    }
-                }.flatMap { stream in glue(stream).map { stream } }
-            } else {
-                opened = session.openStream(header: header, initializer: glue)
-            }
-            opened.whenComplete { result in
+            session.openStream(header: header, initializer: glue).whenComplete { result in
                 switch result {
                 case .success(let stream):
                     counters.connectionOpened()
@@ -375,11 +372,13 @@ final class SkynetForward: Sendable {
         if case .reconnecting(let reason) = snapshot.state { error = reason }
         let session = self.manager.existing(self.remote, kinds: self.network.kinds)
         let transport = session?.kind
+        let relay = snapshot.state == .running ? session.flatMap { self.manager.relay(carrying: $0) } : nil
         return ClientInstanceInfo(
             name: self.name, remotePublicKey: self.remote.hex, remotePort: self.remotePort,
             localPort: snapshot.localPort, localAddress: "127.0.0.1:\(snapshot.localPort)",
             mode: self.mode, network: self.network.rawValue,
             transport: snapshot.state == .running ? transport?.rawValue : nil,
+            relay: relay?.publicKey.hex, relayAddr: relay?.address,
             state: snapshot.state.label, error: error,
             directError: self.network == .auto && transport == .dmsg ? self.manager.directFailure(self.remote) : nil,
             connectionsOpen: self.counters.open.load(ordering: .relaxed),

@@ -3,9 +3,14 @@ import NIOCore
 /// The open header of a skynet stream on a visor↔visor session.
 ///
 /// ```
-/// 0x53 ('S') | version u8 (1) | flags u8 (bit 0: probe, bit 1: HTTP mode, bit 2: client address) | port u16
-/// [ family u8 (4 or 6) | address (4 or 16 bytes, network order) | port u16 ]   (when bit 2 is set)
+/// 0x53 ('S') | version u8 (1) | flags u8 (bit 0: probe, bit 1: HTTP mode, bit 2: client address,
+///     bit 3: client port) | port u16
+/// [ | address length u8 | address (an IP address as text, at most 45 bytes) ]   (when bit 2 is set)
+/// [ | client port u16 ]                                                           (when bit 3 is set)
 /// ```
+/// The client address is the client visor's view of its local client (the peer address of the
+/// accepted local connection); HTTP mode puts it in `X-Forwarded-For`, raw-TCP ports with the
+/// PROXY protocol put it and the port in their header. Nothing else trusts it.
 /// A probe asks only "is this port exposed to me?": the server accepts or rejects it without
 /// connecting to the backend, and the client closes it at once. `skynet start` probes before it
 /// reports success.
@@ -14,31 +19,48 @@ public struct SkynetHeader: Equatable, Sendable {
     public var probe: Bool
     /// The stream carries HTTP/1.1: the server visor runs it through its reverse proxy.
     public var http: Bool
-    /// Where the local connection came from, as the client visor saw it (its accepted socket's
-    /// peer): what a PROXY protocol header hands the backend. `nil` when unknown.
-    public var clientAddress: SocketAddress?
+    /// The address of the local client as the client visor saw it (an IP address as text).
+    public var clientAddress: String?
+    /// The local client's port (with `clientAddress`; the PROXY protocol carries it).
+    public var clientPort: UInt16?
 
     static let magic: UInt8 = 0x53
     static let version: UInt8 = 1
 
-    public init(port: UInt16, probe: Bool, http: Bool = false, clientAddress: SocketAddress? = nil) {
+    /// The longest address text: an IPv6 address with an embedded IPv4 one.
+    static let maxAddressLength = 45
+
+    public init(port: UInt16, probe: Bool, http: Bool = false, clientAddress: String? = nil, clientPort: UInt16? = nil) {
         self.port = port
         self.probe = probe
         self.http = http
-        self.clientAddress = clientAddress.flatMap { ipBytes($0) == nil ? nil : $0 }
+        self.clientAddress = clientAddress.flatMap { $0.utf8.count <= Self.maxAddressLength && !$0.isEmpty ? $0 : nil }
+        self.clientPort = self.clientAddress == nil ? nil : clientPort
+    }
+
+    /// A header carrying `client` (a local connection's peer) as address and port.
+    public init(port: UInt16, probe: Bool, http: Bool = false, client: SocketAddress?) {
+        self.init(port: port, probe: probe, http: http, clientAddress: client?.ipAddress, clientPort: client?.port.map { UInt16(truncatingIfNeeded: $0) })
+    }
+
+    /// The client's address and port as a socket address (port 0 when not sent), `nil` without
+    /// an address.
+    var clientSocketAddress: SocketAddress? {
+        self.clientAddress.flatMap { try? SocketAddress(ipAddress: $0, port: Int(self.clientPort ?? 0)) }
     }
 
     public func encode() -> ByteBuffer {
         var buffer = ByteBuffer()
         buffer.writeInteger(Self.magic)
         buffer.writeInteger(Self.version)
-        let client = self.clientAddress.flatMap { address in ipBytes(address).map { ($0, UInt16(address.port ?? 0)) } }
-        buffer.writeInteger(UInt8((self.probe ? 1 : 0) | (self.http ? 2 : 0) | (client != nil ? 4 : 0)))
+        buffer.writeInteger(UInt8((self.probe ? 1 : 0) | (self.http ? 2 : 0) | (self.clientAddress != nil ? 4 : 0) | (self.clientPort != nil ? 8 : 0)))
         buffer.writeInteger(self.port)
-        if let (bytes, port) = client {
-            buffer.writeInteger(UInt8(bytes.count == 4 ? 4 : 6))
-            buffer.writeBytes(bytes)
-            buffer.writeInteger(port)
+        if let address = self.clientAddress {
+            buffer.writeInteger(UInt8(address.utf8.count))
+            buffer.writeString(address)
+        }
+        if let clientPort = self.clientPort {
+            buffer.writeInteger(clientPort)
         }
         return buffer
     }
@@ -46,26 +68,34 @@ public struct SkynetHeader: Equatable, Sendable {
     /// `nil` for anything malformed.
     public init?(_ buffer: ByteBuffer) {
         var buffer = buffer
-        guard buffer.readInteger(as: UInt8.self) == Self.magic,
+        guard buffer.readableBytes >= 5,
+              buffer.readInteger(as: UInt8.self) == Self.magic,
               buffer.readInteger(as: UInt8.self) == Self.version,
               let flags = buffer.readInteger(as: UInt8.self),
-              flags & ~7 == 0,
+              flags & ~15 == 0,
+              flags & 12 != 8,  // a port without an address
               let port = buffer.readInteger(as: UInt16.self),
               port != 0
         else { return nil }
+        var address: String?
+        if flags & 4 == 4 {
+            guard let length = buffer.readInteger(as: UInt8.self), length > 0, Int(length) <= Self.maxAddressLength,
+                  let text = buffer.readString(length: Int(length)),
+                  text.unicodeScalars.allSatisfy({ $0.isASCII && ($0.properties.isASCIIHexDigit || ".:".unicodeScalars.contains($0)) })
+            else { return nil }
+            address = text
+        }
+        var clientPort: UInt16?
+        if flags & 8 == 8 {
+            guard let value = buffer.readInteger(as: UInt16.self) else { return nil }
+            clientPort = value
+        }
+        guard buffer.readableBytes == 0 else { return nil }
         self.port = port
         self.probe = flags & 1 == 1
         self.http = flags & 2 == 2
-        self.clientAddress = nil
-        if flags & 4 == 4 {
-            guard let family = buffer.readInteger(as: UInt8.self), family == 4 || family == 6,
-                  let bytes = buffer.readBytes(length: family == 4 ? 4 : 16),
-                  let clientPort = buffer.readInteger(as: UInt16.self),
-                  let address = try? SocketAddress(packedIPAddress: ByteBuffer(bytes: bytes), port: Int(clientPort))
-            else { return nil }
-            self.clientAddress = address
-        }
-        guard buffer.readableBytes == 0 else { return nil }
+        self.clientAddress = address
+        self.clientPort = clientPort
     }
 }
 

@@ -90,7 +90,8 @@ final class ServerInstance: Sendable {
 }
 
 /// The server side of skynet: answers the streams remote visors open for exposed ports by
-/// connecting to the local service and splicing.
+/// connecting to the local service and gluing (raw mode), or by running HTTP in the stream's own
+/// pipeline (HTTP mode, ``HTTPProxy``).
 ///
 /// The whitelist is checked against `session.remoteKey`, the key the Noise handshake
 /// authenticated; nothing the peer says in the stream header is trusted for it.
@@ -103,7 +104,7 @@ final class SkynetServer: StreamAcceptor {
     /// Called after every start/stop (the visor saves its state file).
     let onChange: (@Sendable () -> Void)?
 
-    /// The reverse proxy HTTP-mode streams go through.
+    /// The reverse proxy that HTTP-mode streams run (in their own pipelines).
     let httpProxy: HTTPProxy
 
     init(localKey: PublicKey, logger: Logger, httpProxy: HTTPProxy, connectTimeout: TimeAmount = .seconds(5), onChange: (@Sendable () -> Void)? = nil) {
@@ -247,22 +248,30 @@ final class SkynetServer: StreamAcceptor {
             request.accept().whenSuccess { $0.close(promise: nil) }
             return
         }
+        let remote = session.remoteKey
+        if header.http {
+            // HTTP mode: the HTTP server runs in the stream's own pipeline (the proxy connects
+            // to the backend per request and answers 502/504 itself), so the stream is accepted
+            // at once and the early data the opener sent with its OPEN is the first request.
+            let options = instance.options
+            let clientAddress = header.clientAddress ?? "127.0.0.1"
+            let proxy = self.httpProxy
+            let accepted = request.accept { stream in
+                stream.eventLoop.makeCompletedFuture {
+                    // The key the session's handshake authenticated, carried by every stream.
+                    guard let key = stream.sessionInfo as? PublicKey else { throw SkynetError.invalidArgument("stream without an authenticated key") }
+                    try stream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
+                    return HTTPProxy.Route(remoteKey: key.hex, backendPort: port, options: options, clientAddress: clientAddress)
+                }.flatMap { route in
+                    proxy.serve(stream: stream, route: route, counters: instance.counters)
+                }
+            }
+            self.admit(accepted, instance: instance, remote: remote, port: port)
+            return
+        }
         let boundRequest = NIOLoopBound(request, eventLoop: session.eventLoop)
         let logger = self.logger
         let localKey = self.localKey
-        // HTTP mode: the stream goes to the internal reverse proxy, which answers 502/504 itself
-        // when the backend is down or slow; raw mode: straight to the backend.
-        var target = port
-        if header.http {
-            guard let proxyPort = self.httpProxy.port else {
-                request.reject(code: SkynetRejectCode.backendUnavailable, message: "the HTTP proxy of visor \(localKey.hex) is not ready")
-                return
-            }
-            target = proxyPort
-        }
-        let proxy = header.http ? self.httpProxy : nil
-        let remoteHex = session.remoteKey.hex
-        let remote = session.remoteKey
         // The backend's reads wait for the glue (a server that speaks first loses nothing).
         ClientBootstrap(group: session.eventLoop)
             .channelOption(.allowRemoteHalfClosure, value: true)
@@ -270,22 +279,18 @@ final class SkynetServer: StreamAcceptor {
             .channelOption(.writeBufferWaterMark, value: SkynetForward.waterMark)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(self.connectTimeout)
-            .connect(host: "127.0.0.1", port: target)
-            .whenComplete { result in
+            .connect(host: "127.0.0.1", port: port)
+            .whenComplete { [weak self] result in
                 // The bootstrap's group is the session's loop, so this runs there.
                 switch result {
                 case .success(let backend):
-                    // Before any byte flows: tell the proxy whose connection this is.
-                    let proxyPort = backend.localAddress?.port ?? 0
-                    proxy?.register(localPort: proxyPort, route: .init(remoteKey: remoteHex, backendPort: port, options: instance.options))
-                    if let proxy { backend.closeFuture.whenComplete { _ in proxy.unregister(localPort: proxyPort) } }
                     if proxyProtocol {
                         // First on the wire, ahead of the opener's early data (glued below).
-                        let preamble = ProxyProtocolV2(source: header.clientAddress, destination: backend.remoteAddress, remoteKey: remote.rawBytes)
+                        let preamble = ProxyProtocolV2(source: header.clientSocketAddress, destination: backend.remoteAddress, remoteKey: remote.rawBytes)
                         backend.writeAndFlush(preamble.encode(), promise: nil)
                     }
                     // Early data the opener sent with its OPEN reaches the backend once glued.
-                    boundRequest.value.accept { stream in
+                    let accepted = boundRequest.value.accept { stream in
                         stream.eventLoop.makeCompletedFuture {
                             try stream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
                         }.flatMap {
@@ -293,24 +298,9 @@ final class SkynetServer: StreamAcceptor {
                         }.flatMap {
                             backend.setOption(.autoRead, value: true)
                         }
-                    }.whenComplete { [weak self] result in
-                        switch result {
-                        case .success(let stream):
-                            let counters = instance.counters
-                            counters.connectionOpened()
-                            let id = SkynetServer.nextConnection.wrappingAdd(1, ordering: .relaxed).oldValue
-                            instance.admitted.withLock { $0[id] = .init(remote: remote, port: port, stream: stream) }
-                            stream.closeFuture.whenComplete { [weak self] _ in
-                                // The instance may have been replaced meanwhile: forget it everywhere.
-                                instance.admitted.withLock { _ = $0.removeValue(forKey: id) }
-                                self?.forget(connection: id)
-                                counters.connectionClosed()
-                            }
-                        case .failure(let error):
-                            logger.info("stream not accepted", metadata: ["port": "\(port)", "error": "\(error)"])
-                            backend.close(promise: nil)
-                        }
                     }
+                    accepted.whenFailure { _ in backend.close(promise: nil) }
+                    self?.admit(accepted, instance: instance, remote: remote, port: port)
                 case .failure(let error):
                     logger.info("backend unavailable", metadata: ["port": "\(port)", "error": "\(error)"])
                     instance.counters.noteFailure(.backendUnavailable, "nothing is listening on port \(port) (\(error))")
@@ -320,6 +310,29 @@ final class SkynetServer: StreamAcceptor {
                     )
                 }
             }
+    }
+
+    /// Counts an accepted stream on its instance and keeps it (to close it when the whitelist
+    /// no longer allows its key) until it closes.
+    private func admit(_ accepted: EventLoopFuture<MuxChildChannel>, instance: ServerInstance, remote: PublicKey, port: Int) {
+        let logger = self.logger
+        accepted.whenComplete { [weak self] result in
+            switch result {
+            case .success(let stream):
+                let counters = instance.counters
+                counters.connectionOpened()
+                let id = SkynetServer.nextConnection.wrappingAdd(1, ordering: .relaxed).oldValue
+                instance.admitted.withLock { $0[id] = .init(remote: remote, port: port, stream: stream) }
+                stream.closeFuture.whenComplete { [weak self] _ in
+                    // The instance may have been replaced meanwhile: forget it everywhere.
+                    instance.admitted.withLock { _ = $0.removeValue(forKey: id) }
+                    self?.forget(connection: id)
+                    counters.connectionClosed()
+                }
+            case .failure(let error):
+                logger.info("stream not accepted", metadata: ["port": "\(port)", "error": "\(error)"])
+            }
+        }
     }
 }
 

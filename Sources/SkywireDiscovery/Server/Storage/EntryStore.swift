@@ -1,4 +1,5 @@
 import Logging
+import Synchronization
 
 /// Storage of signed entries, one table per ``EntryKind``: the one interface the HTTP handlers
 /// use, implemented by ``SQLiteEntryStore`` (one process, embedded) and ``PostgresEntryStore``
@@ -113,6 +114,51 @@ public enum DiscoveryDatabase: Sendable, Equatable {
             try await SQLiteEntryStore.open(path: path, logger: logger)
         case .postgres(let location):
             try await PostgresEntryStore.open(location: location, logger: logger)
+        }
+    }
+}
+
+/// A store that did not answer within its bound (its database is down, unreachable or
+/// overloaded). The request gets a 503 at once, so a client moves on to another replica instead
+/// of waiting for its own timeout.
+struct EntryStoreUnavailable: Error, CustomStringConvertible {
+    var limit: Duration
+
+    var description: String { "the registry database did not answer within \(self.limit)" }
+}
+
+/// Runs `body`, failing with ``EntryStoreUnavailable`` at `limit` — at `limit`, not when `body`
+/// gives up: a database client waiting for a pooled connection during an outage may not stop at
+/// once when cancelled. `body` is cancelled and left to finish in the background.
+func withStoreDeadline<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    let once = StoreDeadlineOnce()
+    return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+        let work = Task {
+            do {
+                let value = try await body()
+                if once.claim() { continuation.resume(returning: value) }
+            } catch {
+                if once.claim() { continuation.resume(throwing: error) }
+            }
+        }
+        Task {
+            try? await Task.sleep(for: limit)
+            if once.claim() {
+                work.cancel()
+                continuation.resume(throwing: EntryStoreUnavailable(limit: limit))
+            }
+        }
+    }
+}
+
+/// Lets exactly one of the two racers of ``withStoreDeadline(_:_:)`` resume.
+private final class StoreDeadlineOnce: Sendable {
+    private let taken = Mutex(false)
+
+    func claim() -> Bool {
+        self.taken.withLock { taken in
+            defer { taken = true }
+            return !taken
         }
     }
 }

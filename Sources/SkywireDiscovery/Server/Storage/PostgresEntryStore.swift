@@ -202,19 +202,32 @@ final class PostgresEntryStore: EntryStore {
         await self.runTask.value
     }
 
-    private func first<Statement: PostgresPreparedStatement>(_ statement: Statement) async throws -> Statement.Row? {
-        for try await row in try await self.client.execute(statement, logger: self.logger) {
-            return row
+    /// The longest a request's statement may take, waiting for a pooled connection included.
+    /// Normal statements take milliseconds; during a PostgreSQL outage the pool would otherwise
+    /// hold requests until the client gives up, so the replica answers 503 after this instead.
+    static let statementDeadline: Duration = .seconds(3)
+
+    private func first<Statement: PostgresPreparedStatement>(_ statement: Statement) async throws -> Statement.Row? where Statement.Row: Sendable {
+        let client = self.client
+        let logger = self.logger
+        return try await withStoreDeadline(Self.statementDeadline) {
+            for try await row in try await client.execute(statement, logger: logger) {
+                return row
+            }
+            return nil
         }
-        return nil
     }
 
-    private func all<Statement: PostgresPreparedStatement>(_ statement: Statement) async throws -> [Statement.Row] {
-        var rows: [Statement.Row] = []
-        for try await row in try await self.client.execute(statement, logger: self.logger) {
-            rows.append(row)
+    private func all<Statement: PostgresPreparedStatement>(_ statement: Statement) async throws -> [Statement.Row] where Statement.Row: Sendable {
+        let client = self.client
+        let logger = self.logger
+        return try await withStoreDeadline(Self.statementDeadline) {
+            var rows: [Statement.Row] = []
+            for try await row in try await client.execute(statement, logger: logger) {
+                rows.append(row)
+            }
+            return rows
         }
-        return rows
     }
 
     /// One line for logs and errors. `PSQLError`'s own description hides everything (it may hold

@@ -206,7 +206,7 @@ enum UIAssets {
         fill("relays", v.relays, 2, (tr, r) => { cell(tr, r.public_key); cell(tr, r.address); });
         fill("sessions", v.sessions, 7, (tr, x) => {
           tr.dataset.id = String(x.id);
-          cell(tr, String(x.id)); cell(tr, x.type); cell(tr, x.remote_pk).title = x.remote_pk;
+          cell(tr, String(x.id)); cell(tr, x.type + (x.relay ? " via " + short(x.relay) : "")); cell(tr, x.remote_pk).title = x.remote_pk;
           cell(tr, String(x.streams));
           cell(tr, x.rtt_ms == null ? "-" : x.rtt_ms.toFixed(2) + " ms", "rtt");
           bytesCell(tr, x.bytes_in, "bytes-in"); bytesCell(tr, x.bytes_out, "bytes-out");
@@ -216,7 +216,7 @@ enum UIAssets {
           cell(tr, f.name); cell(tr, f.state, "state state-" + f.state);
           cell(tr, f.local_address);
           cell(tr, short(f.remote_pk) + ":" + f.remote_port).title = f.remote_pk;
-          cell(tr, f.mode); cell(tr, f.transport || f.network);
+          cell(tr, f.mode); cell(tr, (f.transport || f.network) + (f.relay ? " via " + short(f.relay) + "@" + f.relay_addr : ""));
           cell(tr, f.connections_open + " / " + f.connections_total);
           bytesCell(tr, f.bytes_in, "bytes-in"); bytesCell(tr, f.bytes_out, "bytes-out");
           cell(tr, f.error || (f.direct_error ? "direct: " + f.direct_error : ""), "err");

@@ -38,25 +38,28 @@ struct ProxyOptions: Equatable, Sendable {
     var backendTimeAmount: TimeAmount { .nanoseconds(Int64(self.backendTimeout * 1e9)) }
 }
 
-/// The server visor's half of HTTP mode: a reverse proxy on an internal loopback port.
+/// The server visor's half of HTTP mode: a reverse proxy that runs in the pipeline of each
+/// HTTP-mode stream itself.
 ///
-/// An HTTP-mode stream is spliced to a fresh connection to this proxy instead of to the backend;
-/// before any byte flows, the connection's local port is registered with the authenticated key,
-/// the backend port and the instance's options, and the proxy looks the connection's peer port
-/// up. HTTP is parsed by NIOHTTP1 (never by hand); HummingbirdCore runs the listener and the
-/// request/response types, ``ProxyChannel`` the per-connection loop; ``ProxyRelay`` relays each
-/// client connection's requests over one backend connection of its own (NIOHTTP1 parts 1:1),
-/// protocol switches (``ProxyUpgrade``) get a raw connection of their own. The header rules are
-/// in ``ProxyHeaders``.
+/// An accepted HTTP-mode stream (a ``MuxChildChannel``) gets NIOHTTP1's server codec and a
+/// request loop (``ProxyChannel``) in its own pipeline; the stream's route — the remote key the
+/// Noise handshake authenticated (the channel's `sessionInfo`), the backend port, the instance's
+/// options and the client visor's view of its client's address — is handed to that loop when the
+/// stream is accepted. There is no internal listener and no table of connections. HTTP is parsed
+/// by NIOHTTP1 (never by hand); ``ProxyRelay`` relays each client connection's requests over one
+/// backend connection of its own (NIOHTTP1 parts 1:1), protocol switches (``ProxyUpgrade``) get a
+/// raw connection of their own. The header rules are in ``ProxyHeaders``. This type keeps what
+/// the streams share: the idle backend connections.
 final class HTTPProxy: Sendable {
+    /// Whose connection a stream carries and where it goes.
     struct Route: Sendable {
         var remoteKey: String
         var backendPort: Int
         var options: ProxyOptions = .init()
+        /// `X-Forwarded-For`: the client visor's view of its local client.
+        var clientAddress: String = "127.0.0.1"
     }
 
-    private let routes = Mutex<[Int: Route]>([:])
-    private let bound = Mutex<Int?>(nil)
     /// Idle backend connections by remote key and backend port, kept for the next client
     /// connection of the same remote visor only: a backend may tie state to a connection (an
     /// NTLM-style login, a pinned session), so one remote key must never get another's.
@@ -64,19 +67,13 @@ final class HTTPProxy: Sendable {
     /// Idle backend connections kept per remote key and backend port.
     static let idlePerBackend = 32
     let logger: Logger
+    /// How long a client connection may take to send a complete request head (counted from the
+    /// connection's start, or from the end of the previous answer): see ``RequestHeadTimeout``.
+    let requestHeadTimeout: TimeAmount
 
-    init(logger: Logger) {
+    init(logger: Logger, requestHeadTimeout: TimeAmount = RequestHeadTimeout.defaultTimeout) {
         self.logger = logger
-    }
-
-    /// The internal port, once listening.
-    var port: Int? { self.bound.withLock { $0 } }
-
-    func register(localPort: Int, route: Route) { self.routes.withLock { $0[localPort] = route } }
-    func unregister(localPort: Int) { self.routes.withLock { _ = $0.removeValue(forKey: localPort) } }
-    func route(for peerPort: Int?) -> Route? {
-        guard let peerPort else { return nil }
-        return self.routes.withLock { $0[peerPort] }
+        self.requestHeadTimeout = requestHeadTimeout
     }
 
     /// An idle connection to the backend on `port` that served `remoteKey` before, if one is
@@ -93,17 +90,25 @@ final class HTTPProxy: Sendable {
         self.idle.withLock { $0.checkin(connection, for: BackendPoolKey(remoteKey: remoteKey, port: port)) }
     }
 
-    /// Serves until graceful shutdown.
-    func run() async throws {
-        let server = ProxyChannel(proxy: self).server(
-            configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-            onServerRunning: { [self] channel in
-                if let port = channel.localAddress?.port { self.bound.withLock { $0 = port } }
-            },
-            eventLoopGroup: MultiThreadedEventLoopGroup.singleton,
-            logger: self.logger
-        )
-        try await server.run()
+    /// Sets up HTTP on an accepted stream (call from the stream's initializer, on its loop) and
+    /// serves it from a task of its own until the client is done; `counters` get the bytes the
+    /// stream carries (``StreamTally``).
+    func serve(stream: any Channel, route: Route, counters: Counters? = nil) -> EventLoopFuture<Void> {
+        let logger = self.logger
+        if let counters {
+            do {
+                try stream.pipeline.syncOperations.addHandler(StreamTally(countIn: counters.countIn, countOut: counters.countOut))
+            } catch {
+                return stream.eventLoop.makeFailedFuture(error)
+            }
+        }
+        return ProxyChannel.setup(channel: stream, headTimeout: self.requestHeadTimeout, logger: logger).map { asyncChannel in
+            let connection = ProxyConnection(channel: asyncChannel, route: route, proxy: self, logger: logger)
+            // The connection's async code runs on its channel's event loop: no thread hop per await.
+            Task(executorPreference: EventLoopTaskExecutor(stream.eventLoop)) {
+                await connection.run()
+            }
+        }
     }
 }
 

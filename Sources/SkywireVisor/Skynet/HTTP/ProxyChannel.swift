@@ -8,24 +8,24 @@ import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
 import Synchronization
 
-/// One connection to the internal proxy: NIOHTTP1's codec, then a request loop of our own.
+/// The HTTP pipeline of an HTTP-mode stream: NIOHTTP1's codec on the stream channel itself,
+/// then a request loop of our own (``ProxyConnection``).
 ///
 /// Hummingbird's `HTTP1Channel` answers every parse error with an empty 400 and has no way to
-/// hand a connection over to a byte stream; this child channel keeps its pipeline (same codec,
-/// same connection-state handler, same `NIOAsyncChannel`) and adds what a reverse proxy needs:
+/// hand a connection over to a byte stream; this pipeline is the same (same codec, same
+/// connection-state handler, same `NIOAsyncChannel`) plus what a reverse proxy needs:
 /// * oversized request headers (NIOHTTP1's limit, 80 KiB) get a 431, other malformed requests
 ///   a 400, each with a short body, in order after the responses already due;
+/// * a client that does not complete a request head in time is closed (``RequestHeadTimeout``);
 /// * `Expect: 100-continue` is answered when the request body is first read;
 /// * a request with `Connection: Upgrade` goes to ``ProxyUpgrade``, which switches the
-///   connection to a byte stream spliced with the backend when the backend agrees (101);
+///   connection to a byte stream glued to the backend when the backend agrees (101);
 /// * `CONNECT` is refused with a 405 (the forward is for one backend, not a tunnel anywhere).
-struct ProxyChannel: ServerChildChannel {
+enum ProxyChannel {
     typealias Value = NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>
     typealias Outbound = NIOAsyncChannelOutboundWriter<HTTPResponsePart>
 
-    let proxy: HTTPProxy
-
-    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+    static func setup(channel: any Channel, headTimeout: TimeAmount, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
             // An upgrade configuration with no upgrader: it only makes the decoder forward the
             // bytes that follow an upgrade request (instead of dropping them) when it is removed,
@@ -39,6 +39,7 @@ struct ProxyChannel: ServerChildChannel {
                 withDecoderLimitConfiguration: .init()
             )
             try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+            try channel.pipeline.syncOperations.addHandler(RequestHeadTimeout(timeout: headTimeout))
             try channel.pipeline.syncOperations.addHandler(HTTPConnectionStateHandler(idleTimeout: nil, logger: logger))
             return try NIOAsyncChannel(
                 wrappingChannelSynchronously: channel,
@@ -47,86 +48,76 @@ struct ProxyChannel: ServerChildChannel {
         }
     }
 
-    func handle(value asyncChannel: Value, logger: Logger) async {
-        // The connection's async code runs on its channel's event loop: no thread hop per await
-        // (and AsyncHTTPClient, asked from that loop, prefers it for the backend connection).
-        await withTaskExecutorPreference(EventLoopTaskExecutor(asyncChannel.channel.eventLoop)) {
-            await self.serve(asyncChannel, logger: logger)
-        }
+    static func write(_ response: Response, to outbound: Outbound) async throws {
+        try await ResponseWriter(outbound: outbound).write(response: response.head, body: response.body)
     }
+}
 
-    private func serve(_ asyncChannel: Value, logger: Logger) async {
+/// One proxied client connection (one HTTP-mode stream): owns its channel, its route and its
+/// request loop.
+struct ProxyConnection: Sendable {
+    let channel: ProxyChannel.Value
+    let route: HTTPProxy.Route
+    let proxy: HTTPProxy
+    let logger: Logger
+
+    /// Serves the connection's requests until the client is done (or the stream closes).
+    func run() async {
+        let asyncChannel = self.channel
         let channel = asyncChannel.channel
-        let peerPort = channel.remoteAddress?.port
+        let logger = self.logger
+        let route = self.route
         do {
-            try await withTaskCancellationHandler {
-                try await asyncChannel.executeThenClose { inbound, outbound in
-                    let parts = RequestParts(inbound.makeAsyncIterator())
-                    do {
-                        // A head read by the relay but left to this loop (see ``ProxyRelay/Outcome``).
-                        var pending: HTTPRequest?
-                        while true {
-                            let head: HTTPRequest
-                            if let next = pending {
-                                head = next
-                                pending = nil
-                            } else {
-                                guard let next = try await parts.nextHead() else { break }
-                                head = next
-                            }
-                            let route = self.proxy.route(for: peerPort)
-                            if head.method == .connect {
-                                try await Self.write(ProxyProblem.response(.methodNotAllowed, "skywire: CONNECT is not supported by an HTTP-mode forward\n", close: true), to: outbound)
-                                break
-                            }
-                            if ProxyHeaders.isUpgrade(head.headerFields) {
-                                // NIOHTTP1's parser stops after an upgrade request: whatever the
-                                // outcome, this connection carries no further HTTP request.
-                                if try await ProxyUpgrade.run(head: head, parts: parts, outbound: outbound, channel: channel, route: route, logger: logger) {
-                                    return
-                                }
-                                break
-                            }
-                            guard let route else {
-                                let close = ProxyHeaders.wantsClose(head.headerFields)
-                                var response = ProxyProblem.response(.badGateway, "skywire: no tunnel for this connection\n")
-                                if close { response.headers[.connection] = "close" }
-                                try await Self.write(response, to: outbound)
-                                if close { break }
-                                try await parts.skipBody()
-                                continue
-                            }
-                            let outcome = try await ProxyRelay.serve(
-                                first: head, parts: parts, outbound: outbound,
-                                channel: channel, route: route, proxy: self.proxy, logger: logger
-                            )
-                            guard case .next(let next) = outcome else { break }
-                            pending = next
+            try await asyncChannel.executeThenClose { inbound, outbound in
+                let parts = RequestParts(inbound.makeAsyncIterator())
+                do {
+                    // A head read by the relay but left to this loop (see ``ProxyRelay/Outcome``).
+                    var pending: HTTPRequest?
+                    while true {
+                        let head: HTTPRequest
+                        if let next = pending {
+                            head = next
+                            pending = nil
+                        } else {
+                            guard let next = try await parts.nextHead() else { break }
+                            head = next
                         }
-                    } catch let error as HTTPParserError {
-                        let response = error == .headerOverflow
-                            ? ProxyProblem.response(.init(code: 431, reasonPhrase: "Request Header Fields Too Large"), "skywire: request header fields too large (limit 80 KiB)\n", close: true)
-                            : ProxyProblem.response(.badRequest, "skywire: malformed HTTP request (\(error))\n", close: true)
-                        logger.debug("HTTP parse error", metadata: ["error": "\(error)"])
-                        try await Self.write(response, to: outbound)
-                    } catch is HTTP1TypeConversionError {
-                        try await Self.write(ProxyProblem.response(.badRequest, "skywire: malformed HTTP request\n", close: true), to: outbound)
+                        if head.method == .connect {
+                            try await ProxyChannel.write(ProxyProblem.response(.methodNotAllowed, "skywire: CONNECT is not supported by an HTTP-mode forward\n", close: true), to: outbound)
+                            break
+                        }
+                        if ProxyHeaders.isUpgrade(head.headerFields) {
+                            // NIOHTTP1's parser stops after an upgrade request: whatever the
+                            // outcome, this connection carries no further HTTP request.
+                            if try await ProxyUpgrade.run(head: head, parts: parts, outbound: outbound, channel: channel, route: route, logger: logger) {
+                                return
+                            }
+                            break
+                        }
+                        let outcome = try await ProxyRelay.serve(
+                            first: head, parts: parts, outbound: outbound,
+                            channel: channel, route: route, proxy: self.proxy, logger: logger
+                        )
+                        guard case .next(let next) = outcome else { break }
+                        pending = next
                     }
-                    // Half-close and wait for the client to close: closing with unread input
-                    // would reset the connection and could lose the last response.
-                    outbound.finish()
-                    try await channel.closeFuture.get()
+                } catch let error as HTTPParserError {
+                    let response = error == .headerOverflow
+                        ? ProxyProblem.response(.init(code: 431, reasonPhrase: "Request Header Fields Too Large"), "skywire: request header fields too large (limit 80 KiB)\n", close: true)
+                        : ProxyProblem.response(.badRequest, "skywire: malformed HTTP request (\(error))\n", close: true)
+                    logger.debug("HTTP parse error", metadata: ["error": "\(error)"])
+                    try await ProxyChannel.write(response, to: outbound)
+                } catch is HTTP1TypeConversionError {
+                    try await ProxyChannel.write(ProxyProblem.response(.badRequest, "skywire: malformed HTTP request\n", close: true), to: outbound)
                 }
-            } onCancel: {
-                channel.close(mode: .input, promise: nil)
+                // Half-close and wait for the client to close: closing with unread input
+                // would reset the connection and could lose the last response.
+                outbound.finish()
+                try await channel.closeFuture.get()
             }
         } catch {
             logger.trace("proxy connection ended", metadata: ["error": "\(error)"])
         }
-    }
-
-    static func write(_ response: Response, to outbound: Outbound) async throws {
-        try await ResponseWriter(outbound: outbound).write(response: response.head, body: response.body)
     }
 }
 

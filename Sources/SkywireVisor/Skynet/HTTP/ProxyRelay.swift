@@ -5,7 +5,6 @@ import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
 import NIOPosix
-import SkywireLink
 import Synchronization
 
 /// Ordinary requests through the proxy: one backend connection per client connection, HTTP parts
@@ -39,7 +38,7 @@ enum ProxyRelay {
 
     /// Serves `first` and the client's following ordinary requests on one backend connection.
     /// A connection to the local service with NIOHTTP1's client codec. For an upgrade it may
-    /// become a spliced byte stream after the 101: half-close allowed, Link water marks, and bytes
+    /// become a glued byte stream after the 101: half-close allowed, the forwards' water marks, and bytes
     /// behind the 101 kept (`forwardBytes`) instead of dropped.
     static func connectBackend(port: Int, on loop: any EventLoop, forUpgrade: Bool) async throws -> Backend {
         var bootstrap = ClientBootstrap(group: loop)
@@ -48,7 +47,7 @@ enum ProxyRelay {
         if forUpgrade {
             bootstrap = bootstrap
                 .channelOption(.allowRemoteHalfClosure, value: true)
-                .channelOption(.writeBufferWaterMark, value: ChannelLink.waterMark)
+                .channelOption(.writeBufferWaterMark, value: SkynetForward.waterMark)
         }
         let leftOver: RemoveAfterUpgradeStrategy = forUpgrade ? .forwardBytes : .dropBytes
         return try await bootstrap.connect(host: "127.0.0.1", port: port) { backendChannel in
@@ -181,7 +180,7 @@ enum ProxyRelay {
         var request = head
         request.authority = route.options.preserveHost ? (head.authority ?? backendHost) : backendHost
         request.headerFields = ProxyHeaders.request(
-            head.headerFields, originalHost: head.authority, clientAddress: "127.0.0.1", remoteKey: route.remoteKey
+            head.headerFields, originalHost: head.authority, clientAddress: route.clientAddress, remoteKey: route.remoteKey
         )
         let length = head.headerFields[.contentLength].flatMap(Int64.init)
         let chunked = length == nil && head.headerFields[.transferEncoding] != nil

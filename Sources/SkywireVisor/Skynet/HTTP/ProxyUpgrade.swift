@@ -6,7 +6,6 @@ import NIOCore
 import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
-import ServiceLifecycle
 import SkywireLink
 import Synchronization
 
@@ -14,9 +13,9 @@ import Synchronization
 ///
 /// The request goes to the backend on a connection of its own, written by NIOHTTP1's encoder;
 /// the answer's head is read by NIOHTTP1's decoder. A 101 is relayed to the client and both
-/// connections become byte streams spliced together — `ChannelLink` + `LinkSplice`, as every
-/// forward — after the HTTP handlers are removed from both pipelines (bytes either side sent
-/// early, held by a decoder, are passed on first). Any other answer is relayed as a response
+/// connections become byte streams glued together — a ``GlueHandler`` pair, as every forward —
+/// after the HTTP handlers are removed from both pipelines (bytes either side sent early, held by
+/// a decoder, are passed on first). Any other answer is relayed as a response
 /// with `Connection: close`: NIOHTTP1's parser reads no further request after an upgrade request.
 enum ProxyUpgrade {
     typealias Backend = NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
@@ -25,12 +24,8 @@ enum ProxyUpgrade {
     /// stream and that stream has ended; `false` when an HTTP answer was written instead.
     static func run(
         head: HTTPRequest, parts: RequestParts, outbound: ProxyChannel.Outbound,
-        channel: any Channel, route: HTTPProxy.Route?, logger: Logger
+        channel: any Channel, route: HTTPProxy.Route, logger: Logger
     ) async throws -> Bool {
-        guard let route else {
-            try await ProxyChannel.write(ProxyProblem.response(.badGateway, "skywire: no tunnel for this connection\n", close: true), to: outbound)
-            return false
-        }
         let backendHost = "127.0.0.1:\(route.backendPort)"
         let backend: Backend
         do {
@@ -44,7 +39,7 @@ enum ProxyUpgrade {
         var request = head
         request.authority = route.options.preserveHost ? (head.authority ?? backendHost) : backendHost
         request.headerFields = ProxyHeaders.upgradeRequest(
-            head.headerFields, originalHost: head.authority, clientAddress: "127.0.0.1", remoteKey: route.remoteKey
+            head.headerFields, originalHost: head.authority, clientAddress: route.clientAddress, remoteKey: route.remoteKey
         )
         let requestHead = try HTTPRequestHead(request)
         let timeout = route.options.backendTimeAmount
@@ -114,10 +109,9 @@ enum ProxyUpgrade {
         }
     }
 
-    /// Writes the 101 to the client, turns both connections into byte streams and splices them;
-    /// returns when the splice has ended (or the visor shuts down).
+    /// Writes the 101 to the client, turns both connections into byte streams and glues them;
+    /// returns when both have closed.
     private static func splice(client: any Channel, backend: any Channel, answer: HTTPResponseHead) async throws {
-        let done = client.eventLoop.makePromise(of: Void.self)
         try await client.eventLoop.submit {
             let clientSide = try Self.takeOver(
                 client, encoder: HTTPResponseEncoder.self, decoder: ByteToMessageHandler<HTTPRequestDecoder>.self
@@ -126,46 +120,34 @@ enum ProxyUpgrade {
                 let codec = try pipeline.context(handlerType: HTTP1ToHTTPServerCodec.self)
                 codec.writeAndFlush(NIOAny(HTTPServerResponsePart.head(answer)), promise: nil)
             }
-            let backendSide = try Self.takeOver(
-                backend, encoder: HTTPRequestEncoder.self, decoder: ByteToMessageHandler<HTTPResponseDecoder>.self
-            ) { _ in }
-            // The decoders leave on a later loop turn (and hand over the bytes they hold); the
-            // links start only then, so no byte meets a handler that expects HTTP parts.
-            let links = NIOLoopBound((clientSide.link, backendSide.link), eventLoop: client.eventLoop)
-            clientSide.removed.and(backendSide.removed).whenComplete { result in
-                let (clientLink, backendLink) = links.value
-                switch result {
-                case .success:
-                    LinkSplice.splice(clientLink, backendLink) { _ in done.succeed(()) }
-                case .failure:
-                    client.close(promise: nil)
-                    backend.close(promise: nil)
-                    done.succeed(())
-                }
-            }
+            // The client side's glue sits right after its decoder, so the bytes the decoder
+            // holds reach it when it leaves; the backend's likewise. Both sides' handlers are
+            // added before either decoder leaves (a decoder leaves on a later loop turn).
+            let (clientGlue, backendGlue) = GlueHandler.matchedPair(client, backend)
+            try client.pipeline.syncOperations.addHandler(clientGlue, position: .after(clientSide.decoder))
+            let backendDecoder = try backend.pipeline.syncOperations.handler(type: ByteToMessageHandler<HTTPResponseDecoder>.self)
+            let backendEncoder = try backend.pipeline.syncOperations.handler(type: HTTPRequestEncoder.self)
+            try backend.pipeline.syncOperations.addHandler(backendGlue, position: .after(backendDecoder))
+            backend.pipeline.syncOperations.removeHandler(backendEncoder, promise: nil)
+            backend.pipeline.syncOperations.removeHandler(backendDecoder, promise: nil)
+            client.pipeline.syncOperations.removeHandler(clientSide.encoder, promise: nil)
+            client.pipeline.syncOperations.removeHandler(clientSide.decoder, promise: nil)
         }.get()
-        try await withGracefulShutdownHandler {
-            try await done.futureResult.get()
-        } onGracefulShutdown: {
-            client.close(promise: nil)
-        }
+        // The glue closes each side when the other goes; the connection ends with both.
+        try? await backend.closeFuture.get()
+        try? await client.closeFuture.get()
     }
 
-    /// Replaces a channel's HTTP encoder and decoder with a ``ChannelLink`` placed right after the
-    /// decoder (so the bytes the decoder holds go to the link). Call on the channel's loop.
+    /// Finds a channel's HTTP encoder and decoder (removed by the caller once the glue is in).
+    /// Call on the channel's loop.
     private static func takeOver<Encoder: RemovableChannelHandler, Decoder: RemovableChannelHandler>(
         _ channel: any Channel, encoder: Encoder.Type, decoder: Decoder.Type,
         beforeRemoving: (ChannelPipeline.SynchronousOperations) throws -> Void
-    ) throws -> (link: ChannelLink, removed: EventLoopFuture<Void>) {
+    ) throws -> (encoder: Encoder, decoder: Decoder) {
         let pipeline = channel.pipeline.syncOperations
         let encoderHandler = try pipeline.handler(type: Encoder.self)
         let decoderHandler = try pipeline.handler(type: Decoder.self)
         try beforeRemoving(pipeline)
-        let link = ChannelLink(channel: channel)
-        try pipeline.addHandler(link, position: .after(decoderHandler))
-        let removed = channel.eventLoop.makePromise(of: Void.self)
-        pipeline.removeHandler(encoderHandler, promise: nil)
-        pipeline.removeHandler(decoderHandler, promise: removed)
-        return (link, removed.futureResult)
+        return (encoderHandler, decoderHandler)
     }
 }

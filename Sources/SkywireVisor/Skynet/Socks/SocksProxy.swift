@@ -161,7 +161,7 @@ final class SocksProxy: Sendable {
     /// The stream for one request, once the remote visor accepted it (same path as a raw forward's
     /// connection, with the client address in the header for PROXY-protocol ports).
     private func connect(_ target: SocksTarget, client: SocketAddress?, local: any Channel) -> EventLoopFuture<any Channel> {
-        let header = SkynetHeader(port: UInt16(target.port), probe: false, http: false, clientAddress: client).encode()
+        let header = SkynetHeader(port: UInt16(target.port), probe: false, http: false, client: client).encode()
         let counters = self.counters
         let connections = self.open
         let open: @Sendable (Session) -> EventLoopFuture<any Channel> = { session in

@@ -1,0 +1,58 @@
+import HTTPTypes
+import NIOCore
+import NIOEmbedded
+import NIOHTTPTypes
+import Testing
+
+@testable import SkywireVisor
+
+/// The slowloris guard of HTTP mode, driven on an `EmbeddedChannel` with its injected clock.
+@Suite("Request head timeout")
+struct RequestHeadTimeoutTests {
+    static let timeout = TimeAmount.seconds(60)
+
+    func connected() throws -> EmbeddedChannel {
+        let channel = EmbeddedChannel(handler: RequestHeadTimeout(timeout: Self.timeout))
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        return channel
+    }
+
+    @Test func aClientThatNeverCompletesAHeadIsClosed() throws {
+        let channel = try self.connected()
+        channel.embeddedEventLoop.advanceTime(by: Self.timeout - .seconds(1))
+        #expect(channel.isActive)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(1))
+        #expect(!channel.isActive)
+    }
+
+    @Test func aCompleteHeadStopsTheClockUntilTheAnswerEnds() throws {
+        let channel = try self.connected()
+        try channel.writeInbound(HTTPRequestPart.head(HTTPRequest(method: .post, scheme: nil, authority: "x", path: "/")))
+        // A slow body or a slow backend is not this guard's business.
+        channel.embeddedEventLoop.advanceTime(by: Self.timeout * 3)
+        #expect(channel.isActive)
+        try channel.writeOutbound(HTTPResponsePart.head(HTTPResponse(status: .ok)))
+        try channel.writeOutbound(HTTPResponsePart.end(nil))
+        // Idle again after the answer: the clock restarts.
+        channel.embeddedEventLoop.advanceTime(by: Self.timeout - .seconds(1))
+        #expect(channel.isActive)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(1))
+        #expect(!channel.isActive)
+    }
+
+    @Test func pipelinedRequestsKeepTheClockStoppedUntilAllAreAnswered() throws {
+        let channel = try self.connected()
+        let head = HTTPRequestPart.head(HTTPRequest(method: .get, scheme: nil, authority: "x", path: "/"))
+        try channel.writeInbound(head)
+        try channel.writeInbound(HTTPRequestPart.end(nil))
+        try channel.writeInbound(head)
+        try channel.writeOutbound(HTTPResponsePart.head(HTTPResponse(status: .continue)))
+        try channel.writeOutbound(HTTPResponsePart.head(HTTPResponse(status: .ok)))
+        try channel.writeOutbound(HTTPResponsePart.end(nil))
+        channel.embeddedEventLoop.advanceTime(by: Self.timeout * 2)
+        #expect(channel.isActive)
+        try channel.writeOutbound(HTTPResponsePart.end(nil))
+        channel.embeddedEventLoop.advanceTime(by: Self.timeout)
+        #expect(!channel.isActive)
+    }
+}
