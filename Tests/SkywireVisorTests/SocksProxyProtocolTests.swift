@@ -235,6 +235,37 @@ struct SocksEntryTests {
         #expect(harness.channel.isActive && harness.refusals.isEmpty)
     }
 
+    /// A client that sends its request, data and EOF before the remote accepted: all of it
+    /// reaches the stream, the half-close last.
+    @Test func halfCloseBeforeAcceptIsKept() throws {
+        let loop = EmbeddedEventLoop()
+        let channel = EmbeddedChannel(loop: loop)
+        let stream = EmbeddedChannel(loop: loop)
+        try channel.setOption(.allowRemoteHalfClosure, value: true).wait()
+        try stream.setOption(.allowRemoteHalfClosure, value: true).wait()
+        let pending = loop.makePromise(of: (any Channel).self)
+        let socks = SOCKSServerHandshakeHandler()
+        let handler = SocksConnectHandler(socks: socks, credentials: nil) { _, _ in pending.futureResult }
+        try channel.pipeline.syncOperations.addHandlers([socks, handler])
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 50000)).wait()
+        try stream.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        try channel.writeInbound(ByteBuffer(bytes: [5, 1, 0]))
+        let host = Array("\(self.key.hex).skynet".utf8)
+        let request: [UInt8] = [5, 1, 0, 3, UInt8(host.count)] + host + [0x1F, 0x90]
+        try channel.writeInbound(ByteBuffer(bytes: request + Array("bye".utf8)))
+        channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        loop.run()
+        #expect(channel.isActive)
+        pending.succeed(stream)
+        loop.run()
+        #expect(try stream.readOutbound(as: ByteBuffer.self).map { String(buffer: $0) } == "bye")
+        // The half-close went on after the bytes: the glue closed the stream's output (which an
+        // EmbeddedChannel does by closing whole). Without it the stream would stay open.
+        #expect(!stream.isActive)
+        _ = try? channel.finish(acceptAlreadyClosed: true)
+        _ = try? stream.finish(acceptAlreadyClosed: true)
+    }
+
     @Test func clientsThatSayNothingAreClosed() throws {
         let idle = try Harness { _ in nil }
         try idle.send([5, 1])  // half a greeting

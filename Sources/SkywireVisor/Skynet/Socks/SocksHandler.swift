@@ -40,6 +40,8 @@ final class SocksConnectHandler: ChannelInboundHandler, RemovableChannelHandler 
     private let countStream: GlueHandler.ReadTally?
     private var state = State.greeting
     private var deadline: Scheduled<Void>?
+    /// The client half-closed while its stream was being opened: passed on after its bytes.
+    private var inputClosedEarly = false
 
     /// - Parameters:
     ///   - socks: the NIOSOCKS handler just before this one (removed on success).
@@ -88,6 +90,23 @@ final class SocksConnectHandler: ChannelInboundHandler, RemovableChannelHandler 
         case (.request, .request(let request)):
             self.connect(context: context, request)
         default:
+            context.close(promise: nil)
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard let event = event as? ChannelEvent, event == .inputClosed else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        switch self.state {
+        case .connecting:
+            // NIO reads up to EOF even with autoRead off: keep the half-close for the glue.
+            self.inputClosedEarly = true
+        case .established, .closed:
+            context.fireUserInboundEventTriggered(event)
+        case .greeting, .authenticating, .request:
+            self.state = .closed
             context.close(promise: nil)
         }
     }
@@ -211,7 +230,7 @@ final class SocksConnectHandler: ChannelInboundHandler, RemovableChannelHandler 
         let channel = context.channel
         let boundAddress: SOCKSAddress = channel.localAddress.flatMap { ipBytes($0) == nil ? nil : .address($0) } ?? Self.unbound
         context.writeAndFlush(self.wrapOutboundOut(.response(SOCKSResponse(reply: .succeeded, boundAddress: boundAddress))), promise: nil)
-        let early = HeldBytes()
+        let early = HeldBytes(inputClosed: self.inputClosedEarly)
         do {
             let operations = channel.pipeline.syncOperations
             try operations.addHandler(early, position: .after(self.socks))
@@ -243,13 +262,26 @@ final class SocksConnectHandler: ChannelInboundHandler, RemovableChannelHandler 
 }
 
 /// Holds the bytes NIOSOCKS surfaces when it leaves the pipeline until the glue is in, then
-/// passes them on and leaves too.
+/// passes them on (and the client's half-close, if it came meanwhile) and leaves too.
 final class HeldBytes: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
 
     private var held: [ByteBuffer] = []
     private var context: ChannelHandlerContext?
+    private var inputClosed: Bool
+
+    init(inputClosed: Bool) {
+        self.inputClosed = inputClosed
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            self.inputClosed = true
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
@@ -265,6 +297,7 @@ final class HeldBytes: ChannelInboundHandler, RemovableChannelHandler {
         self.held = []
         for buffer in held { context.fireChannelRead(self.wrapInboundOut(buffer)) }
         if !held.isEmpty { context.fireChannelReadComplete() }
+        if self.inputClosed { context.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
 }
