@@ -87,7 +87,7 @@ struct SkynetHeaderClientAddressTests {
 
     @Test func layout() throws {
         let header = SkynetHeader(port: 8080, probe: false, client: try SocketAddress(ipAddress: "127.0.0.2", port: 513))
-        #expect(Array(buffer: header.encode()) == [0x53, 1, 12, 0x1F, 0x90, 9] + Array("127.0.0.2".utf8) + [0x02, 0x01])
+        #expect(Array(buffer: header.encode()) == [0x53, 1, 0x14, 0x1F, 0x90, 9] + Array("127.0.0.2".utf8) + [0x02, 0x01])
         // An address without a port (HTTP mode's X-Forwarded-For alone): source port 0.
         let addressOnly = SkynetHeader(ByteBuffer(bytes: [0x53, 1, 4, 0x1F, 0x90, 3, 0x3A, 0x3A, 0x31]))
         #expect(addressOnly?.clientSocketAddress == (try SocketAddress(ipAddress: "::1", port: 0)))
