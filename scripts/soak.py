@@ -215,6 +215,8 @@ def main() -> int:
     p.add_argument("--plot", default=None, help="PNG path")
     p.add_argument("--replot", default=None, help="only plot an earlier soak.json")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--stop-timeout", type=float, default=10,
+                   help="seconds each daemon gets to exit on SIGTERM (more under valgrind: its leak report)")
     args = p.parse_args()
     if args.replot:
         plot(json.loads(Path(args.replot).read_text()), Path(args.plot or "soak.png"))
@@ -315,6 +317,8 @@ def main() -> int:
     finally:
         stop.set()
         backend.close()
+        for proc in reversed(net.procs):
+            proc.stop(timeout=args.stop_timeout)
         net.close()
 
 
