@@ -154,6 +154,13 @@ def churn(ports: list[int], interval: float, c: Counters, stop: threading.Event,
         stop.wait(max(0.0, next_at - time.monotonic()))
 
 
+def log_lines(proc) -> int | None:
+    try:
+        return len(proc.log().splitlines())
+    except OSError:  # the test folder went away (e.g. a cleaner of /tmp)
+        return None
+
+
 def growth(samples: list[dict], daemon: str, metric: str, warmup_s: float) -> dict:
     after = [s for s in samples if s["t_s"] >= warmup_s]
     if len(after) < 2:
@@ -298,7 +305,7 @@ def main() -> int:
             "growth_after_warmup": growths,
             "worst_rss_growth_pct": worst, "worst_fd_growth_pct": worst_fd, "fd_growth_over_limit": fd_grown,
             "errors": c.errors,
-            "log_lines": {d: len(p.log().splitlines()) for d, p in daemons.items()},
+            "log_lines": {d: log_lines(p) for d, p in daemons.items()},
             "samples": samples,
         }
         (out / "soak.json").write_text(json.dumps(result, indent=1))
