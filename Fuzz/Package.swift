@@ -57,7 +57,7 @@ let package = Package(
         ),
         .target(
             name: "SkywireMux",
-            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            dependencies: ["SkywireLink", .product(name: "NIOCore", package: "swift-nio")],
             path: "Modules/SkywireMux",
             swiftSettings: instrumented
         ),
