@@ -87,7 +87,12 @@ class IdleSession(asyncio.Protocol):
                     if not self.handshaken.done():
                         self.handshaken.set_result(self.up)
                     continue
-                self.plain += self.conn.decrypt(body)
+                # The relay session's clear framing: a u32 count of clear bytes opens every
+                # sealed frame (an idle session carries no streams, so no clear bytes follow).
+                plain = self.conn.decrypt(body)
+                if struct.unpack(">I", plain[:4])[0] != 0:
+                    raise RuntimeError("clear bytes on an idle relay session")
+                self.plain += plain[4:]
                 self.frames()
         except Exception as error:  # noqa: BLE001 - a broken session is counted as lost
             self.state["last_error"] = repr(error)
@@ -100,7 +105,7 @@ class IdleSession(asyncio.Protocol):
                 return
             payload, self.plain = self.plain[12:12 + length], self.plain[12 + length:]
             if ftype == PING:
-                ct = self.conn.encrypt(struct.pack(">BBHII", 2, PONG, 0, 0, len(payload)) + payload)
+                ct = self.conn.encrypt(struct.pack(">I", 0) + struct.pack(">BBHII", 2, PONG, 0, 0, len(payload)) + payload)
                 self.transport.write(struct.pack(">H", len(ct)) + ct)
                 self.state["pongs"] += 1
             elif ftype == GOAWAY:

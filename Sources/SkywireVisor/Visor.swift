@@ -22,6 +22,8 @@ public final class Visor: Service, Sendable {
     let sessions: TransportManager
     let skynetServer: SkynetServer
     let skynetClients: SkynetClients
+    /// `skynet proxy`: the SOCKS5 entries.
+    let socksProxies: SocksProxies
     let persistent: PersistentTransports
     let store: InstanceStore
     let saver: StateSaver
@@ -73,6 +75,8 @@ public final class Visor: Service, Sendable {
         self.skynetServer = SkynetServer(localKey: self.identity.publicKey, logger: logger, httpProxy: self.httpProxy) { saver.save() }
         self.skynetClients = SkynetClients(manager: self.sessions, group: group, logger: logger) { saver.save() }
         saver.attach(server: self.skynetServer, clients: self.skynetClients)
+        self.socksProxies = SocksProxies(manager: self.sessions, group: group, logger: logger) { saver.save() }
+        saver.attach(proxies: self.socksProxies)
         self.applier = ConfigApplier(server: self.skynetServer, clients: self.skynetClients)
         self.persistent = PersistentTransports(config: config, configPath: configPath, manager: self.sessions, logger: logger)
         let sessions = self.sessions
@@ -172,6 +176,7 @@ public final class Visor: Service, Sendable {
         // Close without forgetting: the state file keeps the instances for the next start.
         self.saver.freeze()
         await self.skynetClients.closeAll()
+        await self.socksProxies.closeAll()
         self.sessions.closeAll()
     }
 
@@ -200,10 +205,12 @@ public final class Visor: Service, Sendable {
         for instance in saved {
             do {
                 switch instance {
-                case .server(let name, let ports, let whitelist, let backendTimeout, let preserveHost, let udpPorts):
-                    _ = try self.skynetServer.start(StartServerRequest(ports: ports, whitelist: whitelist, name: name, backendTimeout: backendTimeout, preserveHost: preserveHost, udpPorts: udpPorts))
+                case .server(let name, let ports, let whitelist, let backendTimeout, let preserveHost, let udpPorts, let proxyProtocolPorts):
+                    _ = try self.skynetServer.start(StartServerRequest(ports: ports, whitelist: whitelist, name: name, backendTimeout: backendTimeout, preserveHost: preserveHost, udpPorts: udpPorts, proxyProtocolPorts: proxyProtocolPorts))
                 case .client(let name, let pk, let remotePort, let localPort, let mode, let network):
                     try await self.skynetClients.restore(name: name, remotePublicKey: pk, remotePort: remotePort, localPort: localPort, mode: mode, network: network)
+                case .proxy(let name, let local, let network, let user, let passwordSHA256):
+                    try await self.socksProxies.restore(name: name, local: local, network: network, user: user, passwordSHA256: passwordSHA256)
                 }
                 self.logger.info("instance restored", metadata: ["instance": "\(instance.name)"])
             } catch {

@@ -20,17 +20,27 @@ struct SkynetHeaderTests {
         #expect(SkynetHeader(header.encode()) == header)
     }
 
+    @Test func udpAndClientPortRoundTrip() {
+        let udp = SkynetHeader(port: 53, probe: false, clientAddress: "127.0.0.1", clientPort: 40000, udp: true)
+        #expect(SkynetHeader(udp.encode()) == udp)
+        let flags: UInt8 = 4 | 8 | 16  // client address, UDP, client port
+        #expect(Array(buffer: udp.encode())[2] == flags)
+    }
+
     @Test func rejectsMalformed() {
         let bad: [[UInt8]] = [
             [], [0x53], [0x53, 1, 0, 0x1f],            // short
             [0x54, 1, 0, 0x1f, 0x90],                  // wrong magic
             [0x53, 2, 0, 0x1f, 0x90],                  // unknown version
-            [0x53, 1, 16, 0x1f, 0x90],                 // unknown flag
+            [0x53, 1, 32, 0x1f, 0x90],                 // unknown flag
             [0x53, 1, 10, 0x1f, 0x90],                 // HTTP and UDP at once
+            [0x53, 1, 16, 0x1f, 0x90, 0, 1],           // client port without an address
             [0x53, 1, 4, 0x1f, 0x90],                  // address flag, no address
             [0x53, 1, 4, 0x1f, 0x90, 0],               // empty address
             [0x53, 1, 4, 0x1f, 0x90, 3, 0x31, 0x2e],   // address shorter than its length
             [0x53, 1, 4, 0x1f, 0x90, 2, 0x0d, 0x0a],   // address with control characters
+            [0x53, 1, 64, 0x1f, 0x90],                 // unknown flag
+            [0x53, 1, 20, 0x1f, 0x90, 1, 0x31, 0],     // client port cut short
             [0x53, 1, 0, 0, 0],                        // port 0
             [0x53, 1, 0, 0x1f, 0x90, 0],               // trailing byte
         ]

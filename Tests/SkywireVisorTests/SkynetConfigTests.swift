@@ -28,6 +28,8 @@ struct SkynetConfigTests {
          "forwards": [{"pk": "\(self.remote)", "remote": 5432, "local": 15432, "raw_tcp": true, "network": "dmsg"}]}
         """)
         #expect(config.servers[0].request.backendTimeout == 5 && config.servers[0].request.preserveHost == true)
+        let pp = try self.decode(#"{"servers": [{"ports": [80, 81], "proxy_protocol_ports": [81]}]}"#)
+        #expect(pp.servers[0].request.proxyProtocolPorts == [81] && self.validationError(pp) == nil)
         #expect(config.forwards[0].resolvedName == "skynet-client-15432")
         #expect(config.forwards[0].mode == "raw-tcp" && config.forwards[0].networkName == "dmsg")
         #expect(self.validationError(config) == nil)
@@ -53,6 +55,7 @@ struct SkynetConfigTests {
             (SkynetConfig(servers: [.init(ports: [80]), .init(name: "b", ports: [80])]), ["skynet.servers[1] \"b\"", "port 80 is also exposed"]),
             (SkynetConfig(servers: [.init(ports: [80], backendTimeout: 0)]), ["skynet.servers[0]", "out of range"]),
             (SkynetConfig(servers: [.init(name: "../x", ports: [80])]), ["invalid instance name"]),
+            (SkynetConfig(servers: [.init(name: "pp", ports: [80], proxyProtocolPorts: [81])]), ["skynet.servers[0] \"pp\"", "PROXY protocol port 81 is not among"]),
         ]
         for (config, needles) in cases {
             let error = self.validationError(config)

@@ -462,3 +462,44 @@ def send_authenticated_garbage(port: int, conn, payload: bytes, plaintext: bytes
     except (ConnectionResetError, socket.timeout):
         pass
     s.close()
+
+
+# -- the relay session's Noise framing -----------------------------------------------------------
+# A relay session ("relay-session" prologue) uses the clear framing (docs/ARCHITECTURE.md, "Relay
+# sessions do not seal relayed payloads a second time"): every sealed frame's plaintext starts with
+# a u32 big-endian count of clear bytes that follow the frame on the wire.
+def relay_frame(conn, plaintext: bytes, clear: bytes = b"") -> bytes:
+    """One sealed frame of the relay framing (length-prefixed), then `clear` as it is."""
+    ct = conn.encrypt(struct.pack(">I", len(clear)) + plaintext)
+    return struct.pack(">H", len(ct)) + ct + clear
+
+
+class RelayFrameReader:
+    """Turns the bytes of a relay session into its plaintext byte stream (sealed parts opened,
+    clear runs passed through), as the visor's and relay's NoiseTransportHandler do."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.inbound = b""
+        self.clear_remaining = 0
+
+    def feed(self, data: bytes) -> bytes:
+        self.inbound += data
+        out = b""
+        while self.inbound:
+            if self.clear_remaining:
+                take = self.inbound[:self.clear_remaining]
+                out += take
+                self.inbound = self.inbound[len(take):]
+                self.clear_remaining -= len(take)
+                continue
+            if len(self.inbound) < 2:
+                break
+            n = struct.unpack(">H", self.inbound[:2])[0]
+            if len(self.inbound) < 2 + n:
+                break
+            plain = self.conn.decrypt(self.inbound[2:2 + n])
+            self.inbound = self.inbound[2 + n:]
+            self.clear_remaining = struct.unpack(">I", plain[:4])[0]
+            out += plain[4:]
+        return out

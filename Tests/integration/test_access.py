@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from harness import BIN, TCPServer, connect, echo_handler, free_port, recv_all, expect_fail, roundtrip, handshake, noise_initiator, recv_exact
+from harness import BIN, TCPServer, connect, echo_handler, free_port, recv_all, expect_fail, roundtrip, handshake, noise_initiator, recv_exact, relay_frame, RelayFrameReader
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -93,19 +93,20 @@ def wait_for(predicate, timeout: float, what: str):
 
 # -- Noise IK initiator (Python `noiseprotocol`), our framing --------------------------------------
 def mux_ping(s: socket.socket, conn, timeout: float = 10.0) -> bool:
-    """Sends a mux PING inside the Noise session; True when the matching PONG comes back."""
+    """Sends a mux PING inside a relay session (the relay's clear framing: harness.relay_frame);
+    True when the matching PONG comes back."""
     token = os.urandom(8)
     frame = struct.pack(">BBHII", 2, 6, 0, 0, 8) + token  # mux version 2, PING, stream 0
-    ct = conn.encrypt(frame)
-    s.sendall(struct.pack(">H", len(ct)) + ct)
+    s.sendall(relay_frame(conn, frame))
+    reader = RelayFrameReader(conn)
     plain = b""
     deadline = time.monotonic() + timeout
+    s.settimeout(timeout)
     while time.monotonic() < deadline:
-        hdr = recv_exact(s, 2)
-        if len(hdr) < 2:
+        data = s.recv(65536)
+        if not data:
             return False
-        body = recv_exact(s, struct.unpack(">H", hdr)[0])
-        plain += conn.decrypt(body)
+        plain += reader.feed(data)
         while len(plain) >= 12:
             _, ftype, _, _, length = struct.unpack(">BBHII", plain[:12])
             if len(plain) < 12 + length:

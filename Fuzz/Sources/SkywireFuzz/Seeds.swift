@@ -10,8 +10,10 @@ import NIOCore
 /// The committed seed corpora (`skywire-fuzz --seeds DIR` writes them: scripts/fuzz --seeds):
 /// a few valid inputs per target, made with our own encoders so they follow the formats.
 enum Seeds {
-    static func write(to folder: String) throws {
-        for (target, inputs) in try self.all() {
+    /// Writes the seeds of `only` (every target if empty). The Noise seeds differ on every run
+    /// (ephemeral keys), so rewrite only the targets whose seeds changed.
+    static func write(to folder: String, only: [String] = []) throws {
+        for (target, inputs) in try self.all() where only.isEmpty || only.contains(target) {
             let directory = folder + "/" + target
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             for (index, input) in inputs.enumerated() {
@@ -144,7 +146,76 @@ enum Seeds {
         let upgrade = "GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: x\r\n\r\n"
         let post = "POST /f HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET / HTTP/1.0\r\n\r\n"
         seeds["http-head"] = [get, upgrade, post].map { chunked([Array($0.utf8)]) }
+        try self.handlerSeeds(into: &seeds)
         return seeds
+    }
+}
+
+extension Seeds {
+    /// Seeds of the handler targets (HandlerTargets.swift): pieces start with the control byte.
+    static func handlerSeeds(into seeds: inout [String: [[UInt8]]]) throws {
+        func text(_ control: UInt8, _ string: String) -> [UInt8] { [control] + Array(string.utf8) }
+        // Noise transport handler: sealed frames whole and in 3-byte reads, a write flushed, the
+        // peer's half-close; one with raw bytes between sealed frames.
+        seeds["noise-transport-handler"] = [
+            chunked([text(0, "hello"), text(3 | 4, "reply"), text(3 << 3, "in three-byte reads"), [1], text(3, "unflushed"),
+                     text(0x80, "last before EOF")]),
+            chunked([text(0, "a"), [2, 0, 40, 1, 2, 3], text(0, "b")]),
+        ]
+
+        // Mux session (we are the responder; the peer opens odd ids): an echoed stream with data,
+        // window update and FIN; our own stream (control bit 2) accepted and written to; a
+        // rejected, a non-reading and a pending stream, a reset, a ping after time passed, GOAWAY.
+        func frame(_ build: (inout ByteBuffer) -> Void) -> [UInt8] {
+            var buffer = ByteBuffer()
+            build(&buffer)
+            return Array(buffer.readableBytesView)
+        }
+        func open(_ id: UInt32, _ decision: UInt8) -> [UInt8] {
+            frame { $0.writeMuxStreamParameters(.open, streamID: id, window: 4096, maxFramePayload: 1024, header: ByteBuffer(bytes: [decision])) }
+        }
+        func dataFrame(_ id: UInt32, _ payload: String, fin: Bool = false) -> [UInt8] {
+            frame { $0.writeMuxFrame(MuxFrame(type: .data, flags: fin ? MuxFrame.flagFIN : 0, streamID: id, payload: ByteBuffer(string: payload))) }
+        }
+        let session: [[UInt8]] = [
+            [0] + open(1, 3),
+            [0] + dataFrame(1, "hello"),
+            [4] + frame { $0.writeMuxHeader(.windowUpdate, streamID: 1, length: 4); $0.writeInteger(UInt32(4096)) },
+            [0] + frame { $0.writeMuxStreamParameters(.accept, streamID: 2, window: 4096, maxFramePayload: 1024, header: ByteBuffer()) },
+            [8] + dataFrame(2, "x"),
+            [0] + dataFrame(1, "", fin: true),
+            [0] + open(3, 0),
+            [0] + open(5, 2),
+            [0] + dataFrame(5, String(repeating: "w", count: 100)),
+            [0] + open(7, 1),
+            [0] + frame { $0.writeMuxCodedFrame(.reset, streamID: 7, code: 1, message: "gone") },
+            [0x62] + frame { $0.writeMuxFrame(MuxFrame(type: .ping, streamID: 0, payload: ByteBuffer(bytes: [1, 2, 3, 4, 5, 6, 7, 8]))) },
+            [0] + dataFrame(1, "R"),
+            [0] + frame { $0.writeMuxCodedFrame(.goAway, streamID: 0, code: 0, message: "bye") },
+        ]
+        let stream = session.flatMap { $0.dropFirst() }
+        seeds["mux-session"] = [chunked(session), chunked(stream.chunks(of: 9).map { [1] + $0 })]
+
+        // Sudph channel: a peer's reliable packets (small writes, then its FIN) in order; then
+        // the same with a replay, a forged packet, time passing, a probe and a CLOSE.
+        let peer = ReliableConnection(now: .uptimeNanoseconds(1_000_000_000))
+        var packets: [[UInt8]] = []
+        for index in 0..<6 {
+            peer.write(ByteBuffer(repeating: UInt8(0x61 + index), count: 60))
+            if index == 5 { peer.closeOutput() }
+            while let packet = peer.nextPacket(now: .uptimeNanoseconds(1_000_000_000)) {
+                packets.append(Array(packet.payload.readableBytesView))
+            }
+        }
+        let inOrder = packets.map { [0] + $0.prefix(127 - 1) }
+        var hostile = inOrder
+        hostile.insert([0x08] + packets[0].prefix(100), at: 2)
+        hostile.insert([0x07] + [UInt8](repeating: 9, count: 40), at: 3)
+        hostile.append([0x80 | 20] + Array("time".utf8))
+        hostile.append([0x04] + [UInt8](repeating: 0, count: 100))
+        hostile.append([0x05, 0, 0, 4, 0])
+        hostile.append(text(0x03, "bye"))
+        seeds["sudph-channel"] = [chunked(inOrder), chunked(hostile)]
     }
 }
 

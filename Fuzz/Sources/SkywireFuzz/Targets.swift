@@ -30,12 +30,17 @@ enum FuzzTargets {
         "control-api": controlAPI,
         "instance-state": instanceState,
         "http-head": httpHead,
+        "noise-transport-handler": noiseTransportHandler,
+        "mux-session": muxSession,
+        "sudph-channel": sudphChannel,
     ]
 
     /// Fixed keys: the same input always takes the same path (libFuzzer needs determinism).
     static let responderKey = try! KeyPair(seed: [UInt8](repeating: 1, count: 32))
     static let initiatorKey = try! KeyPair(seed: [UInt8](repeating: 2, count: 32))
     nonisolated(unsafe) static var datagramKeys: NoiseDatagramKeys?
+    /// The initiator's side of ``datagramKeys`` (seals what the sudph-channel target receives).
+    nonisolated(unsafe) static var datagramPeerKeys: NoiseDatagramKeys?
 
     /// Work done once before fuzzing (so it is not counted as a leak or slowness per input).
     static func prepare() {
@@ -44,7 +49,7 @@ enum FuzzTargets {
         )
         let response = try! NoiseDatagram.respond(identity: responderKey, suite: .aesGCM, context: SessionContext.visor, message: initiator.firstMessage)
         datagramKeys = response.keys
-        _ = try! initiator.finish(response.message)
+        datagramPeerKeys = try! initiator.finish(response.message).keys
         preparedDatagramInitiator = try! NoiseDatagram.Initiator(
             identity: initiatorKey, remote: responderKey.publicKey, suite: .chaChaPoly, context: SessionContext.visor, payload: []
         )

@@ -13,9 +13,9 @@ func LLVMFuzzerRunDriver(
 ) -> CInt
 
 let arguments = CommandLine.arguments
-if arguments.count == 3 && arguments[1] == "--seeds" {
+if arguments.count >= 3 && arguments[1] == "--seeds" {
     do {
-        try Seeds.write(to: arguments[2])
+        try Seeds.write(to: arguments[2], only: Array(arguments.dropFirst(3)))
         exit(0)
     } catch {
         print("cannot write seeds: \(error)")

@@ -14,7 +14,7 @@ struct SkynetCommand: AsyncParsableCommand {
 
         Server commands (srv) expose local ports over the network.
         """,
-        subcommands: [Start.self, Stop.self, Status.self, Srv.self]
+        subcommands: [Start.self, Stop.self, Status.self, Srv.self, ProxyCommand.self]
     )
 
     struct Start: AsyncParsableCommand {
@@ -72,9 +72,15 @@ struct SkynetCommand: AsyncParsableCommand {
 
         func run() async throws {
             let path = self.name.map { "/v1/skynet/clients/\(pathEscape($0))" } ?? "/v1/skynet/clients"
-            let list: [ClientInstanceInfo] = try await self.rpc.client().get(path)
-            if self.json { try printJSON(list); return }
-            if list.isEmpty { print("no client instances"); return }
+            // SOCKS5 entries are client instances too: listed here (in `--json` as entries of
+            // mode "socks5"; their connections in `skynet proxy status`).
+            let allProxies: [ProxyInstanceInfo] = try await self.rpc.client().get("/v1/skynet/proxies")
+            let proxies = allProxies.filter { self.name == nil || $0.name == self.name }
+            let list: [ClientInstanceInfo] = proxies.isEmpty || self.name == nil ? try await self.rpc.client().get(path) : []
+            if self.json { try printJSON(list + proxies.map(\.asClientInstance)); return }
+            if !proxies.isEmpty { printProxyTable(proxies) }
+            if list.isEmpty { if proxies.isEmpty { print("no client instances") }; return }
+            if !proxies.isEmpty { print("") }
             var rows = [["NAME", "SOURCE", "STATE", "MODE", "NETWORK", "TRANSPORT", "LOCAL", "REMOTE", "CONNS", "TOTAL", "IN", "OUT", "DGRAMS", "ERROR"]]
             for i in list {
                 rows.append([
@@ -106,11 +112,18 @@ struct SkynetCommand: AsyncParsableCommand {
         var backendTimeout: String?
         @Flag(name: .customLong("preserve-host"), help: "HTTP mode: send the client's Host header to the service instead of its own address.")
         var preserveHost = false
+        @Flag(name: .customLong("proxy-protocol"), help: "Raw TCP: every port of this start sends a PROXY protocol v2 header (client address, client visor key) to its service.")
+        var proxyProtocol = false
+        @Option(name: .customLong("proxy-protocol-ports"), help: ArgumentHelp("Raw TCP: only these ports (among --ports) send the PROXY protocol v2 header.", valueName: "ports"))
+        var proxyProtocolPorts: String?
         @Flag(help: "JSON output.") var json = false
 
         /// The same form the web page fills in, so both refuse the same values with the same words.
         var form: ServerForm {
-            ServerForm(ports: self.ports ?? "", whitelist: self.whitelist, name: self.name, backendTimeout: self.backendTimeout, preserveHost: self.preserveHost, udpPorts: self.udpPorts)
+            ServerForm(
+                ports: self.ports ?? "", whitelist: self.whitelist, name: self.name, backendTimeout: self.backendTimeout, preserveHost: self.preserveHost,
+                udpPorts: self.udpPorts, proxyProtocol: self.proxyProtocol, proxyProtocolPorts: self.proxyProtocolPorts
+            )
         }
 
         func validate() throws {
@@ -124,7 +137,7 @@ struct SkynetCommand: AsyncParsableCommand {
             let info: ServerInstanceInfo = try await self.rpc.client().post("/v1/skynet/servers", request)
             if self.json { try printJSON(info); return }
             let udp = info.udpPorts.isEmpty ? "" : "\(info.ports.isEmpty ? "" : " and ")UDP \(info.udpPorts.map(String.init).joined(separator: ","))"
-            print("\(info.name): exposing \(info.ports.map(String.init).joined(separator: ","))\(udp) to \(info.whitelist.map { "\($0.count) whitelisted visor(s)" } ?? "every visor") (HTTP: backend timeout \(formatSeconds(info.backendTimeout))\(info.preserveHost ? ", Host preserved" : ""))")
+            print("\(info.name): exposing \(info.ports.map(String.init).joined(separator: ","))\(udp) to \(info.whitelist.map { "\($0.count) whitelisted visor(s)" } ?? "every visor") (HTTP: backend timeout \(formatSeconds(info.backendTimeout))\(info.preserveHost ? ", Host preserved" : ""))\(info.proxyProtocolPorts.isEmpty ? "" : "; PROXY protocol v2 on \(info.proxyProtocolPorts.map(String.init).joined(separator: ","))")")
         }
     }
 
@@ -151,13 +164,14 @@ struct SkynetCommand: AsyncParsableCommand {
             let list: [ServerInstanceInfo] = try await self.rpc.client().get(path)
             if self.json { try printJSON(list); return }
             if list.isEmpty { print("no server instances"); return }
-            var rows = [["NAME", "SOURCE", "STATE", "PORTS", "UDP", "WHITELIST", "TIMEOUT", "HOST", "CONNS", "TOTAL", "REFUSED", "IN", "OUT", "DGRAMS", "LAST ERROR"]]
+            var rows = [["NAME", "SOURCE", "STATE", "PORTS", "UDP", "WHITELIST", "TIMEOUT", "HOST", "PROXY-PROTOCOL", "CONNS", "TOTAL", "REFUSED", "IN", "OUT", "DGRAMS", "LAST ERROR"]]
             for i in list {
                 rows.append([
                     i.name, i.source, i.state, i.ports.isEmpty ? "-" : i.ports.map(String.init).joined(separator: ","),
                     i.udpPorts.isEmpty ? "-" : i.udpPorts.map(String.init).joined(separator: ","),
                     i.whitelist.map { "\($0.count) key(s)" } ?? "open (any visor)",
                     formatSeconds(i.backendTimeout), i.preserveHost ? "preserved" : "rewritten",
+                    i.proxyProtocolPorts.isEmpty ? "-" : i.proxyProtocolPorts.map(String.init).joined(separator: ","),
                     "\(i.connectionsOpen)", "\(i.connectionsTotal)", "\(i.refused)", "\(i.bytesIn)", "\(i.bytesOut)",
                     datagramText(i.datagramsIn, i.datagramsOut, i.datagramsDropped),
                     lastErrorText(i.lastError, i.lastErrorAt) ?? "",

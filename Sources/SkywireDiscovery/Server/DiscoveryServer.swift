@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 import SkywireCrypto
+import SkywireSupport
 
 /// The discovery service: an HTTP+JSON registry of signed relay and visor entries, stored in SQLite
 /// (one process) or PostgreSQL (any number of replicas serving one registry; see
@@ -72,9 +73,15 @@ public struct DiscoveryServer: Service {
             }
             let handlers = DiscoveryHandlers(store: store, configuration: configuration, logger: logger, rendezvous: self.rendezvousState)
             let (bound, boundContinuation) = AsyncStream.makeStream(of: SocketAddress.self)
+            let slowRequests = RateLimitedLog(logger: logger, level: .info)
             let app = Application(
                 router: handlers.makeRouter(),
-                server: .http1(configuration: .init(idleTimeout: .init(configuration.idleTimeout))),
+                server: .http1(configuration: .init(
+                    additionalChannelHandlers: [
+                        RequestReadTimeoutHandler(timeout: .init(configuration.requestReadTimeout), log: slowRequests)
+                    ],
+                    idleTimeout: .init(configuration.idleTimeout)
+                )),
                 configuration: .init(address: .hostname(configuration.host, port: configuration.port)),
                 services: [PurgeService(store: store, configuration: configuration, logger: logger)],
                 onServerRunning: { channel in

@@ -22,6 +22,9 @@ public struct DiscoveryServerConfiguration: Sendable {
     public var maxClockSkew: Duration
     /// A connection with no request for this long is closed. Default 30 s.
     public var idleTimeout: Duration
+    /// A request whose body has not all arrived this long after its head is dropped with its
+    /// connection (slow-body clients; a trickling head is bounded by ``idleTimeout``). Default 10 s.
+    public var requestReadTimeout: Duration
     /// The server's clock in unix seconds. Tests inject one to test expiry without sleeping.
     public var clock: @Sendable () -> Int64
     /// The sudph rendezvous (UDP) run beside the HTTP listener, announced by `GET /v1/rendezvous`.
@@ -39,7 +42,8 @@ public struct DiscoveryServerConfiguration: Sendable {
         maxClockSkew: Duration = .seconds(300),
         idleTimeout: Duration = .seconds(30),
         clock: @escaping @Sendable () -> Int64 = UnixTime.seconds,
-        rendezvous: RendezvousSettings? = nil
+        rendezvous: RendezvousSettings? = nil,
+        requestReadTimeout: Duration = .seconds(10)
     ) {
         self.host = host
         self.port = port
@@ -51,6 +55,7 @@ public struct DiscoveryServerConfiguration: Sendable {
         self.idleTimeout = idleTimeout
         self.clock = clock
         self.rendezvous = rendezvous
+        self.requestReadTimeout = requestReadTimeout
     }
 
     /// Creates a configuration from a `host:port` string such as `127.0.0.1:9090` or `[::1]:0`.

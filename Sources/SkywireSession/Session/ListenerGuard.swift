@@ -51,6 +51,7 @@ public final class ListenerGuard: Sendable {
         self.name = name
         self.limits = limits
         self.log = RateLimitedLog(logger: logger, level: .info, interval: interval)
+        DescriptorReserve.fill()
     }
 
     /// A pending handshake's place; ``release()`` it when the handshake ends, either way.
@@ -108,9 +109,7 @@ public final class ListenerGuard: Sendable {
     public func installAcceptBackoff(on channel: any Channel) -> EventLoopFuture<Void> {
         channel.eventLoop.makeCompletedFuture {
             try channel.pipeline.syncOperations.addHandler(
-                AcceptBackoffHandler(shouldForwardIOErrorCaught: false, backoffProvider: { [self] error in
-                    self.acceptFailed(error)
-                })
+                AcceptPauseHandler(backoff: { [self] error in self.acceptFailed(error) })
             )
         }
     }
@@ -129,4 +128,110 @@ public final class ListenerGuard: Sendable {
             return Self.acceptBackoff
         }
     }
+}
+
+/// Pauses a listener's accepts after a failed accept by turning `autoRead` off for the pause.
+///
+/// NIO's `AcceptBackoffHandler` only holds back the *next* `read()`: a failed `accept` leaves
+/// the listener's read pending, so it stays registered as readable and the event loop calls
+/// `accept` again at once — measured with the fd limit reached: about 200,000 failed accepts a
+/// second on one core (scripts/flood.py --case fd). Turning `autoRead` off unregisters the
+/// listener from the selector; turning it back on after the pause reads again.
+final class AcceptPauseHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = any Channel
+    typealias InboundOut = any Channel
+
+    private let backoff: (IOError) -> TimeAmount?
+    private var resume: Scheduled<Void>?
+
+    /// - Parameter backoff: the pause for an accept error, nil for none (a peer's reset).
+    init(backoff: @escaping (IOError) -> TimeAmount?) {
+        self.backoff = backoff
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard let ioError = error as? IOError else {
+            context.fireErrorCaught(error)
+            return
+        }
+        guard let pause = self.backoff(ioError), self.resume == nil, let options = context.channel.syncOptions else { return }
+        if ioError.errnoCode == EMFILE || ioError.errnoCode == ENFILE {
+            DescriptorReserve.release()
+        }
+        do {
+            try options.setOption(.autoRead, value: false)
+        } catch {
+            return
+        }
+        self.schedule(after: pause, context: context)
+    }
+
+    /// Accepts resume once the pause is over and the descriptor reserve could be taken back
+    /// (else the process is still at its limit: another pause).
+    private func schedule(after pause: TimeAmount, context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        self.resume = context.eventLoop.scheduleTask(in: pause) {
+            let (handler, context) = loopBound.value
+            handler.resume = nil
+            guard context.channel.isActive else { return }
+            guard DescriptorReserve.fill() else {
+                handler.schedule(after: pause, context: context)
+                return
+            }
+            try? context.channel.syncOptions?.setOption(.autoRead, value: true)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.resume?.cancel()
+        self.resume = nil
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.resume?.cancel()
+        self.resume = nil
+    }
+}
+
+@available(*, unavailable)
+extension AcceptPauseHandler: Sendable {}
+
+/// A few descriptors (of /dev/null) held in reserve while a guarded listener accepts, given
+/// back when an accept fails for lack of descriptors (EMFILE, ENFILE) and taken again before
+/// accepting resumes.
+///
+/// Why: at its descriptor limit the process itself breaks, not only accept — libdispatch's
+/// worker-pool monitor (Swift concurrency's executor on Linux) opens /proc/self/task/TID/stat
+/// every second and crashes the process when that open fails (SIGILL in
+/// `_dispatch_workq_monitor_pools`, seen with scripts/flood.py --case fd), taking every
+/// established forward with it. With the reserve released the process keeps a few free
+/// descriptors while its listeners pause.
+enum DescriptorReserve {
+    static let size = 16
+    private static let held = Mutex<[CInt]>([])
+
+    /// Takes descriptors until ``size`` are held; `true` if they all are.
+    @discardableResult
+    static func fill() -> Bool {
+        held.withLock { fds in
+            while fds.count < size {
+                let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
+                guard fd >= 0 else { return false }
+                fds.append(fd)
+            }
+            return true
+        }
+    }
+
+    /// Gives every reserved descriptor back to the process.
+    static func release() {
+        held.withLock { fds in
+            for fd in fds { close(fd) }
+            fds.removeAll()
+        }
+    }
+
+    /// Descriptors held now (tests).
+    static var count: Int { held.withLock { $0.count } }
 }

@@ -25,19 +25,23 @@ public struct SkynetConfig: Codable, Sendable, Equatable {
         public var preserveHost: Bool?
         /// UDP ports (`--udp-ports`); with them `ports` may be left out.
         public var udpPorts: [Int]?
+        /// Raw TCP: ports (among `ports`) whose backend connections start with a PROXY v2 header.
+        public var proxyProtocolPorts: [Int]?
 
-        public init(name: String? = nil, ports: [Int], whitelist: [String]? = nil, backendTimeout: Double? = nil, preserveHost: Bool? = nil, udpPorts: [Int]? = nil) {
+        public init(name: String? = nil, ports: [Int], whitelist: [String]? = nil, backendTimeout: Double? = nil, preserveHost: Bool? = nil, udpPorts: [Int]? = nil, proxyProtocolPorts: [Int]? = nil) {
             self.udpPorts = udpPorts
             self.name = name
             self.ports = ports
             self.whitelist = whitelist
             self.backendTimeout = backendTimeout
             self.preserveHost = preserveHost
+            self.proxyProtocolPorts = proxyProtocolPorts
         }
 
         enum CodingKeys: String, CodingKey, CaseIterable {
             case name, ports, whitelist, backendTimeout = "backend_timeout", preserveHost = "preserve_host"
             case udpPorts = "udp_ports"
+            case proxyProtocolPorts = "proxy_protocol_ports"
         }
 
         public init(from decoder: any Decoder) throws {
@@ -50,6 +54,7 @@ public struct SkynetConfig: Codable, Sendable, Equatable {
             self.whitelist = try c.decodeIfPresent([String].self, forKey: .whitelist)
             self.backendTimeout = try c.decodeIfPresent(Double.self, forKey: .backendTimeout)
             self.preserveHost = try c.decodeIfPresent(Bool.self, forKey: .preserveHost)
+            self.proxyProtocolPorts = try c.decodeIfPresent([Int].self, forKey: .proxyProtocolPorts)
         }
 
         /// The instance name this entry gets.
@@ -58,7 +63,7 @@ public struct SkynetConfig: Codable, Sendable, Equatable {
         }
 
         var request: StartServerRequest {
-            StartServerRequest(ports: self.ports, whitelist: self.whitelist, name: self.resolvedName, backendTimeout: self.backendTimeout, preserveHost: self.preserveHost, udpPorts: self.udpPorts)
+            StartServerRequest(ports: self.ports, whitelist: self.whitelist, name: self.resolvedName, backendTimeout: self.backendTimeout, preserveHost: self.preserveHost, udpPorts: self.udpPorts, proxyProtocolPorts: self.proxyProtocolPorts)
         }
     }
 
@@ -141,6 +146,7 @@ public struct SkynetConfig: Codable, Sendable, Equatable {
             }
             do {
                 _ = try ProxyOptions(backendTimeout: server.backendTimeout, preserveHost: server.preserveHost)
+                _ = try checkProxyProtocolPorts(server.request)
                 try validateInstanceName(server.resolvedName)
             } catch { throw fail("\(error)") }
             if let other = serverNames[server.resolvedName] { throw fail("name \(server.resolvedName) is also used by skynet.servers[\(other)]") }

@@ -37,19 +37,26 @@ public struct ServerForm: Codable, Sendable {
     public var preserveHost: Bool?
     /// Comma-separated UDP ports (`--udp-ports`); with them, `ports` may be empty.
     public var udpPorts: String?
+    /// `--proxy-protocol`: every port of this start sends a PROXY v2 header to its backend.
+    public var proxyProtocol: Bool?
+    /// `--proxy-protocol-ports`: comma-separated ports (among `ports`) that do.
+    public var proxyProtocolPorts: String?
 
-    public init(ports: String, whitelist: String?, name: String?, backendTimeout: String?, preserveHost: Bool?, udpPorts: String? = nil) {
+    public init(ports: String, whitelist: String?, name: String?, backendTimeout: String?, preserveHost: Bool?, udpPorts: String? = nil, proxyProtocol: Bool? = nil, proxyProtocolPorts: String? = nil) {
         self.ports = ports
         self.udpPorts = udpPorts
         self.whitelist = whitelist
         self.name = name
         self.backendTimeout = backendTimeout
         self.preserveHost = preserveHost
+        self.proxyProtocol = proxyProtocol
+        self.proxyProtocolPorts = proxyProtocolPorts
     }
 
     enum CodingKeys: String, CodingKey {
         case ports, whitelist, name, backendTimeout = "backend_timeout", preserveHost = "preserve_host"
         case udpPorts = "udp_ports"
+        case proxyProtocol = "proxy_protocol", proxyProtocolPorts = "proxy_protocol_ports"
     }
 
     /// The whitelist's keys, blanks dropped.
@@ -80,11 +87,37 @@ public struct ServerForm: Codable, Sendable {
             do { _ = try PublicKey(hex: key) } catch { throw SkynetError.invalidArgument("whitelist: \(error)") }
         }
         let name = self.name.map { $0.trimmingCharacters(in: .whitespaces) }.flatMap { $0.isEmpty ? nil : $0 }
-        return StartServerRequest(
+        let request = StartServerRequest(
             ports: ports, whitelist: keys.isEmpty ? nil : keys, name: name,
             backendTimeout: try self.parsedBackendTimeout(), preserveHost: self.preserveHost ?? false,
-            udpPorts: udpPorts.isEmpty ? nil : udpPorts
+            udpPorts: udpPorts.isEmpty ? nil : udpPorts,
+            proxyProtocolPorts: try self.parsedProxyProtocolPorts(ports: ports)
         )
+        _ = try checkProxyProtocolPorts(request)
+        // PROXY-protocol ports serve raw TCP only: typed HTTP-mode options would apply to no port.
+        // (Checked on the typed form only: saved instances always carry the timeout's value.)
+        if let pp = request.proxyProtocolPorts, Set(pp) == Set(ports), request.backendTimeout != nil || request.preserveHost == true {
+            throw SkynetError.invalidArgument("--backend-timeout and --preserve-host are HTTP-mode options, and every port here sends the PROXY protocol (raw TCP only)")
+        }
+        return request
+    }
+
+    /// `--proxy-protocol` (all ports) or `--proxy-protocol-ports LIST`; not both.
+    func parsedProxyProtocolPorts(ports: [Int]) throws(SkynetError) -> [Int]? {
+        let listed = self.proxyProtocolPorts.flatMap { $0.trimmingCharacters(in: .whitespaces).isEmpty ? nil : $0 }
+        switch (self.proxyProtocol ?? false, listed) {
+        case (true, .some):
+            throw SkynetError.invalidArgument("--proxy-protocol and --proxy-protocol-ports exclude each other")
+        case (true, nil):
+            guard !ports.isEmpty else {
+                throw SkynetError.invalidArgument("--proxy-protocol applies to TCP --ports, and none are given")
+            }
+            return ports
+        case (false, .some(let text)):
+            return try parsePortList(text)
+        case (false, nil):
+            return nil
+        }
     }
 }
 

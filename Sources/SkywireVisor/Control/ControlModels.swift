@@ -73,19 +73,24 @@ public struct StartServerRequest: Codable, Sendable {
     public var preserveHost: Bool?
     /// UDP ports to expose (`--udp-ports`); `nil` = none. `ports` may be empty when this is not.
     public var udpPorts: [Int]?
+    /// Raw TCP: ports (a subset of `ports`) whose backend connections start with a PROXY
+    /// protocol v2 header; `nil` or empty = none.
+    public var proxyProtocolPorts: [Int]?
 
-    public init(ports: [Int], whitelist: [String]?, name: String?, backendTimeout: Double? = nil, preserveHost: Bool? = nil, udpPorts: [Int]? = nil) {
+    public init(ports: [Int], whitelist: [String]?, name: String?, backendTimeout: Double? = nil, preserveHost: Bool? = nil, udpPorts: [Int]? = nil, proxyProtocolPorts: [Int]? = nil) {
         self.ports = ports
         self.udpPorts = udpPorts
         self.whitelist = whitelist
         self.name = name
         self.backendTimeout = backendTimeout
         self.preserveHost = preserveHost
+        self.proxyProtocolPorts = proxyProtocolPorts
     }
 
     enum CodingKeys: String, CodingKey {
         case ports, whitelist, name, backendTimeout = "backend_timeout", preserveHost = "preserve_host"
         case udpPorts = "udp_ports"
+        case proxyProtocolPorts = "proxy_protocol_ports"
     }
 }
 
@@ -107,6 +112,8 @@ public struct ServerInstanceInfo: Codable, Sendable {
     public var backendTimeout: Double
     /// HTTP mode: whether the client's `Host` goes to the backend unchanged.
     public var preserveHost: Bool
+    /// Ports whose backend connections start with a PROXY protocol v2 header (empty = none).
+    public var proxyProtocolPorts: [Int]
     /// The last connection this instance could not serve (backend refused, not whitelisted), and when.
     public var lastError: String?
     public var lastErrorAt: Date?
@@ -124,6 +131,7 @@ public struct ServerInstanceInfo: Codable, Sendable {
     enum CodingKeys: String, CodingKey {
         case udpPorts = "udp_ports", datagramsIn = "datagrams_in", datagramsOut = "datagrams_out", datagramsDropped = "datagrams_dropped", datagramsOutUnreliable = "datagrams_out_unreliable"
         case uptimeSeconds = "uptime_seconds", backendTimeout = "backend_timeout", preserveHost = "preserve_host"
+        case proxyProtocolPorts = "proxy_protocol_ports"
         case lastError = "last_error", lastErrorAt = "last_error_at", source
         case name, ports, whitelist, state
         case connectionsOpen = "connections_open", connectionsTotal = "connections_total", refused
@@ -300,6 +308,7 @@ extension ServerInstanceInfo {
         try c.encode(self.uptimeSeconds, forKey: .uptimeSeconds)
         try c.encode(self.backendTimeout, forKey: .backendTimeout)
         try c.encode(self.preserveHost, forKey: .preserveHost)
+        try c.encode(self.proxyProtocolPorts, forKey: .proxyProtocolPorts)
         try c.encode(self.lastError, forKey: .lastError)
         try c.encode(self.lastErrorAt, forKey: .lastErrorAt)
         try c.encode(self.source, forKey: .source)

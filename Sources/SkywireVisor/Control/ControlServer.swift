@@ -87,6 +87,8 @@ struct ControlServer: Sendable {
             try ControlResponse.json(StoppedResponse(stopped: try await visor.skynetClients.stop(context.parameters.get("name") ?? "")))
         }
 
+        addProxyRoutes(router, proxies: visor.socksProxies)
+
         router.post("/reload") { _, _ in
             try ControlResponse.json(try await visor.reload())
         }

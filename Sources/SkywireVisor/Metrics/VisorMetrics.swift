@@ -20,6 +20,9 @@ extension Visor {
             Self.record(&round, forward.counters, name: forward.name, role: "client")
             if forward.mode == "udp" { Self.recordDatagrams(&round, forward.datagrams, name: forward.name, role: "client") }
         }
+        for proxy in self.socksProxies.all {
+            Self.record(&round, proxy.counters, name: proxy.name, role: "proxy")
+        }
         var byKind: [TransportKind: Int] = [:]
         for session in self.sessions.all {
             byKind[session.kind, default: 0] += 1

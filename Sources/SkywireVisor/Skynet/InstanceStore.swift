@@ -7,12 +7,15 @@ enum SavedInstance: Equatable, Sendable {
     /// `backendTimeout`/`preserveHost`: HTTP-mode options; `nil` (lines written before they
     /// existed) means the defaults.
     /// `udpPorts`: exposed UDP ports, `nil` for none (and in lines written before UDP existed).
-    case server(name: String, ports: [Int], whitelist: [String]?, backendTimeout: Double? = nil, preserveHost: Bool? = nil, udpPorts: [Int]? = nil)
+    /// `proxyProtocolPorts`: `nil` = none.
+    case server(name: String, ports: [Int], whitelist: [String]?, backendTimeout: Double? = nil, preserveHost: Bool? = nil, udpPorts: [Int]? = nil, proxyProtocolPorts: [Int]? = nil)
     case client(name: String, remotePublicKey: String, remotePort: Int, localPort: Int, mode: String, network: String)
+    /// A SOCKS5 entry; the password is kept as its SHA-256 only.
+    case proxy(name: String, local: String, network: String, user: String?, passwordSHA256: String?)
 
     var name: String {
         switch self {
-        case .server(let name, _, _, _, _, _), .client(let name, _, _, _, _, _): return name
+        case .server(let name, _, _, _, _, _, _), .client(let name, _, _, _, _, _), .proxy(let name, _, _, _, _): return name
         }
     }
 }
@@ -21,7 +24,9 @@ extension SavedInstance: Codable {
     private enum CodingKeys: String, CodingKey {
         case kind, name, ports, whitelist, backendTimeout = "backend_timeout", preserveHost = "preserve_host"
         case udpPorts = "udp_ports"
+        case proxyProtocolPorts = "proxy_protocol_ports"
         case remotePublicKey = "remote_pk", remotePort = "remote_port", localPort = "local_port", mode, network
+        case local, user, passwordSHA256 = "password_sha256"
     }
 
     init(from decoder: any Decoder) throws {
@@ -33,7 +38,8 @@ extension SavedInstance: Codable {
                 whitelist: try c.decodeIfPresent([String].self, forKey: .whitelist),
                 backendTimeout: try c.decodeIfPresent(Double.self, forKey: .backendTimeout),
                 preserveHost: try c.decodeIfPresent(Bool.self, forKey: .preserveHost),
-                udpPorts: try c.decodeIfPresent([Int].self, forKey: .udpPorts)
+                udpPorts: try c.decodeIfPresent([Int].self, forKey: .udpPorts),
+                proxyProtocolPorts: try c.decodeIfPresent([Int].self, forKey: .proxyProtocolPorts)
             )
         case "client":
             self = .client(
@@ -42,16 +48,25 @@ extension SavedInstance: Codable {
                 remotePort: try c.decode(Int.self, forKey: .remotePort), localPort: try c.decode(Int.self, forKey: .localPort),
                 mode: try c.decode(String.self, forKey: .mode), network: try c.decode(String.self, forKey: .network)
             )
+        case "proxy":
+            self = .proxy(
+                name: try c.decode(String.self, forKey: .name), local: try c.decode(String.self, forKey: .local),
+                network: try c.decode(String.self, forKey: .network),
+                user: try c.decodeIfPresent(String.self, forKey: .user),
+                passwordSHA256: try c.decodeIfPresent(String.self, forKey: .passwordSHA256)
+            )
         case let other:
-            throw DecodingError.dataCorruptedError(forKey: .kind, in: c, debugDescription: "unknown kind \"\(other)\" (server or client)")
+            throw DecodingError.dataCorruptedError(forKey: .kind, in: c, debugDescription: "unknown kind \"\(other)\" (server, client or proxy)")
         }
     }
 
     func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         switch self {
-        case .server(let name, let ports, let whitelist, let backendTimeout, let preserveHost, let udpPorts):
+        case .server(let name, let ports, let whitelist, let backendTimeout, let preserveHost, let udpPorts, let proxyProtocolPorts):
             try c.encode("server", forKey: .kind)
+            // Written only when set, so older visors read the line unchanged.
+            try c.encodeIfPresent(proxyProtocolPorts, forKey: .proxyProtocolPorts)
             try c.encode(name, forKey: .name)
             try c.encode(ports, forKey: .ports)
             try c.encode(whitelist, forKey: .whitelist)
@@ -67,6 +82,13 @@ extension SavedInstance: Codable {
             try c.encode(localPort, forKey: .localPort)
             try c.encode(mode, forKey: .mode)
             try c.encode(network, forKey: .network)
+        case .proxy(let name, let local, let network, let user, let passwordSHA256):
+            try c.encode("proxy", forKey: .kind)
+            try c.encode(name, forKey: .name)
+            try c.encode(local, forKey: .local)
+            try c.encode(network, forKey: .network)
+            try c.encode(user, forKey: .user)
+            try c.encode(passwordSHA256, forKey: .passwordSHA256)
         }
     }
 }
@@ -132,6 +154,8 @@ final class StateSaver: Sendable {
     private let store: InstanceStore
     private let logger: Logger
     private let parts = Mutex<(server: SkynetServer?, clients: SkynetClients?, suspended: Bool, frozen: Bool)>((nil, nil, false, false))
+    /// The SOCKS5 entries, when the visor runs them.
+    private let proxies = Mutex<SocksProxies?>(nil)
 
     init(store: InstanceStore, logger: Logger) {
         self.store = store
@@ -140,6 +164,10 @@ final class StateSaver: Sendable {
 
     func attach(server: SkynetServer, clients: SkynetClients) {
         self.parts.withLock { $0.server = server; $0.clients = clients }
+    }
+
+    func attach(proxies: SocksProxies) {
+        self.proxies.withLock { $0 = proxies }
     }
 
     /// While restoring: the file is the source, don't rewrite it half-way.
@@ -157,7 +185,7 @@ final class StateSaver: Sendable {
         let (server, clients, skip) = self.parts.withLock { ($0.server, $0.clients, $0.suspended || $0.frozen) }
         guard !skip, let server, let clients else { return }
         do {
-            try self.store.save(server.saved + clients.saved)
+            try self.store.save(server.saved + clients.saved + (self.proxies.withLock { $0 }?.saved ?? []))
         } catch {
             self.logger.error("cannot write the state file", metadata: ["file": "\(self.store.path)", "error": "\(error)"])
         }

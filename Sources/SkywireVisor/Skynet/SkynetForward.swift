@@ -292,11 +292,9 @@ final class SkynetForward: Sendable {
     /// sees its close, so in HTTP mode the 502 is written before the glue closes the connection.
     private func handle(_ channel: any Channel) {
         let http = self.mode == "http"
-        // HTTP mode: the server visor's `X-Forwarded-For` is this visor's view of its client.
-        let header = SkynetHeader(
-            port: UInt16(self.remotePort), probe: false, http: http,
-            clientAddress: http ? channel.remoteAddress?.ipAddress : nil
-        ).encode()
+        // This visor's view of its client: the server visor's `X-Forwarded-For` in HTTP mode, the
+        // PROXY protocol header's source on raw-TCP ports that ask for it.
+        let header = SkynetHeader(port: UInt16(self.remotePort), probe: false, http: http, client: channel.remoteAddress).encode()
         let counters = self.counters
         let logger = self.logger
         let remote = self.remote

@@ -28,6 +28,9 @@ final class ServerInstance: Sendable {
     let whitelist: Set<PublicKey>?
     /// HTTP mode: backend timeout and `Host` handling, for connections admitted from now on.
     let options: ProxyOptions
+    /// Ports whose backend connections start with a PROXY protocol v2 header (sorted; a subset
+    /// of `ports`).
+    let proxyProtocolPorts: [Int]
     let since: Date
     let counters: Counters
     let datagrams: DatagramCounters
@@ -35,8 +38,9 @@ final class ServerInstance: Sendable {
     /// Declared in the visor config, or started through the control API.
     let source: InstanceSource
 
-    init(name: String, ports: [Int], udpPorts: [Int] = [], whitelist: Set<PublicKey>?, options: ProxyOptions = .init(), source: InstanceSource = .runtime, replacing previous: ServerInstance? = nil) {
+    init(name: String, ports: [Int], udpPorts: [Int] = [], whitelist: Set<PublicKey>?, options: ProxyOptions = .init(), proxyProtocolPorts: [Int] = [], source: InstanceSource = .runtime, replacing previous: ServerInstance? = nil) {
         self.name = name
+        self.proxyProtocolPorts = proxyProtocolPorts.sorted()
         self.ports = ports
         self.udpPorts = udpPorts
         self.whitelist = whitelist
@@ -57,7 +61,8 @@ final class ServerInstance: Sendable {
         .server(
             name: self.name, ports: self.ports, whitelist: self.whitelist.map { $0.map(\.hex).sorted() },
             backendTimeout: self.options.backendTimeout, preserveHost: self.options.preserveHost,
-            udpPorts: self.udpPorts.isEmpty ? nil : self.udpPorts
+            udpPorts: self.udpPorts.isEmpty ? nil : self.udpPorts,
+            proxyProtocolPorts: self.proxyProtocolPorts.isEmpty ? nil : self.proxyProtocolPorts
         )
     }
 
@@ -66,6 +71,7 @@ final class ServerInstance: Sendable {
         let keys = (request.whitelist ?? []).isEmpty ? nil : Set((request.whitelist ?? []).compactMap { try? PublicKey(hex: $0) })
         return self.ports == request.ports && self.udpPorts == (request.udpPorts ?? []) && self.whitelist == keys
             && (try? ProxyOptions(backendTimeout: request.backendTimeout, preserveHost: request.preserveHost)) == self.options
+            && self.proxyProtocolPorts == (request.proxyProtocolPorts ?? []).sorted()
     }
 
     func info() -> ServerInstanceInfo {
@@ -83,6 +89,7 @@ final class ServerInstance: Sendable {
             uptimeSeconds: Int(Date().timeIntervalSince(self.since)),
             backendTimeout: self.options.backendTimeout,
             preserveHost: self.options.preserveHost,
+            proxyProtocolPorts: self.proxyProtocolPorts,
             lastError: last?.message,
             lastErrorAt: last?.at,
             source: self.source.rawValue
@@ -99,6 +106,14 @@ final class ServerInstance: Sendable {
 /// The whitelist is checked against `session.remoteKey`, the key the Noise handshake
 /// authenticated; nothing the peer says in the stream header is trusted for it.
 final class SkynetServer: StreamAcceptor {
+    /// A backend's address: 127.0.0.1 and the exposed port, as a `SocketAddress` so that a
+    /// connect goes straight to the socket (`connect(host:port:)` resolves even a literal on
+    /// another thread through happy eyeballs — a thread hop and a timer per connection).
+    static func loopback(_ port: Int) -> SocketAddress {
+        // An IPv4 literal always parses; exposed ports are checked to be 1...65535 on start.
+        try! SocketAddress(ipAddress: "127.0.0.1", port: port)
+    }
+
     private let state = Mutex<(instances: [String: ServerInstance], byPort: [Int: String], byUDPPort: [Int: String])>(([:], [:], [:]))
     let localKey: PublicKey
     let logger: Logger
@@ -134,6 +149,7 @@ final class SkynetServer: StreamAcceptor {
             })
         }
         let options = try ProxyOptions(backendTimeout: request.backendTimeout, preserveHost: request.preserveHost)
+        let proxyProtocolPorts = try checkProxyProtocolPorts(request)
         let name = request.name ?? request.ports.first.map { "skynet-\($0)" } ?? "skynet-udp-\(udpPorts[0])"
         try validateInstanceName(name)
         // The same name again replaces the instance (ports and whitelist change without a
@@ -146,7 +162,7 @@ final class SkynetServer: StreamAcceptor {
             for port in udpPorts {
                 if let owner = state.byUDPPort[port], owner != name { throw SkynetError.invalidArgument("UDP port \(port) is already exposed by instance \(owner)") }
             }
-            let instance = ServerInstance(name: name, ports: request.ports, udpPorts: udpPorts, whitelist: whitelist, options: options, source: source, replacing: previous)
+            let instance = ServerInstance(name: name, ports: request.ports, udpPorts: udpPorts, whitelist: whitelist, options: options, proxyProtocolPorts: proxyProtocolPorts, source: source, replacing: previous)
             if let previous {
                 for port in previous.ports { state.byPort[port] = nil }
                 for port in previous.udpPorts { state.byUDPPort[port] = nil }
@@ -250,6 +266,11 @@ final class SkynetServer: StreamAcceptor {
             request.reject(code: SkynetRejectCode.notWhitelisted, message: "visor \(session.remoteKey.hex) is not whitelisted for port \(port) on visor \(self.localKey.hex)")
             return
         }
+        let proxyProtocol = instance.proxyProtocolPorts.contains(port)
+        if proxyProtocol, header.http {
+            request.reject(code: SkynetRejectCode.badRequest, message: proxyProtocolHTTPRefusal(port: port, visor: self.localKey))
+            return
+        }
         if header.probe {
             request.accept().whenSuccess { $0.close(promise: nil) }
             return
@@ -289,11 +310,16 @@ final class SkynetServer: StreamAcceptor {
             .channelOption(.writeBufferWaterMark, value: SkynetForward.waterMark)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(self.connectTimeout)
-            .connect(host: "127.0.0.1", port: port)
+            .connect(to: SkynetServer.loopback(port))
             .whenComplete { [weak self] result in
                 // The bootstrap's group is the session's loop, so this runs there.
                 switch result {
                 case .success(let backend):
+                    if proxyProtocol {
+                        // First on the wire, ahead of the opener's early data (glued below).
+                        let preamble = ProxyProtocolV2(source: header.clientSocketAddress, destination: backend.remoteAddress, remoteKey: remote.rawBytes)
+                        backend.writeAndFlush(preamble.encode(), promise: nil)
+                    }
                     // Early data the opener sent with its OPEN reaches the backend once glued.
                     let accepted = boundRequest.value.accept { stream in
                         stream.eventLoop.makeCompletedFuture {

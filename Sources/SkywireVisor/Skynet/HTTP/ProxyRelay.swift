@@ -50,7 +50,7 @@ enum ProxyRelay {
                 .channelOption(.writeBufferWaterMark, value: SkynetForward.waterMark)
         }
         let leftOver: RemoveAfterUpgradeStrategy = forUpgrade ? .forwardBytes : .dropBytes
-        return try await bootstrap.connect(host: "127.0.0.1", port: port) { backendChannel in
+        return try await bootstrap.connect(to: SkynetServer.loopback(port)) { backendChannel in
             backendChannel.eventLoop.makeCompletedFuture {
                 try backendChannel.pipeline.syncOperations.addHandlers(
                     HTTPRequestEncoder(),

@@ -21,7 +21,7 @@ extension SkynetServer {
             .channelOption(.writeBufferWaterMark, value: UDPForwarding.socketWaterMark)
             .channelOption(.socketOption(.so_rcvbuf), value: UDPForwarding.receiveBuffer)
             .channelOption(.autoRead, value: false)
-            .connect(host: "127.0.0.1", port: port)
+            .connect(to: SkynetServer.loopback(port))
             .whenComplete { result in
                 switch result {
                 case .success(let backend):
