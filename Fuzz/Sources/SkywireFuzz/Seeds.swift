@@ -60,7 +60,7 @@ enum Seeds {
         var noiseResponder: [[UInt8]] = []
         var noiseInitiator: [[UInt8]] = []
         for suite in NoiseSuite.allCases {
-            let prologue = NoiseLink.prologue(context: SessionContext.visor, suite: suite)
+            let prologue = NoisePrologue.bytes(context: SessionContext.visor, suite: suite)
             var a = try NoiseHandshake(initiatorWith: initiator, remote: responder.publicKey, suite: suite, prologue: prologue)
             var b = NoiseHandshake(responderWith: responder, suite: suite, prologue: prologue)
             let first = try a.writeMessage(payload: initiator.publicKey.rawBytes)

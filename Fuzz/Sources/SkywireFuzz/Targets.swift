@@ -56,7 +56,7 @@ enum FuzzTargets {
         preparedInitiators = NoiseSuite.allCases.map { suite in
             var handshake = try! NoiseHandshake(
                 initiatorWith: initiatorKey, remote: responderKey.publicKey, suite: suite,
-                prologue: NoiseLink.prologue(context: SessionContext.visor, suite: suite)
+                prologue: NoisePrologue.bytes(context: SessionContext.visor, suite: suite)
             )
             _ = try! handshake.writeMessage(payload: initiatorKey.publicKey.rawBytes)
             return handshake
@@ -113,7 +113,7 @@ enum FuzzTargets {
         let message = Array(data)
         for suite in NoiseSuite.allCases {
             var handshake = NoiseHandshake(
-                responderWith: responderKey, suite: suite, prologue: NoiseLink.prologue(context: SessionContext.visor, suite: suite)
+                responderWith: responderKey, suite: suite, prologue: NoisePrologue.bytes(context: SessionContext.visor, suite: suite)
             )
             guard let payload = try? handshake.readMessage(message) else { continue }
             _ = try? handshake.authenticatedInitiator(payload: payload)

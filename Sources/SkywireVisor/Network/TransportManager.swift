@@ -4,6 +4,7 @@ import NIOCore
 import SkywireCrypto
 import SkywireDiscovery
 import SkywireSession
+import SkywireSupport
 import Synchronization
 
 /// Which paths `skynet start` may use.
@@ -236,33 +237,5 @@ public actor TransportManager {
 /// in the background after a timeout (a direct session that comes up late is still registered
 /// and used by later connections).
 func withTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    let once = ResumeOnce()
-    return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
-        let work = Task {
-            do {
-                let value = try await body()
-                if once.claim() { continuation.resume(returning: value) }
-            } catch {
-                if once.claim() { continuation.resume(throwing: error) }
-            }
-        }
-        Task {
-            try? await Task.sleep(for: limit)
-            if once.claim() {
-                work.cancel()
-                continuation.resume(throwing: SkynetError.timedOut(limit))
-            }
-        }
-    }
-}
-
-/// Lets exactly one of several racers resume a continuation.
-private final class ResumeOnce: Sendable {
-    private let taken = Mutex(false)
-    func claim() -> Bool {
-        taken.withLock { taken in
-            defer { taken = true }
-            return !taken
-        }
-    }
+    try await withDeadline(limit, timeoutError: { SkynetError.timedOut(limit) }, body)
 }

@@ -1,3 +1,4 @@
+import SkywireSupport
 import Logging
 import Synchronization
 
@@ -131,34 +132,6 @@ struct EntryStoreUnavailable: Error, CustomStringConvertible {
 /// gives up: a database client waiting for a pooled connection during an outage may not stop at
 /// once when cancelled. `body` is cancelled and left to finish in the background.
 func withStoreDeadline<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    let once = StoreDeadlineOnce()
-    return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
-        let work = Task {
-            do {
-                let value = try await body()
-                if once.claim() { continuation.resume(returning: value) }
-            } catch {
-                if once.claim() { continuation.resume(throwing: error) }
-            }
-        }
-        Task {
-            try? await Task.sleep(for: limit)
-            if once.claim() {
-                work.cancel()
-                continuation.resume(throwing: EntryStoreUnavailable(limit: limit))
-            }
-        }
-    }
+    try await withDeadline(limit, timeoutError: { EntryStoreUnavailable(limit: limit) }, body)
 }
 
-/// Lets exactly one of the two racers of ``withStoreDeadline(_:_:)`` resume.
-private final class StoreDeadlineOnce: Sendable {
-    private let taken = Mutex(false)
-
-    func claim() -> Bool {
-        self.taken.withLock { taken in
-            defer { taken = true }
-            return !taken
-        }
-    }
-}
