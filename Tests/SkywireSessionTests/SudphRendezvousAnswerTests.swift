@@ -118,4 +118,52 @@ struct SudphRendezvousAnswerTests {
         await endpoint.close()
         for socket in [rendezvous, attacker, target] { await socket.close() }
     }
+
+    /// The rendezvous tells the peer to punch in one datagram per CONNECT. If it is lost, the
+    /// peer's NAT drops every message 1; so while the handshake goes unanswered, the dialer
+    /// repeats CONNECT and the peer is told again (the NAT test with 5 % loss failed on this).
+    @Test func anUnansweredHandshakeAsksTheRendezvousAgain() async throws {
+        let alice = KeyPair.generate()
+        let bob = KeyPair.generate()
+        let rendezvousKey = KeyPair.generate()
+        let rendezvous = try await FakeUDP()
+        let silentPeer = try await FakeUDP()
+        var logger = Logger(label: "sudph-test")
+        logger.logLevel = .critical
+        let endpoint = try await SudphEndpoint.bind(
+            host: "127.0.0.1", port: 0, group: MultiThreadedEventLoopGroup.singleton,
+            settings: SessionSettings(identity: alice), acceptor: RejectAllStreams(), logger: logger,
+            onInboundSession: { _ in }
+        )
+        func connects() -> [UInt64] {
+            rendezvous.received.compactMap { envelope -> UInt64? in
+                if case .connect(_, _, let stamp, _)? = try? RendezvousMessage(decoding: envelope.data) { return stamp }
+                return nil
+            }
+        }
+        let dial = Task { try await endpoint.dial(bob.publicKey, timeout: .seconds(4)) }
+        do {
+            endpoint.setRendezvous(rendezvous.address, key: rendezvousKey.publicKey)
+            #expect(try await rendezvous.waitFor { _ in !connects().isEmpty })
+            let stamp = try #require(connects().last)
+            let peer = RendezvousMessage.peer(key: bob.publicKey, endpoint: silentPeer.address, peerAsked: false, inReplyTo: stamp)
+            try await rendezvous.send(peer.signedAnswer(for: alice.publicKey, by: rendezvousKey).encoded, to: endpoint.localAddress)
+            let isInit: (AddressedEnvelope<ByteBuffer>) -> Bool = { $0.data.getInteger(at: $0.data.readerIndex, as: UInt8.self) == SudphWire.handshakeInit }
+            #expect(try await silentPeer.waitFor { $0.contains(where: isInit) })
+            let before = connects().count
+            let firstInits = silentPeer.received.filter(isInit).count
+            // Unanswered: message 1 is retransmitted and CONNECT goes out again, more than once.
+            #expect(try await rendezvous.waitFor { _ in connects().count >= before + 2 })
+            #expect(silentPeer.received.filter(isInit).count > firstInits)
+            #expect(Set(connects()).count == connects().count, "each CONNECT has a fresh stamp")
+        } catch {
+            await endpoint.close()
+            for socket in [rendezvous, silentPeer] { await socket.close() }
+            throw error
+        }
+        dial.cancel()
+        _ = await dial.result
+        await endpoint.close()
+        for socket in [rendezvous, silentPeer] { await socket.close() }
+    }
 }

@@ -208,6 +208,8 @@ final class SudphCore {
         var retransmit: Scheduled<Void>?
         var deadline: Scheduled<Void>?
         var lastProblem: String?
+        /// Message 1 sends so far: every second one also repeats CONNECT (see ``sendHandshakeInit``).
+        var handshakeSends = 0
         /// Rendezvous that answered CONNECT with an error: the dial fails when all have.
         var refusedBy: Set<SocketAddress> = []
         init(key: PublicKey, localIndex: UInt32) {
@@ -450,6 +452,13 @@ final class SudphCore {
     private func sendHandshakeInit(_ dial: Dial) {
         guard dials[dial.key] === dial, let initiator = dial.initiator, let peer = dial.peer else { return }
         send(SudphWire.encodeHandshakeInit(suite: settings.suite, senderIndex: dial.localIndex, noise: initiator.firstMessage), to: peer)
+        // The rendezvous tells the peer to punch towards us once per CONNECT, in one datagram: if
+        // that one is lost, the peer's NAT keeps dropping our message 1. So while no answer has
+        // come, CONNECT again (every other retransmit): the peer is told again and punches again.
+        dial.handshakeSends += 1
+        if dial.handshakeSends % 2 == 0 {
+            send(.connect(identity: settings.identity, to: dial.key))
+        }
         dial.retransmit = loop.assumeIsolated().scheduleTask(in: Self.handshakeRetransmit) { [weak self] in
             self?.sendHandshakeInit(dial)
         }
