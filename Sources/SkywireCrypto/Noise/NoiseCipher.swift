@@ -1,7 +1,4 @@
-import Crypto
-import Foundation
 import NIOCore
-import NIOFoundationCompat
 
 /// One direction of an established Noise session (a transport CipherState): a key and a nonce
 /// counter. A class because the counter must never be copied: two copies would reuse nonces.
@@ -21,10 +18,9 @@ public final class NoiseCipher {
     public private(set) var nonce: UInt64
 
     let aead: NoiseAEAD
-    private static let noAssociatedData = [UInt8]()
 
     init(suite: NoiseSuite, key: [UInt8], nonce: UInt64 = 0) {
-        self.aead = NoiseAEAD(suite: suite, key: SymmetricKey(data: key))
+        self.aead = NoiseAEAD(suite: suite, key: key)
         self.nonce = nonce
     }
 
@@ -36,11 +32,8 @@ public final class NoiseCipher {
         }
         // 2^64-1 is reserved by the spec; stop before it rather than wrap around.
         guard nonce < UInt64.max else { throw NoiseError(.nonceExhausted, "") }
-        let sealed = try aead.seal(nonce: nonce, authenticating: Self.noAssociatedData, plaintext)
+        try aead.seal(nonce: nonce, authenticating: UnsafeRawBufferPointer(start: nil, count: 0), plaintext, appendingTo: &out)
         nonce += 1
-        out.reserveCapacity(minimumWritableBytes: sealed.ciphertext.count + Self.tagSize)
-        out.writeContiguousBytes(sealed.ciphertext)
-        out.writeContiguousBytes(sealed.tag)
     }
 
     /// Encrypts the bytes of a `ByteBuffer` view; as the `UnsafeRawBufferPointer` overload.
@@ -62,9 +55,8 @@ public final class NoiseCipher {
             throw NoiseError(.messageTooLarge, "ciphertext of \(ciphertext.count) bytes")
         }
         guard nonce < UInt64.max else { throw NoiseError(.nonceExhausted, "") }
-        let plaintext = try aead.open(nonce: nonce, authenticating: Self.noAssociatedData, ciphertext)
+        try aead.open(nonce: nonce, authenticating: UnsafeRawBufferPointer(start: nil, count: 0), ciphertext, appendingTo: &out)
         nonce += 1
-        out.writeContiguousBytes(plaintext)
     }
 
     /// Decrypts the bytes of a `ByteBuffer` view; as the `UnsafeRawBufferPointer` overload.

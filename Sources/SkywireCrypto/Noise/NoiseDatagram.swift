@@ -103,20 +103,21 @@ public final class NoiseDatagramKeys: Sendable {
     /// Appends `plaintext` sealed under `packetNumber`, authenticating `header` too (the datagram
     /// bytes before the ciphertext, which travel in clear), to `out`.
     public func seal(packetNumber: UInt64, header: [UInt8], plaintext: ByteBufferView, into out: inout ByteBuffer) throws {
-        let sealed = try plaintext.withUnsafeBytes { bytes in
-            try self.send.seal(nonce: packetNumber, authenticating: header, bytes)
+        try header.withUnsafeBytes { header in
+            try plaintext.withUnsafeBytes { bytes in
+                try self.send.seal(nonce: packetNumber, authenticating: header, bytes, appendingTo: &out)
+            }
         }
-        out.writeContiguousBytes(sealed.ciphertext)
-        out.writeContiguousBytes(sealed.tag)
     }
 
     /// Authenticates and decrypts `ciphertext` (with its tag) sealed under `packetNumber` with
     /// `header`; appends the plaintext to `out`. Throws `.decryptionFailed` for anything forged.
     public func open(packetNumber: UInt64, header: [UInt8], ciphertext: ByteBufferView, into out: inout ByteBuffer) throws {
-        let plaintext = try ciphertext.withUnsafeBytes { bytes in
-            try self.receive.open(nonce: packetNumber, authenticating: header, bytes)
+        try header.withUnsafeBytes { header in
+            try ciphertext.withUnsafeBytes { bytes in
+                try self.receive.open(nonce: packetNumber, authenticating: header, bytes, appendingTo: &out)
+            }
         }
-        out.writeContiguousBytes(plaintext)
     }
 }
 

@@ -33,15 +33,14 @@ struct NoiseSymmetricState {
     mutating func mixKey(_ inputKeyMaterial: some ContiguousBytes) {
         let (chainingKey, key) = hkdf(inputKeyMaterial)
         self.chainingKey = chainingKey
-        self.aead = NoiseAEAD(suite: suite, key: SymmetricKey(data: key))
+        self.aead = NoiseAEAD(suite: suite, key: key)
         self.nonce = 0
     }
 
     mutating func encryptAndHash(_ plaintext: [UInt8]) throws -> [UInt8] {
         var ciphertext = plaintext
         if let aead {
-            let sealed = try aead.seal(nonce: nonce, authenticating: hash, plaintext)
-            ciphertext = Array(sealed.ciphertext) + Array(sealed.tag)
+            ciphertext = try aead.seal(nonce: nonce, authenticating: hash, plaintext)
             nonce += 1
         }
         mixHash(ciphertext)
@@ -51,7 +50,7 @@ struct NoiseSymmetricState {
     mutating func decryptAndHash(_ ciphertext: ArraySlice<UInt8>) throws -> [UInt8] {
         var plaintext = Array(ciphertext)
         if let aead {
-            plaintext = Array(try ciphertext.withUnsafeBytes { try aead.open(nonce: nonce, authenticating: hash, $0) })
+            plaintext = try ciphertext.withUnsafeBytes { try aead.open(nonce: nonce, authenticating: hash, $0) }
             nonce += 1
         }
         mixHash(ciphertext)
