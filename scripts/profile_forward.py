@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """perf record -g of both visors (and the relay, for a relayed forward) during one iperf3 bulk run
-through a raw-TCP forward: stcpr (`skynet`, the default) or the relay (`dmsg`).
-Usage: SKYWIRE_BIN=... python3 scripts/profile_forward.py OUT_PREFIX [BYTES] [skynet|dmsg] [metrics]
+through a raw-TCP forward: stcpr (`skynet`, the default) or the relay (`dmsg`); or, with BYTES
+`ping`, during 1-byte ping-pongs on one connection to an echo server (the RTT workload of bench.py).
+Usage: SKYWIRE_BIN=... python3 scripts/profile_forward.py OUT_PREFIX [BYTES|ping] [skynet|dmsg] [metrics]
 (`metrics`: the visors run with --metrics 127.0.0.1:0, to look for any cost of metrics on the data path)
 (root, needs perf and iperf3)
 Every process it starts is ended by PID; traffic stays on 127.0.0.1."""
@@ -18,7 +19,12 @@ extra = ("--metrics", "127.0.0.1:0") if len(sys.argv) > 4 and sys.argv[4] == "me
 procs = bench.Procs(); net = harness.Network()
 try:
     port = harness.free_port()
-    procs.start("iperf3", ["iperf3", "-s", "-B", "127.0.0.1", "-p", str(port)])
+    ping = nbytes == "ping"
+    if ping:
+        echo = procs.start("echo server", [sys.executable, "-c", bench.ECHO_SERVER], stdout=subprocess.PIPE, text=True)
+        port = int(echo.stdout.readline().strip())
+    else:
+        procs.start("iperf3", ["iperf3", "-s", "-B", "127.0.0.1", "-p", str(port)])
     time.sleep(0.5)
     net.start_discovery(); relay = net.start_relay()
     a = net.start_visor("visor-a", bench.gen_stcpr_config(net, "visor-a"), extra=extra)
@@ -26,7 +32,8 @@ try:
     a.ok("skynet", "srv", "start", "--ports", str(port))
     f = bench.start_forward(b, a.pk, port, "prof", network, attempts=3)
     print("transport", f.get("transport"), flush=True)
-    bench.bulk(f["local_port"], "256M")  # warm-up
+    if not ping:
+        bench.bulk(f["local_port"], "256M")  # warm-up
     pids = [a.proc.pid, b.proc.pid] + ([relay.pid] if network == "dmsg" else [])
     perf = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-o", f"{out}.data",
                              "-p", ",".join(str(p) for p in pids)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -35,8 +42,12 @@ try:
     if network == "dmsg":
         groups["relay"] = [relay.pid]
     before = bench.cpu_snapshot(groups)
-    gbps, n = bench.bulk_bytes(f["local_port"], nbytes)
-    print(f"{gbps:.2f} Gbit/s, CPU-s/GB {bench.cpu_per_gb(before, bench.cpu_snapshot(groups), n)}", flush=True)
+    if ping:
+        r = bench.rtt(f["local_port"], 20000)
+        print(f"RTT median {r['median']:.1f} us, p99 {r['p99']:.1f} us over {r['count']} pings", flush=True)
+    else:
+        gbps, n = bench.bulk_bytes(f["local_port"], nbytes)
+        print(f"{gbps:.2f} Gbit/s, CPU-s/GB {bench.cpu_per_gb(before, bench.cpu_snapshot(groups), n)}", flush=True)
     perf.send_signal(2); perf.wait(60)
 finally:
     procs.stop_all(); net.close()
