@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """perf record -g of both visors (and the relay, for a relayed forward) during one iperf3 bulk run
 through a raw-TCP forward: stcpr (`skynet`, the default) or the relay (`dmsg`); or, with BYTES
-`ping`, during 1-byte ping-pongs on one connection to an echo server (the RTT workload of bench.py).
-Usage: SKYWIRE_BIN=... python3 scripts/profile_forward.py OUT_PREFIX [BYTES|ping] [skynet|dmsg] [metrics]
+`ping`, during 1-byte ping-pongs on one connection to an echo server (the RTT workload of bench.py);
+with `http` or `http-raw`, during 10 s of wrk (-t2 -c32, keep-alive) against nginx through an
+HTTP-mode (or raw-TCP) forward (bench.py's HTTP section).
+Usage: SKYWIRE_BIN=... python3 scripts/profile_forward.py OUT_PREFIX [BYTES|ping|http|http-raw] [skynet|dmsg] [metrics]
 (`metrics`: the visors run with --metrics 127.0.0.1:0, to look for any cost of metrics on the data path)
 (root, needs perf and iperf3)
 Every process it starts is ended by PID; traffic stays on 127.0.0.1."""
@@ -20,7 +22,12 @@ procs = bench.Procs(); net = harness.Network()
 try:
     port = harness.free_port()
     ping = nbytes == "ping"
-    if ping:
+    http = nbytes in ("http", "http-raw")
+    if http:
+        import tempfile
+        tmp = Path(tempfile.mkdtemp(prefix="skywire-prof-"))
+        port, _ = bench.start_nginx(tmp, procs)
+    elif ping:
         echo = procs.start("echo server", [sys.executable, "-c", bench.ECHO_SERVER], stdout=subprocess.PIPE, text=True)
         port = int(echo.stdout.readline().strip())
     else:
@@ -30,9 +37,14 @@ try:
     a = net.start_visor("visor-a", bench.gen_stcpr_config(net, "visor-a"), extra=extra)
     b = net.start_visor("visor-b", bench.gen_stcpr_config(net, "visor-b"), extra=extra)
     a.ok("skynet", "srv", "start", "--ports", str(port))
-    f = bench.start_forward(b, a.pk, port, "prof", network, attempts=3)
+    if http:
+        f = b.json("skynet", "start", "--pk", a.pk, "--remote", str(port), "--local", "0", f"--{network}", "--name", "prof",
+                   *(("--raw-tcp",) if nbytes == "http-raw" else ()))
+        bench.check_http(f["local_port"])
+    else:
+        f = bench.start_forward(b, a.pk, port, "prof", network, attempts=3)
     print("transport", f.get("transport"), flush=True)
-    if not ping:
+    if not ping and not http:
         bench.bulk(f["local_port"], "256M")  # warm-up
     pids = [a.proc.pid, b.proc.pid] + ([relay.pid] if network == "dmsg" else [])
     perf = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-o", f"{out}.data",
@@ -42,7 +54,10 @@ try:
     if network == "dmsg":
         groups["relay"] = [relay.pid]
     before = bench.cpu_snapshot(groups)
-    if ping:
+    if http:
+        r = bench.run_wrk(f["local_port"], [], 10, 2, 32)
+        print(f"{r['rps']:,.0f} req/s, p50 {r['p50']} ms, p99 {r['p99']} ms, errors {r['errors']}", flush=True)
+    elif ping:
         r = bench.rtt(f["local_port"], 20000)
         print(f"RTT median {r['median']:.1f} us, p99 {r['p99']:.1f} us over {r['count']} pings", flush=True)
     else:

@@ -297,7 +297,7 @@ extension MuxChildChannel: Channel, ChannelCore {
         self.flushedBytes = self.unsentBytes
         if self.hasSendableFrame {
             self.handler.requestSend(self)
-            self.handler.flushIfIdle()
+            self.handler.flushSoon()
         }
     }
 

@@ -91,6 +91,8 @@ public final class MuxHandler: ChannelDuplexHandler {
     private var processingInbound = false
     private var flushing = false
     private var flushAgain = false
+    /// A flush for the streams' flushes is queued on the loop (see ``flushSoon``).
+    private var flushQueued = false
 
     /// Control output written while the parent was not writable; past the limit reads stop.
     private static let unwritableOutputLimit = 256 * 1024
@@ -419,6 +421,19 @@ public final class MuxHandler: ChannelDuplexHandler {
     func flushIfIdle() {
         guard !self.inReadBatch else { return }
         self.flushOut()
+    }
+
+    /// A stream's flush outside a read batch: written at the end of this turn of the event loop,
+    /// so that the flushes of every stream served in the same turn (each of its own socket's
+    /// read batch, or its own task) leave as one parent write and one sealed batch instead of
+    /// one syscall each.
+    func flushSoon() {
+        guard !self.inReadBatch, !self.flushQueued, let context = self.context else { return }
+        self.flushQueued = true
+        context.eventLoop.assumeIsolated().execute {
+            self.flushQueued = false
+            self.flushIfIdle()
+        }
     }
 
     // MARK: - Output

@@ -388,6 +388,37 @@ struct MuxHandlerTests {
         #expect(counter.flushes == 1)
     }
 
+    @Test("streams flushed in one turn of the loop leave in one parent write and one flush")
+    func streamFlushesCoalescePerLoopTurn() throws {
+        let pair = try MuxPair()
+        pair.acceptAllOnB()
+        var futures: [EventLoopFuture<MuxChildChannel>] = []
+        for _ in 0..<5 { futures.append(pair.openFromA().0) }
+        try pair.shuttle()
+        let channels = try futures.map { try $0.wait() }
+        let counter = FlushCounter()
+        try pair.a.pipeline.syncOperations.addHandler(counter, position: .first)
+        // Five streams write and flush outside any read batch (as five sockets' read batches or
+        // five tasks would): nothing is written until the loop runs its queued work…
+        for (index, channel) in channels.enumerated() {
+            channel.writeAndFlush(ByteBuffer(string: "stream \(index)"), promise: nil)
+        }
+        #expect(try pair.a.readOutbound(as: ByteBuffer.self) == nil)
+        #expect(counter.flushes == 0)
+        // …then one flush carries the five DATA frames in one buffer.
+        pair.loop.run()
+        #expect(counter.flushes == 1)
+        let written = try #require(try pair.a.readOutbound(as: ByteBuffer.self))
+        #expect(try pair.a.readOutbound(as: ByteBuffer.self) == nil)
+        for index in 0..<5 {
+            #expect(String(buffer: written).contains("stream \(index)"))
+        }
+        // And each arrives on its own stream.
+        try pair.deliverForTesting(written, to: pair.b)
+        try pair.shuttle()
+        #expect(pair.recordersB.map(\.text) == (0..<5).map { "stream \($0)" })
+    }
+
     @Test("both sides open at once and move 4 MiB each way, byte-exact, then close in order")
     func concurrentBulk() throws {
         let pair = try MuxPair()
