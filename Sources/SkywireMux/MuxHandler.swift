@@ -638,7 +638,10 @@ public final class MuxHandler: ChannelDuplexHandler {
         guard let context = self.context else { return }
         guard self.streams.count < self.configuration.maxStreams else {
             // Early data that follows is for a stream that never existed here: dropped as stale.
-            self.writeReject(streamID: id, code: MuxErrorCode.tooManyStreams, message: MuxError.tooManyStreams.description)
+            self.writeReject(
+                streamID: id, code: MuxErrorCode.tooManyStreams,
+                message: "\(MuxError.tooManyStreams.description): the receiver has its limit of \(self.configuration.maxStreams) open"
+            )
             return
         }
         let child = MuxChildChannel(

@@ -46,7 +46,8 @@ public final class Visor: Service, Sendable {
         self.logger = logger
         self.onReady = onReady
         self.discovery = DiscoveryClient(baseURLs: config.discovery)
-        let settings = SessionSettings(identity: self.identity)
+        var settings = SessionSettings(identity: self.identity)
+        settings.mux.maxStreams = config.maxStreams
         self.dmsg = DmsgNetwork(
             discovery: self.discovery, group: group, settings: settings,
             sessions: config.dmsg.sessions, preferred: config.dmsg.relays, logger: logger

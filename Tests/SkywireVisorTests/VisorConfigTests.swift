@@ -55,3 +55,46 @@ struct VisorConfigDiscoveryTests {
         #expect(try JSONDecoder().decode(VisorConfig.self, from: JSONEncoder().encode(config)) == config)
     }
 }
+
+@Suite("Visor config: max_streams")
+struct VisorConfigMaxStreamsTests {
+    private func load(_ extra: String) throws -> VisorConfig {
+        let generated = VisorConfig.generate(stateDir: "state")
+        let text = """
+            {"version": 1, "public_key": "\(generated.publicKey.hex)", "secret_key": "\(generated.secretKey)",
+             "discovery": "http://127.0.0.1:9090", "rpc": "127.0.0.1:0", "state_dir": "state"\(extra)}
+            """
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("skywire-config-\(UUID().uuidString).json").path
+        try Data(text.utf8).write(to: URL(fileURLWithPath: path))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        return try VisorConfig.load(path: path)
+    }
+
+    @Test func absentMeansTheDefaultAndAValueIsKept() throws {
+        #expect(try load("").maxStreams == VisorConfig.defaultMaxStreams)
+        #expect(VisorConfig.defaultMaxStreams >= 10_000)
+        #expect(try load(#", "max_streams": 20000"#).maxStreams == 20_000)
+    }
+
+    @Test func outOfRangeIsRefusedWithTheField() throws {
+        for value in ["0", "-5", "2000000"] {
+            do {
+                _ = try load(", \"max_streams\": \(value)")
+                Issue.record("max_streams \(value) loaded")
+            } catch let error as ConfigError {
+                #expect(error.description.contains("max_streams must be between 1 and 1048576, not \(value)"), "\(error)")
+            }
+        }
+    }
+
+    /// Written only when not the default, so generated files stay as before.
+    @Test func writtenOnlyWhenSet() throws {
+        var config = VisorConfig.generate(stateDir: "state")
+        var json = try JSONSerialization.jsonObject(with: JSONEncoder().encode(config)) as? [String: Any]
+        #expect(json?["max_streams"] == nil)
+        config.maxStreams = 3
+        json = try JSONSerialization.jsonObject(with: JSONEncoder().encode(config)) as? [String: Any]
+        #expect(json?["max_streams"] as? Int == 3)
+        #expect(try JSONDecoder().decode(VisorConfig.self, from: JSONEncoder().encode(config)) == config)
+    }
+}

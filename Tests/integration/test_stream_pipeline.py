@@ -4,6 +4,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -160,3 +161,66 @@ def test_ten_thousand_connections_through_one_forward(net):
     assert result["open_at_once"] == count
     # Generous bound (the goal is 64 KiB, measured ~6 KiB): catches a per-stream window buffer.
     assert result["per_conn_a"] <= 256 * 1024 and result["per_conn_b"] <= 256 * 1024, result
+
+
+def test_max_streams_from_the_config_limits_a_session(net):
+    """`max_streams` in the server visor's config: a connection beyond it is refused (the client
+    sees its connection end, status says why), the open ones are undisturbed, and a new one works
+    once one has closed."""
+    backend = TCPServer(echo_handler)
+    held = []
+    try:
+        a_config = net.gen_config("streams-a", "--stcpr", "127.0.0.1:0")
+        doc = json.loads(a_config.read_text())
+        doc["max_streams"] = 2
+        a_config.write_text(json.dumps(doc))
+        a = net.start_visor("streams-a", config=a_config)
+        b = net.start_visor("streams-b", stcpr=True)
+        a.ok("skynet", "srv", "start", "--ports", str(backend.port))
+        info = b.json("skynet", "start", "--pk", a.pk, "--remote", str(backend.port), "--local", "0", "--raw-tcp", "--skynet")
+
+        def echo_once(s: socket.socket, text: bytes) -> bytes:
+            s.sendall(text)
+            got = b""
+            while len(got) < len(text):
+                chunk = s.recv(100)
+                if not chunk:
+                    break
+                got += chunk
+            return got
+
+        for i in range(2):
+            s = socket.create_connection(("127.0.0.1", info["local_port"]), timeout=30)
+            held.append(s)
+            assert echo_once(s, b"held %d" % i) == b"held %d" % i
+        # The third is refused by the server visor: the client's connection ends without echo.
+        s = socket.create_connection(("127.0.0.1", info["local_port"]), timeout=30)
+        try:
+            assert echo_once(s, b"one too many") == b""
+        except ConnectionResetError:
+            pass
+        s.close()
+        status = b.json("skynet", "status", info["name"])[0]
+        assert status["state"] == "running", status
+        assert "too many mux streams: the receiver has its limit of 2 open" in (status.get("last_error") or ""), status
+        # The two held connections still echo.
+        for i, s in enumerate(held):
+            assert echo_once(s, b"still %d" % i) == b"still %d" % i
+        # One closes: a new connection gets its slot.
+        held.pop().close()
+        deadline = time.monotonic() + 10
+        while True:
+            s = socket.create_connection(("127.0.0.1", info["local_port"]), timeout=30)
+            try:
+                if echo_once(s, b"fits again") == b"fits again":
+                    break
+            except ConnectionResetError:
+                pass
+            finally:
+                s.close()
+            assert time.monotonic() < deadline, "no slot freed within 10 s after a connection closed"
+            time.sleep(0.2)
+    finally:
+        for s in held:
+            s.close()
+        backend.close()

@@ -35,6 +35,11 @@ public struct VisorConfig: Codable, Sendable, Equatable {
     public var transportIdleTimeout: Int
     /// Exposed ports and forwards declared here (started with the visor, applied by `reload`).
     public var skynet: SkynetConfig?
+    /// Streams (connections, probes, UDP flows) one session may have open at once, each way:
+    /// an OPEN beyond it is refused with "too many streams" (`max_streams`; absent = the default).
+    public var maxStreams: Int
+    public static let defaultMaxStreams = 16_384
+    public static let maxStreamsRange = 1...1_048_576
 
     /// One `tp add`.
     public struct PersistentTransport: Codable, Sendable, Equatable, Hashable {
@@ -67,7 +72,7 @@ public struct VisorConfig: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case version, publicKey = "public_key", secretKey = "secret_key", discovery, rpc
         case stateDir = "state_dir", dmsg, stcpr, sudph, stcp, transports
-        case transportIdleTimeout = "transport_idle_timeout", skynet
+        case transportIdleTimeout = "transport_idle_timeout", skynet, maxStreams = "max_streams"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -89,6 +94,7 @@ public struct VisorConfig: Codable, Sendable, Equatable {
         self.transports = try c.decodeIfPresent([PersistentTransport].self, forKey: .transports) ?? []
         self.transportIdleTimeout = try c.decodeIfPresent(Int.self, forKey: .transportIdleTimeout) ?? 300
         self.skynet = try c.decodeIfPresent(SkynetConfig.self, forKey: .skynet)
+        self.maxStreams = try c.decodeIfPresent(Int.self, forKey: .maxStreams) ?? Self.defaultMaxStreams
     }
 
     /// Writes `discovery` as one string when it holds one URL, so files stay readable by
@@ -111,13 +117,18 @@ public struct VisorConfig: Codable, Sendable, Equatable {
         try c.encode(self.stcp, forKey: .stcp)
         try c.encode(self.transports, forKey: .transports)
         try c.encode(self.transportIdleTimeout, forKey: .transportIdleTimeout)
+        if self.maxStreams != Self.defaultMaxStreams {
+            try c.encode(self.maxStreams, forKey: .maxStreams)
+        }
     }
 
     public init(
         version: Int, publicKey: PublicKey, secretKey: String, discovery: [String], rpc: String,
         stateDir: String, dmsg: DmsgConfig, stcpr: String?, sudph: String?,
-        stcp: [String: String] = [:], transports: [PersistentTransport] = [], transportIdleTimeout: Int = 300
+        stcp: [String: String] = [:], transports: [PersistentTransport] = [], transportIdleTimeout: Int = 300,
+        maxStreams: Int = VisorConfig.defaultMaxStreams
     ) {
+        self.maxStreams = maxStreams
         self.version = version
         self.publicKey = publicKey
         self.secretKey = secretKey
@@ -201,6 +212,9 @@ public struct VisorConfig: Codable, Sendable, Equatable {
         }
         for transport in config.transports where TransportKind(rawValue: transport.type) == nil {
             throw ConfigError("invalid config \(path): transports: unknown type \"\(transport.type)\"")
+        }
+        guard Self.maxStreamsRange.contains(config.maxStreams) else {
+            throw ConfigError("invalid config \(path): max_streams must be between \(Self.maxStreamsRange.lowerBound) and \(Self.maxStreamsRange.upperBound), not \(config.maxStreams)")
         }
         guard config.transportIdleTimeout >= 1 else {
             throw ConfigError("invalid config \(path): transport_idle_timeout must be at least 1 second")
