@@ -63,6 +63,17 @@ private final class Inbox: ChannelInboundHandler, Sendable {
 /// its own recent requests.
 @Suite("Sudph rendezvous answers")
 struct SudphRendezvousAnswerTests {
+    /// A quiet sudph endpoint of `identity` on 127.0.0.1 that refuses every stream.
+    static func endpoint(_ identity: KeyPair) async throws -> SudphEndpoint {
+        var logger = Logger(label: "sudph-test")
+        logger.logLevel = .critical
+        return try await SudphEndpoint.bind(
+            host: "127.0.0.1", port: 0, group: MultiThreadedEventLoopGroup.singleton,
+            settings: SessionSettings(identity: identity), acceptor: RejectAllStreams(), logger: logger,
+            onInboundSession: { _ in }
+        )
+    }
+
     @Test func onlySignedAnswersToOurRequestsSteerTheDial() async throws {
         let alice = KeyPair.generate()
         let bob = KeyPair.generate()
@@ -71,13 +82,7 @@ struct SudphRendezvousAnswerTests {
         let rendezvous = try await FakeUDP()
         let attacker = try await FakeUDP()
         let target = try await FakeUDP()
-        var logger = Logger(label: "sudph-test")
-        logger.logLevel = .critical
-        let endpoint = try await SudphEndpoint.bind(
-            host: "127.0.0.1", port: 0, group: MultiThreadedEventLoopGroup.singleton,
-            settings: SessionSettings(identity: alice), acceptor: RejectAllStreams(), logger: logger,
-            onInboundSession: { _ in }
-        )
+        let endpoint = try await Self.endpoint(alice)
         let dial = Task { try await endpoint.dial(bob.publicKey, timeout: .seconds(4)) }
         do {
             endpoint.setRendezvous(rendezvous.address, key: rendezvousKey.publicKey)
@@ -128,13 +133,7 @@ struct SudphRendezvousAnswerTests {
         let rendezvousKey = KeyPair.generate()
         let rendezvous = try await FakeUDP()
         let silentPeer = try await FakeUDP()
-        var logger = Logger(label: "sudph-test")
-        logger.logLevel = .critical
-        let endpoint = try await SudphEndpoint.bind(
-            host: "127.0.0.1", port: 0, group: MultiThreadedEventLoopGroup.singleton,
-            settings: SessionSettings(identity: alice), acceptor: RejectAllStreams(), logger: logger,
-            onInboundSession: { _ in }
-        )
+        let endpoint = try await Self.endpoint(alice)
         func connects() -> [UInt64] {
             rendezvous.received.compactMap { envelope -> UInt64? in
                 if case .connect(_, _, let stamp, _)? = try? RendezvousMessage(decoding: envelope.data) { return stamp }

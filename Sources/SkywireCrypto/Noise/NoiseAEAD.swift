@@ -58,18 +58,7 @@ final class NoiseAEAD: @unchecked Sendable {
         into out: UnsafeMutableRawBufferPointer
     ) throws -> Int {
         precondition(out.count >= plaintext.count + Self.tagSize)
-        var written = 0
-        let rc = Self.withNonce(nonce, bigEndian: self.suite == .aesGCM) { nonce in
-            CCryptoBoringSSL_EVP_AEAD_CTX_seal(
-                self.context,
-                out.baseAddress?.assumingMemoryBound(to: UInt8.self), &written, out.count,
-                nonce, Self.nonceSize,
-                plaintext.baseAddress?.assumingMemoryBound(to: UInt8.self), plaintext.count,
-                ad.baseAddress?.assumingMemoryBound(to: UInt8.self), ad.count
-            )
-        }
-        guard rc == 1 else {
-            CCryptoBoringSSL_ERR_clear_error()
+        guard let written = self.run(CCryptoBoringSSL_EVP_AEAD_CTX_seal, nonce: nonce, ad: ad, input: plaintext, out: out) else {
             throw NoiseError(.messageTooLarge, "the AEAD refused to seal \(plaintext.count) bytes")
         }
         return written
@@ -88,20 +77,37 @@ final class NoiseAEAD: @unchecked Sendable {
             throw NoiseError(.decryptionFailed, "message of \(sealed.count) bytes is shorter than the tag")
         }
         precondition(out.count >= sealed.count - Self.tagSize)
+        guard let written = self.run(CCryptoBoringSSL_EVP_AEAD_CTX_open, nonce: nonce, ad: ad, input: sealed, out: out) else {
+            throw NoiseError(.decryptionFailed, "authentication tag mismatch")
+        }
+        return written
+    }
+
+    /// BoringSSL's seal and open share one signature: `(ctx, out, out_len, max_out_len, nonce,
+    /// nonce_len, in, in_len, ad, ad_len) -> 1 or 0`. The count written, or `nil` when it failed
+    /// (a forged or damaged message when opening); the error BoringSSL queued on this thread for
+    /// it is dropped, so a flood of forgeries leaves nothing behind.
+    private func run(
+        _ operation: (UnsafePointer<EVP_AEAD_CTX>?, UnsafeMutablePointer<UInt8>?, UnsafeMutablePointer<Int>?, Int,
+                      UnsafePointer<UInt8>?, Int, UnsafePointer<UInt8>?, Int, UnsafePointer<UInt8>?, Int) -> Int32,
+        nonce: UInt64,
+        ad: UnsafeRawBufferPointer,
+        input: UnsafeRawBufferPointer,
+        out: UnsafeMutableRawBufferPointer
+    ) -> Int? {
         var written = 0
         let rc = Self.withNonce(nonce, bigEndian: self.suite == .aesGCM) { nonce in
-            CCryptoBoringSSL_EVP_AEAD_CTX_open(
+            operation(
                 self.context,
                 out.baseAddress?.assumingMemoryBound(to: UInt8.self), &written, out.count,
                 nonce, Self.nonceSize,
-                sealed.baseAddress?.assumingMemoryBound(to: UInt8.self), sealed.count,
+                input.baseAddress?.assumingMemoryBound(to: UInt8.self), input.count,
                 ad.baseAddress?.assumingMemoryBound(to: UInt8.self), ad.count
             )
         }
         guard rc == 1 else {
-            // A forged or damaged message: BoringSSL queued an error on this thread; drop it.
             CCryptoBoringSSL_ERR_clear_error()
-            throw NoiseError(.decryptionFailed, "authentication tag mismatch")
+            return nil
         }
         return written
     }
