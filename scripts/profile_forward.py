@@ -19,6 +19,7 @@ if network not in ("skynet", "dmsg"):
     sys.exit("network: skynet or dmsg")
 extra = ("--metrics", "127.0.0.1:0") if len(sys.argv) > 4 and sys.argv[4] == "metrics" else ()
 procs = bench.Procs(); net = harness.Network()
+tmp = None
 try:
     port = harness.free_port()
     ping = nbytes == "ping"
@@ -66,3 +67,5 @@ try:
     perf.send_signal(2); perf.wait(60)
 finally:
     procs.stop_all(); net.close()
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
