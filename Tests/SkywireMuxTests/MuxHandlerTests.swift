@@ -414,7 +414,7 @@ struct MuxHandlerTests {
             #expect(String(buffer: written).contains("stream \(index)"))
         }
         // And each arrives on its own stream.
-        try pair.deliverForTesting(written, to: pair.b)
+        try pair.deliver(written, to: pair.b)
         try pair.shuttle()
         #expect(pair.recordersB.map(\.text) == (0..<5).map { "stream \($0)" })
     }

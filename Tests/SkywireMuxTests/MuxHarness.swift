@@ -64,12 +64,8 @@ final class MuxPair {
         Issue.record("shuttle did not settle")
     }
 
-    /// Delivers bytes a test took from one side's outbound to `channel`.
-    func deliverForTesting(_ bytes: ByteBuffer, to channel: EmbeddedChannel) throws {
-        try self.deliver(bytes, to: channel)
-    }
-
-    private func deliver(_ bytes: ByteBuffer, to channel: EmbeddedChannel) throws {
+    /// Delivers bytes (one side's outbound) to `channel`, in chunks if ``chunkSize`` is set.
+    func deliver(_ bytes: ByteBuffer, to channel: EmbeddedChannel) throws {
         guard channel.isActive else { return }
         guard let size = self.chunkSize else {
             try channel.writeInbound(bytes)

@@ -73,10 +73,8 @@ final class NoiseAEAD: @unchecked Sendable {
         _ sealed: UnsafeRawBufferPointer,
         into out: UnsafeMutableRawBufferPointer
     ) throws -> Int {
-        guard sealed.count >= Self.tagSize else {
-            throw NoiseError(.decryptionFailed, "message of \(sealed.count) bytes is shorter than the tag")
-        }
-        precondition(out.count >= sealed.count - Self.tagSize)
+        let room = try Self.plaintextCount(sealed.count)
+        precondition(out.count >= room)
         guard let written = self.run(CCryptoBoringSSL_EVP_AEAD_CTX_open, nonce: nonce, ad: ad, input: sealed, out: out) else {
             throw NoiseError(.decryptionFailed, "authentication tag mismatch")
         }
@@ -121,10 +119,7 @@ final class NoiseAEAD: @unchecked Sendable {
 
     /// Appends the plaintext of `sealed` to `buffer`; nothing is appended if it throws.
     func open(nonce: UInt64, authenticating ad: UnsafeRawBufferPointer, _ sealed: UnsafeRawBufferPointer, appendingTo buffer: inout ByteBuffer) throws {
-        guard sealed.count >= Self.tagSize else {
-            throw NoiseError(.decryptionFailed, "message of \(sealed.count) bytes is shorter than the tag")
-        }
-        try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: sealed.count - Self.tagSize) { out in
+        try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: try Self.plaintextCount(sealed.count)) { out in
             try self.open(nonce: nonce, authenticating: ad, sealed, into: out)
         }
     }
@@ -143,15 +138,21 @@ final class NoiseAEAD: @unchecked Sendable {
 
     /// Opens into a new array (the handshake's small messages).
     func open(nonce: UInt64, authenticating ad: [UInt8], _ sealed: UnsafeRawBufferPointer) throws -> [UInt8] {
-        guard sealed.count >= Self.tagSize else {
-            throw NoiseError(.decryptionFailed, "message of \(sealed.count) bytes is shorter than the tag")
-        }
-        return try [UInt8](unsafeUninitializedCapacity: sealed.count - Self.tagSize) { out, count in
+        return try [UInt8](unsafeUninitializedCapacity: try Self.plaintextCount(sealed.count)) { out, count in
             count = 0
             count = try ad.withUnsafeBytes { ad in
                 try self.open(nonce: nonce, authenticating: ad, sealed, into: UnsafeMutableRawBufferPointer(out))
             }
         }
+    }
+
+    /// The plaintext length of a sealed message of `sealedCount` bytes; a message shorter than
+    /// the tag is refused as undecryptable before any buffer is sized for it.
+    private static func plaintextCount(_ sealedCount: Int) throws -> Int {
+        guard sealedCount >= Self.tagSize else {
+            throw NoiseError(.decryptionFailed, "message of \(sealedCount) bytes is shorter than the tag")
+        }
+        return sealedCount - Self.tagSize
     }
 
     /// The 12 nonce bytes, on the stack (this runs once per frame).
