@@ -152,8 +152,9 @@ struct BackendPoolTests {
 
     @Test func connectionsAreKeptPerRemoteKey() {
         var pool = IdlePool<BackendPoolKey, Item>(limitPerKey: 2)
-        let alice = BackendPoolKey(remoteKey: "aa", port: 8080)
-        let bob = BackendPoolKey(remoteKey: "bb", port: 8080)
+        let loop = ObjectIdentifier(Item.self)
+        let alice = BackendPoolKey(remoteKey: "aa", port: 8080, loop: loop)
+        let bob = BackendPoolKey(remoteKey: "bb", port: 8080, loop: loop)
         var kept = [pool.checkin(Item("a1"), for: alice), pool.checkin(Item("a2"), for: alice)]
         #expect(kept == [true, true])
         let full = pool.checkin(Item("a3"), for: alice)
@@ -161,7 +162,7 @@ struct BackendPoolTests {
         // Another remote key never gets alice's connection, even to the same backend port.
         let forBob = pool.checkout(bob) { $0.open }.0
         #expect(forBob == nil)
-        let otherPort = pool.checkout(BackendPoolKey(remoteKey: "aa", port: 8081)) { $0.open }.0
+        let otherPort = pool.checkout(BackendPoolKey(remoteKey: "aa", port: 8081, loop: loop)) { $0.open }.0
         #expect(otherPort == nil)
         let stale = Item("b1")
         stale.open = false

@@ -1,7 +1,6 @@
-import HTTPTypes
 import NIOCore
 import NIOEmbedded
-import NIOHTTPTypes
+import NIOHTTP1
 import Testing
 
 @testable import SkywireVisor
@@ -27,12 +26,12 @@ struct RequestHeadTimeoutTests {
 
     @Test func aCompleteHeadStopsTheClockUntilTheAnswerEnds() throws {
         let channel = try self.connected()
-        try channel.writeInbound(HTTPRequestPart.head(HTTPRequest(method: .post, scheme: nil, authority: "x", path: "/")))
+        try channel.writeInbound(HTTPServerRequestPart.head(HTTPRequestHead(version: .http1_1, method: .POST, uri: "/")))
         // A slow body or a slow backend is not this guard's business.
         channel.embeddedEventLoop.advanceTime(by: Self.timeout * 3)
         #expect(channel.isActive)
-        try channel.writeOutbound(HTTPResponsePart.head(HTTPResponse(status: .ok)))
-        try channel.writeOutbound(HTTPResponsePart.end(nil))
+        try channel.writeOutbound(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: .ok)))
+        try channel.writeOutbound(HTTPServerResponsePart.end(nil))
         // Idle again after the answer: the clock restarts.
         channel.embeddedEventLoop.advanceTime(by: Self.timeout - .seconds(1))
         #expect(channel.isActive)
@@ -42,16 +41,16 @@ struct RequestHeadTimeoutTests {
 
     @Test func pipelinedRequestsKeepTheClockStoppedUntilAllAreAnswered() throws {
         let channel = try self.connected()
-        let head = HTTPRequestPart.head(HTTPRequest(method: .get, scheme: nil, authority: "x", path: "/"))
+        let head = HTTPServerRequestPart.head(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/"))
         try channel.writeInbound(head)
-        try channel.writeInbound(HTTPRequestPart.end(nil))
+        try channel.writeInbound(HTTPServerRequestPart.end(nil))
         try channel.writeInbound(head)
-        try channel.writeOutbound(HTTPResponsePart.head(HTTPResponse(status: .continue)))
-        try channel.writeOutbound(HTTPResponsePart.head(HTTPResponse(status: .ok)))
-        try channel.writeOutbound(HTTPResponsePart.end(nil))
+        try channel.writeOutbound(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: .continue)))
+        try channel.writeOutbound(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: .ok)))
+        try channel.writeOutbound(HTTPServerResponsePart.end(nil))
         channel.embeddedEventLoop.advanceTime(by: Self.timeout * 2)
         #expect(channel.isActive)
-        try channel.writeOutbound(HTTPResponsePart.end(nil))
+        try channel.writeOutbound(HTTPServerResponsePart.end(nil))
         channel.embeddedEventLoop.advanceTime(by: Self.timeout)
         #expect(!channel.isActive)
     }

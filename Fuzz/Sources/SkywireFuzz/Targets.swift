@@ -259,24 +259,23 @@ enum FuzzTargets {
 
     // MARK: HTTP
 
-    /// Request heads through NIOHTTP1's decoder and the HTTP-types conversion, as the HTTP-mode
-    /// proxy receives them, then our header rules.
+    /// Request heads through NIOHTTP1's decoder, as the HTTP-mode proxy receives them, then our
+    /// header rules.
     static func httpHead(_ data: UnsafeRawBufferPointer) {
         let channel = EmbeddedChannel()
         defer { _ = try? channel.finish() }
         do {
             try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
-            try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
         } catch {
             return
         }
         for chunk in chunks(data, limit: 64) {
             do { try channel.writeInbound(ByteBuffer(bytes: chunk)) } catch { return }
-            while let part = try? channel.readInbound(as: HTTPRequestPart.self) {
+            while let part = try? channel.readInbound(as: HTTPServerRequestPart.self) {
                 guard case .head(let head) = part else { continue }
-                let fields = head.headerFields
-                _ = ProxyHeaders.request(fields, originalHost: head.authority, clientAddress: "127.0.0.1", remoteKey: "k")
-                _ = ProxyHeaders.upgradeRequest(fields, originalHost: head.authority, clientAddress: "127.0.0.1", remoteKey: "k")
+                let fields = head.headers
+                _ = ProxyHeaders.request(fields, host: "127.0.0.1:1", clientAddress: "127.0.0.1", remoteKey: "k")
+                _ = ProxyHeaders.upgradeRequest(fields, host: "127.0.0.1:1", clientAddress: "127.0.0.1", remoteKey: "k")
                 _ = ProxyHeaders.response(fields)
                 _ = ProxyHeaders.switchingResponse(fields)
                 _ = ProxyHeaders.isUpgrade(fields)

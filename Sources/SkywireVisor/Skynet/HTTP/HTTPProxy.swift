@@ -1,7 +1,4 @@
 import Foundation
-import HTTPTypes
-import Hummingbird
-import HummingbirdCore
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -42,14 +39,14 @@ struct ProxyOptions: Equatable, Sendable {
 /// HTTP-mode stream itself.
 ///
 /// An accepted HTTP-mode stream (a ``MuxChildChannel``) gets NIOHTTP1's server codec and a
-/// request loop (``ProxyChannel``) in its own pipeline; the stream's route — the remote key the
-/// Noise handshake authenticated (the channel's `sessionInfo`), the backend port, the instance's
-/// options and the client visor's view of its client's address — is handed to that loop when the
-/// stream is accepted. There is no internal listener and no table of connections. HTTP is parsed
-/// by NIOHTTP1 (never by hand); ``ProxyRelay`` relays each client connection's requests over one
-/// backend connection of its own (NIOHTTP1 parts 1:1), protocol switches (``ProxyUpgrade``) get a
-/// raw connection of their own. The header rules are in ``ProxyHeaders``. This type keeps what
-/// the streams share: the idle backend connections.
+/// ``ProxyHandler`` in its own pipeline; the stream's route — the remote key the Noise handshake
+/// authenticated (the channel's `sessionInfo`), the backend port, the instance's options and the
+/// client visor's view of its client's address — is handed to that handler when the stream is
+/// accepted. There is no internal listener, no table of connections and no task: the handler is
+/// a state machine driven by the stream's and its backend connection's events, all on one event
+/// loop. HTTP is parsed by NIOHTTP1 (never by hand); the header rules are in ``ProxyHeaders``,
+/// protocol switches in ``ProxyUpgrade``. This type keeps what the streams share: the idle
+/// backend connections.
 final class HTTPProxy: Sendable {
     /// Whose connection a stream carries and where it goes.
     struct Route: Sendable {
@@ -60,11 +57,12 @@ final class HTTPProxy: Sendable {
         var clientAddress: String = "127.0.0.1"
     }
 
-    /// Idle backend connections by remote key and backend port, kept for the next client
-    /// connection of the same remote visor only: a backend may tie state to a connection (an
-    /// NTLM-style login, a pinned session), so one remote key must never get another's.
-    private let idle = Mutex(IdlePool<BackendPoolKey, ProxyRelay.BackendConnection>(limitPerKey: HTTPProxy.idlePerBackend))
-    /// Idle backend connections kept per remote key and backend port.
+    /// Idle backend connections by remote key, backend port and event loop, kept for the next
+    /// client connection of the same remote visor only: a backend may tie state to a connection
+    /// (an NTLM-style login, a pinned session), so one remote key must never get another's. A
+    /// connection serves only streams on its own loop (its handler is loop-bound).
+    private let idle = Mutex(IdlePool<BackendPoolKey, NIOLoopBound<ProxyBackend>>(limitPerKey: HTTPProxy.idlePerBackend))
+    /// Idle backend connections kept per remote key, backend port and loop.
     static let idlePerBackend = 32
     let logger: Logger
     /// How long a client connection may take to send a complete request head (counted from the
@@ -76,38 +74,44 @@ final class HTTPProxy: Sendable {
         self.requestHeadTimeout = requestHeadTimeout
     }
 
-    /// An idle connection to the backend on `port` that served `remoteKey` before, if one is
-    /// still open.
-    func checkout(port: Int, remoteKey: String) -> ProxyRelay.BackendConnection? {
-        let (connection, closed) = self.idle.withLock { $0.checkout(BackendPoolKey(remoteKey: remoteKey, port: port)) { $0.channel.isActive } }
-        for stale in closed { stale.close() }
-        return connection
+    /// An idle connection on `loop` to the backend on `port` that served `remoteKey` before, if
+    /// one is still open. Call on `loop`.
+    func checkout(port: Int, remoteKey: String, on loop: any EventLoop) -> ProxyBackend? {
+        let key = BackendPoolKey(remoteKey: remoteKey, port: port, loop: ObjectIdentifier(loop))
+        let (connection, closed) = self.idle.withLock { $0.checkout(key) { $0.value.isActive } }
+        for stale in closed { stale.value.close() }
+        return connection?.value
     }
 
-    /// Keeps `connection` for the next client connection of `remoteKey`; `false` when the pool
-    /// is full.
-    func checkin(_ connection: ProxyRelay.BackendConnection, port: Int, remoteKey: String) -> Bool {
-        self.idle.withLock { $0.checkin(connection, for: BackendPoolKey(remoteKey: remoteKey, port: port)) }
+    /// Keeps `connection` (on `loop`) for the next client connection of `remoteKey`; `false`
+    /// when the pool is full. Call on `loop`.
+    func checkin(_ connection: ProxyBackend, port: Int, remoteKey: String, on loop: any EventLoop) -> Bool {
+        let key = BackendPoolKey(remoteKey: remoteKey, port: port, loop: ObjectIdentifier(loop))
+        let bound = NIOLoopBound(connection, eventLoop: loop)
+        return self.idle.withLock { $0.checkin(bound, for: key) }
     }
 
-    /// Sets up HTTP on an accepted stream (call from the stream's initializer, on its loop) and
-    /// serves it from a task of its own until the client is done; `counters` get the bytes the
-    /// stream carries (``StreamTally``).
+    /// Sets up HTTP on an accepted stream: call from the stream's initializer, on its loop;
+    /// `counters` get the bytes the stream carries (``StreamTally``).
     func serve(stream: any Channel, route: Route, counters: Counters? = nil) -> EventLoopFuture<Void> {
-        let logger = self.logger
-        if let counters {
-            do {
-                try stream.pipeline.syncOperations.addHandler(StreamTally(countIn: counters.countIn, countOut: counters.countOut))
-            } catch {
-                return stream.eventLoop.makeFailedFuture(error)
+        stream.eventLoop.makeCompletedFuture {
+            let pipeline = stream.pipeline.syncOperations
+            if let counters {
+                try pipeline.addHandler(StreamTally(countIn: counters.countIn, countOut: counters.countOut))
             }
-        }
-        return ProxyChannel.setup(channel: stream, headTimeout: self.requestHeadTimeout, logger: logger).map { asyncChannel in
-            let connection = ProxyConnection(channel: asyncChannel, route: route, proxy: self, logger: logger)
-            // The connection's async code runs on its channel's event loop: no thread hop per await.
-            Task(executorPreference: EventLoopTaskExecutor(stream.eventLoop)) {
-                await connection.run()
-            }
+            // An upgrade configuration with no upgrader: it only makes the decoder forward the
+            // bytes that follow an upgrade request (instead of dropping them) when it is removed,
+            // which ``ProxyUpgrade`` does when it switches the connection to a byte stream.
+            try pipeline.configureHTTPServerPipeline(
+                withPipeliningAssistance: false,
+                withServerUpgrade: (upgraders: [], completionHandler: { _ in }),
+                withErrorHandling: false,
+                withOutboundHeaderValidation: false,
+                withEncoderConfiguration: .init(),
+                withDecoderLimitConfiguration: .init()
+            )
+            try pipeline.addHandler(RequestHeadTimeout(timeout: self.requestHeadTimeout))
+            try pipeline.addHandler(ProxyHandler(route: route, proxy: self, logger: self.logger))
         }
     }
 }
@@ -116,6 +120,8 @@ final class HTTPProxy: Sendable {
 struct BackendPoolKey: Hashable, Sendable {
     var remoteKey: String
     var port: Int
+    /// The event loop the connections live on (`ObjectIdentifier` of the loop).
+    var loop: ObjectIdentifier
 }
 
 /// Idle items by key, at most `limitPerKey` per key (most recently returned first).
@@ -150,14 +156,8 @@ struct IdlePool<Key: Hashable, Item> {
     func count(for key: Key) -> Int { self.items[key]?.count ?? 0 }
 }
 
-/// The proxy's own answers: a status with a short plain-text body.
+/// Wording of the proxy's own answers.
 enum ProxyProblem {
-    static func response(_ status: HTTPResponse.Status, _ text: String, close: Bool = false) -> Response {
-        var headers: HTTPFields = [.contentType: "text/plain; charset=utf-8"]
-        if close { headers[.connection] = "close" }
-        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: text)))
-    }
-
     static func short(_ error: any Error) -> String {
         let text = "\(error)"
         if text.contains("connectionRefused") || text.contains("Connection refused") { return "connection refused" }

@@ -1,6 +1,5 @@
-import HTTPTypes
 import NIOCore
-import NIOHTTPTypes
+import NIOHTTP1
 
 /// Closes an HTTP-mode connection whose client does not complete a request head in time
 /// (slowloris: headers sent a byte at a time, or a connection opened and left silent).
@@ -13,10 +12,10 @@ import NIOHTTPTypes
 /// no answer the client is waiting for in order. An idle keep-alive connection is closed the
 /// same way, as nginx's `keepalive_timeout` does.
 final class RequestHeadTimeout: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPRequestPart
-    typealias InboundOut = HTTPRequestPart
-    typealias OutboundIn = HTTPResponsePart
-    typealias OutboundOut = HTTPResponsePart
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
 
     /// Long enough for any real client on a slow link, short enough that a slowloris client
     /// holds a stream for one minute at most.
