@@ -89,6 +89,8 @@ struct ProxyHeadersTests {
         #expect(!ProxyHeaders.isUpgrade(fields([("Connection", "upgrade")])))         // no Upgrade field
         #expect(ProxyHeaders.wantsClose(fields([("Connection", "Close")])))
         #expect(!ProxyHeaders.wantsClose(fields([("Connection", "keep-alive")])))
+        #expect(ProxyHeaders.wantsClose(fields([("connection", " keep-alive ,\tClose ")])))
+        #expect(ProxyHeaders.connectionTokens(fields([("CONNECTION", "Upgrade,  X-Hop\t")])) == ["upgrade", "x-hop"])
     }
 
     @Test func upgradeRequestKeepsTheSwitchAndAppliesTheRules() {

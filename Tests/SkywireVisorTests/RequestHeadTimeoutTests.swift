@@ -39,6 +39,21 @@ struct RequestHeadTimeoutTests {
         #expect(!channel.isActive)
     }
 
+    @Test func aQuickAnswerRestartsTheFullTimeout() throws {
+        // The check scheduled at the start fires while the connection waits again: it must count
+        // from the end of the answer, not from the connection's start.
+        let channel = try self.connected()
+        channel.embeddedEventLoop.advanceTime(by: .seconds(30))
+        try channel.writeInbound(HTTPServerRequestPart.head(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/")))
+        channel.embeddedEventLoop.advanceTime(by: .seconds(20))
+        try channel.writeOutbound(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: .ok)))
+        try channel.writeOutbound(HTTPServerResponsePart.end(nil))
+        channel.embeddedEventLoop.advanceTime(by: Self.timeout - .seconds(1))  // t = 109 s
+        #expect(channel.isActive)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(1))
+        #expect(!channel.isActive)
+    }
+
     @Test func pipelinedRequestsKeepTheClockStoppedUntilAllAreAnswered() throws {
         let channel = try self.connected()
         let head = HTTPServerRequestPart.head(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/"))

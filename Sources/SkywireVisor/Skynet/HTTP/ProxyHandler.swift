@@ -99,6 +99,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The backend connection of the current or previous request.
     private var backend: ProxyBackend?
     private var timer: Scheduled<Void>?
+    /// The last sign of progress of the request in flight (see ``armTimer()``).
+    private var lastProgress = NIODeadline.now()
     private var inputEnded = false
     private var pendingRead = false
     private var outputClosed = false
@@ -445,7 +447,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
             if let switching = exchange.switching {
                 // On the next loop turn: the backend's decoder is still in this read.
-                self.cancelTimer()
                 self.state = .spliced
                 self.context?.eventLoop.assumeIsolated().execute {
                     self.splice(answer: switching)
@@ -459,7 +460,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 exchange.headWritten = true
             }
             self.write(.end(trailers), flush: true)
-            self.cancelTimer()
             exchange.answerEnded = true
             self.exchange = exchange
             self.answerEnded()
@@ -478,7 +478,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard closed === self.backend else { return }
         self.backend = nil
         guard let exchange = self.exchange, case .exchanging = self.state else { return }
-        self.cancelTimer()
         if exchange.headWritten {
             // Cut (or timed out) mid-answer: the client sees its connection end.
             self.logger.info("backend answer cut", metadata: ["port": "\(self.route.backendPort)"])
@@ -559,12 +558,19 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: - Timer
 
-    /// (Re)starts the backend timeout: no answer part within it is a 504 (or a cut answer).
-    /// While the request body is still being sent the clock does not run.
+    /// Marks progress of the request in flight: the backend timeout counts from the latest
+    /// (no answer part within it is a 504, or a cut answer). One scheduled check per connection,
+    /// re-armed when it fires early, instead of a timer per answer part: scheduling and
+    /// cancelling were a tenth of the server visor's time under keep-alive load.
     private func armTimer() {
+        self.lastProgress = .now()
+        guard self.timer == nil else { return }
+        self.scheduleCheck(in: self.route.options.backendTimeAmount)
+    }
+
+    private func scheduleCheck(in amount: TimeAmount) {
         guard let context = self.context else { return }
-        self.timer?.cancel()
-        self.timer = context.eventLoop.assumeIsolated().scheduleTask(in: self.route.options.backendTimeAmount) {
+        self.timer = context.eventLoop.assumeIsolated().scheduleTask(in: amount) {
             self.timer = nil
             self.timerFired()
         }
@@ -576,9 +582,19 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func timerFired() {
-        guard case .exchanging = self.state, var exchange = self.exchange, let backend = self.backend else { return }
+        // Between requests the check lapses; the next request arms it again.
+        guard case .exchanging = self.state, var exchange = self.exchange, !exchange.answerEnded, let backend = self.backend else { return }
+        let timeout = self.route.options.backendTimeAmount
         if !exchange.requestSent {
-            self.armTimer()
+            // The clock does not run while the request body is still being sent.
+            self.lastProgress = .now()
+            self.scheduleCheck(in: timeout)
+            return
+        }
+        let now = NIODeadline.now()
+        let due = self.lastProgress + timeout
+        if now < due {
+            self.scheduleCheck(in: due - now)
             return
         }
         exchange.timedOut = true

@@ -1,4 +1,3 @@
-import Foundation
 import NIOHTTP1
 
 /// The header rules of HTTP mode, as pure functions on NIOHTTP1's `HTTPHeaders` (tested without
@@ -20,39 +19,63 @@ enum ProxyHeaders {
     static let forwardedHost = "X-Forwarded-Host"
     static let forwardedProto = "X-Forwarded-Proto"
 
-    static let hopByHop: Set<String> = [
+    static let hopByHop: [String] = [
         "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
         "upgrade", "proxy-authenticate", "proxy-authorization",
     ]
+
+    /// Whether `name` is hop-by-hop: one of ``hopByHop`` or a token `Connection` named (`named`,
+    /// lowercased). Compared byte by byte, ignoring ASCII case, without allocating.
+    static func isHopByHop(_ name: String, named: [String]) -> Bool {
+        for candidate in hopByHop where name.equalsIgnoringASCIICase(lowercased: candidate) { return true }
+        for candidate in named where name.equalsIgnoringASCIICase(lowercased: candidate) { return true }
+        return false
+    }
 
     /// Removes hop-by-hop fields, including those `Connection` names.
     static func withoutHopByHop(_ fields: HTTPHeaders) -> HTTPHeaders {
         let named = connectionTokens(fields)
         var out = HTTPHeaders()
-        out.reserveCapacity(fields.count + 4)
-        for (name, value) in fields {
-            let lowered = name.lowercased()
-            if hopByHop.contains(lowered) || named.contains(lowered) { continue }
+        out.reserveCapacity(fields.count)
+        for (name, value) in fields where !isHopByHop(name, named: named) {
             out.add(name: name, value: value)
         }
         return out
     }
 
     /// The request fields sent to the backend: the rules above; `Host` is `host` (the backend's
-    /// address, or the client's own `Host` with `--preserve-host`).
+    /// address, or the client's own `Host` with `--preserve-host`). One pass over the fields.
     static func request(
         _ fields: HTTPHeaders, host: String, clientAddress: String, remoteKey: String
     ) -> HTTPHeaders {
-        let originalHost = fields.first(name: "host")
-        var out = withoutHopByHop(fields)
-        out.remove(name: remoteKeyField)
-        out.remove(name: "expect")
-        out.replaceOrAdd(name: "Host", value: host)
-        let previousFor = out[forwardedFor]
-        out.remove(name: forwardedFor)
+        let named = connectionTokens(fields)
+        var out = HTTPHeaders()
+        out.reserveCapacity(fields.count + 5)
+        var originalHost: String?
+        var previousFor: [String] = []
+        var hasForwardedHost = false
+        var hasForwardedProto = false
+        for (name, value) in fields {
+            if name.equalsIgnoringASCIICase(lowercased: "host") {
+                if originalHost == nil { originalHost = value }
+                continue
+            }
+            if name.equalsIgnoringASCIICase(lowercased: "x-forwarded-for") {
+                previousFor.append(value)
+                continue
+            }
+            if name.equalsIgnoringASCIICase(lowercased: "x-skywire-remote-pk") || name.equalsIgnoringASCIICase(lowercased: "expect") {
+                continue
+            }
+            if isHopByHop(name, named: named) { continue }
+            if name.equalsIgnoringASCIICase(lowercased: "x-forwarded-host") { hasForwardedHost = true }
+            if name.equalsIgnoringASCIICase(lowercased: "x-forwarded-proto") { hasForwardedProto = true }
+            out.add(name: name, value: value)
+        }
+        out.add(name: "Host", value: host)
         out.add(name: forwardedFor, value: previousFor.isEmpty ? clientAddress : previousFor.joined(separator: ", ") + ", " + clientAddress)
-        if let originalHost, !out.contains(name: forwardedHost) { out.add(name: forwardedHost, value: originalHost) }
-        if !out.contains(name: forwardedProto) { out.add(name: forwardedProto, value: "http") }
+        if let originalHost, !hasForwardedHost { out.add(name: forwardedHost, value: originalHost) }
+        if !hasForwardedProto { out.add(name: forwardedProto, value: "http") }
         out.add(name: remoteKeyField, value: remoteKey)
         return out
     }
@@ -73,12 +96,14 @@ enum ProxyHeaders {
         connectionTokens(fields).contains("close")
     }
 
-    /// The lowercased tokens of every `Connection` field.
-    static func connectionTokens(_ fields: HTTPHeaders) -> Set<String> {
-        var tokens = Set<String>()
-        for value in fields["connection"] {
-            for token in value.split(separator: ",") {
-                tokens.insert(token.trimmingCharacters(in: .whitespaces).lowercased())
+    /// The lowercased tokens of every `Connection` field (no allocation when there is none).
+    static func connectionTokens(_ fields: HTTPHeaders) -> [String] {
+        var tokens: [String] = []
+        for (name, value) in fields where name.equalsIgnoringASCIICase(lowercased: "connection") {
+            for var token in value.split(separator: ",") {
+                while let first = token.first, first == " " || first == "\t" { token = token.dropFirst() }
+                while let last = token.last, last == " " || last == "\t" { token = token.dropLast() }
+                tokens.append(token.lowercased())
             }
         }
         return tokens
@@ -102,5 +127,21 @@ enum ProxyHeaders {
         for value in fields["upgrade"] { out.add(name: "Upgrade", value: value) }
         out.add(name: "Connection", value: "upgrade")
         return out
+    }
+}
+
+extension String {
+    /// Whether this equals `lowercased` (all lowercase ASCII), ignoring ASCII case.
+    func equalsIgnoringASCIICase(lowercased other: String) -> Bool {
+        let mine = self.utf8
+        let theirs = other.utf8
+        guard mine.count == theirs.count else { return false }
+        var index = theirs.startIndex
+        for byte in mine {
+            let folded = byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte
+            if folded != theirs[index] { return false }
+            index = theirs.index(after: index)
+        }
+        return true
     }
 }
