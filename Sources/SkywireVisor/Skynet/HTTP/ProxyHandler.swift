@@ -57,8 +57,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case spliced
     }
 
-    /// One request and its answer.
-    struct Exchange {
+    /// One request and its answer (a class: it is updated in place for every answer part).
+    final class Exchange {
         /// The head as sent to the backend.
         var head: HTTPRequestHead
         var method: HTTPMethod
@@ -85,6 +85,16 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var switching: HTTPResponseHead?
         var keepBackend = false
         var timedOut = false
+
+        init(head: HTTPRequestHead, method: HTTPMethod, clientClose: Bool, hasBody: Bool, expectsContinue: Bool, upgrade: Bool) {
+            self.head = head
+            self.method = method
+            self.clientClose = clientClose
+            self.hasBody = hasBody
+            self.expectsContinue = expectsContinue
+            self.retryable = false
+            self.upgrade = upgrade
+        }
     }
 
     private let route: HTTPProxy.Route
@@ -218,7 +228,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     self.answerParseError(error)
                 }
             case .exchanging:
-                guard var exchange = self.exchange, !exchange.requestSent, let backend = self.backend else { break loop }
+                guard let exchange = self.exchange, !exchange.requestSent, let backend = self.backend else { break loop }
                 guard backend.isWritable else { break loop }
                 self.queue.removeFirst()
                 switch item {
@@ -228,7 +238,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     backend.write(.end(trailers))
                     backend.flush()
                     exchange.requestSent = true
-                    self.exchange = exchange
                     self.armTimer()
                     self.completeIfDone()
                 case .part(.head):
@@ -293,7 +302,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             clientClose: upgrade || !head.isKeepAlive,
             hasBody: hasBody,
             expectsContinue: head.headers.first(name: "expect")?.lowercased() == "100-continue",
-            retryable: false, upgrade: upgrade
+            upgrade: upgrade
         )
         self.exchange = exchange
 
@@ -353,7 +362,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Sends the head of ``exchange`` (and, with no body, its end) on `backend`.
     private func send(on backend: ProxyBackend, reused: Bool) {
-        guard var exchange = self.exchange else { return }
+        guard let exchange = self.exchange else { return }
         exchange.retryable = reused && !exchange.hasBody && [.GET, .HEAD, .OPTIONS, .TRACE, .PUT, .DELETE].contains(exchange.method)
         self.state = .exchanging
         backend.write(.head(exchange.head))
@@ -366,7 +375,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             exchange.requestSent = true
         }
         backend.flush()
-        self.exchange = exchange
         self.armTimer()
         // The body (or anything queued meanwhile) goes on from the queue.
         self.process()
@@ -398,14 +406,13 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: - The backend's side
 
     func backendRead(_ part: HTTPClientResponsePart) {
-        guard case .exchanging = self.state, var exchange = self.exchange, let backend = self.backend else { return }
+        guard case .exchanging = self.state, let exchange = self.exchange, let backend = self.backend else { return }
         exchange.answered = true
         switch part {
         case .head(let head):
             if head.status.code >= 100 && head.status.code < 200 && head.status != .switchingProtocols {
                 // Informational answers are not relayed (the proxy answered 100-continue itself).
                 exchange.informational = true
-                self.exchange = exchange
                 self.armTimer()
                 return
             }
@@ -413,7 +420,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if exchange.upgrade && head.status == .switchingProtocols {
                 // Relayed with the decoder's `end`, right after.
                 exchange.switching = head
-                self.exchange = exchange
                 self.armTimer()
                 return
             }
@@ -427,7 +433,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 exchange.headWritten = true
                 self.write(.head(relayed), flush: false)
             }
-            self.exchange = exchange
             self.armTimer()
         case .body(let buffer):
             if var held = exchange.held {
@@ -437,12 +442,10 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 self.write(.body(.byteBuffer(buffer)), flush: false)
                 if let context = self.context, !context.channel.isWritable { backend.pauseReads() }
             }
-            self.exchange = exchange
             self.armTimer()
         case .end(let trailers):
             if exchange.informational {
                 exchange.informational = false
-                self.exchange = exchange
                 return
             }
             if let switching = exchange.switching {
@@ -461,7 +464,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
             self.write(.end(trailers), flush: true)
             exchange.answerEnded = true
-            self.exchange = exchange
             self.answerEnded()
         }
     }
@@ -583,7 +585,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func timerFired() {
         // Between requests the check lapses; the next request arms it again.
-        guard case .exchanging = self.state, var exchange = self.exchange, !exchange.answerEnded, let backend = self.backend else { return }
+        guard case .exchanging = self.state, let exchange = self.exchange, !exchange.answerEnded, let backend = self.backend else { return }
         let timeout = self.route.options.backendTimeAmount
         if !exchange.requestSent {
             // The clock does not run while the request body is still being sent.
@@ -598,7 +600,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         exchange.timedOut = true
-        self.exchange = exchange
         // Answered from `backendClosed`.
         backend.close()
         self.backendClosed(backend)
