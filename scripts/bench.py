@@ -25,7 +25,8 @@ and latency p50/p99 from `wrk` (-t THREADS -c CONNS -d DURATION --latency) for a
 served by nginx (own config, one worker, `return 200`), keep-alive and new-connection
 (`-H "Connection: close"`) variants, over: the backend directly, `ssh -L aes128-gcm`, an HTTP-mode
 forward on a direct transport (`skynet start --skynet`, the default HTTP mode) and, for the cost of
-HTTP mode itself, a raw-TCP forward on the same transport. Needs wrk and nginx (nginx-light).
+HTTP mode itself, a raw-TCP forward on the same transport; for our forwards also each visor's CPU
+time per request (utime+stime over the wrk run / requests). Needs wrk and nginx (nginx-light).
 
 Usage:
   swift build -c release --scratch-path .build-release
@@ -649,10 +650,18 @@ def http_section(args, tmp: Path, procs: Procs, a, b) -> str:
         for path, port in ports.items():
             for variant, extra in HTTP_VARIANTS:
                 try:
+                    # Our forwards: the visors' CPU time per request (utime+stime over the run).
+                    groups = {"visor-a": [a.proc.pid], "visor-b": [b.proc.pid]} if "skynet" in path else {}
+                    before = cpu_snapshot(groups)
                     r = run_wrk(port, extra, args.http_duration, args.http_threads, args.http_conns)
+                    if groups and r["requests"]:
+                        after = cpu_snapshot(groups)
+                        r["cpu_us"] = {g: round(sum(t - before[g].get(p, 0.0) for p, t in after[g].items()) / r["requests"] * 1e6, 1)
+                                       for g in groups}
                     runs[path][variant].append(r)
+                    cpu = "".join(f", {g} {us} µs/req" for g, us in r.get("cpu_us", {}).items())
                     print(f"http run {run + 1}/{args.http_repeat} {path}, {variant}: {r['rps']:,.0f} req/s, "
-                          f"p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, errors {r['errors']}, non-2xx {r['non2xx']}",
+                          f"p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, errors {r['errors']}, non-2xx {r['non2xx']}{cpu}",
                           file=sys.stderr)
                     if r["errors"] or r["non2xx"]:
                         errors.append(f"{path}, {variant}: {r['errors']} socket errors, {r['non2xx']} non-2xx of {r['requests']}")
@@ -673,6 +682,12 @@ def http_section(args, tmp: Path, procs: Procs, a, b) -> str:
         "",
     ]
     lines += http_ratios(summary)
+    for path, variants in runs.items():
+        for variant, rs in variants.items():
+            cpus = [r["cpu_us"] for r in rs if "cpu_us" in r]
+            if cpus:
+                lines.append(f"CPU per request, {path}, {variant} (median of {len(cpus)}): "
+                             + ", ".join(f"{g} {statistics.median(c[g] for c in cpus):.1f} µs" for g in cpus[0]))
     lines += [f"http error: {e}" for e in errors]
     lines.append("http raw: " + json.dumps({"runs": runs, "unavailable": unavailable}))
     return "\n".join(lines)

@@ -3,8 +3,9 @@
 through a raw-TCP forward: stcpr (`skynet`, the default) or the relay (`dmsg`); or, with BYTES
 `ping`, during 1-byte ping-pongs on one connection to an echo server (the RTT workload of bench.py);
 with `http` or `http-raw`, during 10 s of wrk (-t2 -c32, keep-alive) against nginx through an
-HTTP-mode (or raw-TCP) forward (bench.py's HTTP section).
-Usage: SKYWIRE_BIN=... python3 scripts/profile_forward.py OUT_PREFIX [BYTES|ping|http|http-raw] [skynet|dmsg] [metrics]
+HTTP-mode (or raw-TCP) forward (bench.py's HTTP section); `http-new` / `http-raw-new` the same with
+a new connection per request (`Connection: close`).
+Usage: SKYWIRE_BIN=... python3 scripts/profile_forward.py OUT_PREFIX [BYTES|ping|http|http-raw|http-new|http-raw-new] [skynet|dmsg] [metrics]
 (`metrics`: the visors run with --metrics 127.0.0.1:0, to look for any cost of metrics on the data path)
 (root, needs perf and iperf3)
 Every process it starts is ended by PID; traffic stays on 127.0.0.1."""
@@ -23,7 +24,9 @@ tmp = None
 try:
     port = harness.free_port()
     ping = nbytes == "ping"
-    http = nbytes in ("http", "http-raw")
+    http = nbytes in ("http", "http-raw", "http-new", "http-raw-new")
+    raw_http = nbytes in ("http-raw", "http-raw-new")
+    wrk_extra = ["-H", "Connection: close"] if nbytes.endswith("-new") else []
     if http:
         import tempfile
         tmp = Path(tempfile.mkdtemp(prefix="skywire-prof-"))
@@ -40,7 +43,7 @@ try:
     a.ok("skynet", "srv", "start", "--ports", str(port))
     if http:
         f = b.json("skynet", "start", "--pk", a.pk, "--remote", str(port), "--local", "0", f"--{network}", "--name", "prof",
-                   *(("--raw-tcp",) if nbytes == "http-raw" else ()))
+                   *(("--raw-tcp",) if raw_http else ()))
         bench.check_http(f["local_port"])
     else:
         f = bench.start_forward(b, a.pk, port, "prof", network, attempts=3)
@@ -56,7 +59,7 @@ try:
         groups["relay"] = [relay.pid]
     before = bench.cpu_snapshot(groups)
     if http:
-        r = bench.run_wrk(f["local_port"], [], 10, 2, 32)
+        r = bench.run_wrk(f["local_port"], wrk_extra, 10, 2, 32)
         print(f"{r['rps']:,.0f} req/s, p50 {r['p50']} ms, p99 {r['p99']} ms, errors {r['errors']}", flush=True)
     elif ping:
         r = bench.rtt(f["local_port"], 20000)
