@@ -67,6 +67,24 @@ public final class GlueHandler: @unchecked Sendable {
         return (a, b)
     }
 
+    /// Glues two channels of one event loop at once (call on that loop); throws, with both
+    /// closed, if either pipeline refuses its handler (a closed channel).
+    public static func glueSynchronously(
+        _ first: any Channel, _ second: any Channel,
+        countFirst: ReadTally? = nil, countSecond: ReadTally? = nil
+    ) throws {
+        precondition(first.eventLoop === second.eventLoop, "glueSynchronously needs one event loop")
+        let (a, b) = Self.matchedPair(first, second, countFirst: countFirst, countSecond: countSecond)
+        do {
+            try first.pipeline.syncOperations.addHandler(a)
+            try second.pipeline.syncOperations.addHandler(b)
+        } catch {
+            first.close(promise: nil)
+            second.close(promise: nil)
+            throw error
+        }
+    }
+
     /// Glues `first` and `second` (adding a handler to each pipeline, on each channel's loop).
     /// The future fails if either channel is already closed (both are then closed).
     /// `countFirst` / `countSecond` are told what `first` / `second` read, per read batch.

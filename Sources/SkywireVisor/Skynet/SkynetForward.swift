@@ -231,6 +231,14 @@ final class SkynetForward: Sendable {
                 channel.closeFuture.whenComplete { [weak self] _ in
                     _ = self?.connections.withLock { $0.removeValue(forKey: id) }
                 }
+                // Set here, synchronously: as `childChannelOption`s they are applied through a
+                // chain of futures per accepted connection (a few percent of a new connection).
+                // Reads wait for the stream: nothing is read that has nowhere to go.
+                let options = channel.syncOptions!
+                try options.setOption(.autoRead, value: false)
+                try options.setOption(.allowRemoteHalfClosure, value: true)
+                try options.setOption(.writeBufferWaterMark, value: Self.waterMark)
+                try options.setOption(.socketOption(.tcp_nodelay), value: 1)
                 // A client that sends and half-closes before its stream is glued (e.g. while the
                 // session is being dialed) has its bytes and EOF read anyway: held until the glue.
                 try channel.pipeline.syncOperations.addHandler(EarlyInputHandler(), name: EarlyInputHandler.name)
@@ -243,11 +251,6 @@ final class SkynetForward: Sendable {
             return try await ServerBootstrap(group: self.group, childGroup: self.loop)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .serverChannelInitializer { channel in listenerGuard.installAcceptBackoff(on: channel) }
-                .childChannelOption(.allowRemoteHalfClosure, value: true)
-                // Reads wait for the stream: nothing is read that has nowhere to go.
-                .childChannelOption(.autoRead, value: false)
-                .childChannelOption(.writeBufferWaterMark, value: Self.waterMark)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelInitializer(accept)
                 .bind(host: "127.0.0.1", port: self.requestedLocalPort).get()
         } catch let error as IOError where error.errnoCode == EADDRINUSE {
@@ -301,7 +304,16 @@ final class SkynetForward: Sendable {
         let remotePort = self.remotePort
         let open: @Sendable (Session) -> Void = { session in
             let glue: @Sendable (MuxChildChannel) -> EventLoopFuture<Void> = { stream in
-                stream.eventLoop.makeCompletedFuture {
+                if stream.eventLoop === channel.eventLoop {
+                    // One loop: glued synchronously, without a chain of futures.
+                    return stream.eventLoop.makeCompletedFuture {
+                        try stream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
+                        try GlueHandler.glueSynchronously(channel, stream, countFirst: counters.countOut, countSecond: counters.countIn)
+                        channel.pipeline.syncOperations.removeHandler(name: EarlyInputHandler.name, promise: nil)
+                        try channel.syncOptions!.setOption(.autoRead, value: true)
+                    }
+                }
+                return stream.eventLoop.makeCompletedFuture {
                     try stream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
                 }.flatMap {
                     GlueHandler.glue(channel, stream, countFirst: counters.countOut, countSecond: counters.countIn)
