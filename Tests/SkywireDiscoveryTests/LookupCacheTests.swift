@@ -29,7 +29,7 @@ struct LookupCacheTests {
         switch cache.lookup(kind: .visor, pk: self.pk, now: now, liveSince: liveSince) {
         case .hit(let body?): return .some(String(buffer: body))
         case .hit(nil): return .some(nil)
-        case .miss, .disabled: return nil
+        case .miss, .disabled, .encode: return nil
         }
     }
 
@@ -160,8 +160,52 @@ struct LookupCacheTests {
         #expect(!cache.fill(pending, kind: .visor, pk: self.pk, value: self.value(1)))
     }
 
+    /// A notification carrying the committed row: served (encoded on first lookup) without the
+    /// database; older announcements and fills begun before it never replace it.
+    @Test func updatesFromNotifications() throws {
+        let cache = LookupCache(capacity: 10)
+        cache.enable()
+        let inFlight = try self.ticket(cache)
+        cache.update(kind: .visor, pk: self.pk, sequence: 4, updatedAt: 100, payload: "p4")
+        #expect(!cache.fill(inFlight, kind: .visor, pk: self.pk, value: self.value(3)))
+        guard case .encode(let payload, let sequence, let updatedAt, let ticket) = cache.lookup(kind: .visor, pk: self.pk, now: 100, liveSince: 50) else {
+            Issue.record("an announced row must be served from its payload")
+            return
+        }
+        #expect(payload == "p4" && sequence == 4 && updatedAt == 100)
+        #expect(cache.fill(ticket, kind: .visor, pk: self.pk, value: self.value(4)))
+        #expect(self.served(cache) == "entry-4")
+        // An older or equal announcement changes nothing; a newer one replaces the answer.
+        cache.update(kind: .visor, pk: self.pk, sequence: 4, updatedAt: 100, payload: "p4 again")
+        cache.update(kind: .visor, pk: self.pk, sequence: 2, updatedAt: 100, payload: "p2")
+        #expect(self.served(cache) == "entry-4")
+        cache.update(kind: .visor, pk: self.pk, sequence: 5, updatedAt: 100, payload: "p5")
+        guard case .encode(let newer, _, _, _) = cache.lookup(kind: .visor, pk: self.pk, now: 100, liveSince: 50) else {
+            Issue.record("a newer announcement must replace the answer")
+            return
+        }
+        #expect(newer == "p5")
+        // Expiry applies to announced rows too.
+        guard case .miss = cache.lookup(kind: .visor, pk: self.pk, now: 200, liveSince: 101) else {
+            Issue.record("an expired announced row was served")
+            return
+        }
+        // Disabled: announcements are ignored.
+        cache.disable()
+        cache.enable()
+        cache.disable()
+        cache.update(kind: .visor, pk: self.pk, sequence: 6, updatedAt: 100, payload: "p6")
+        #expect(cache.count == 0)
+    }
+
     @Test func notificationPayloads() {
         let pk = self.pk
+        #expect(
+            PostgresChangeListener.parse(#"v:17:1750000000:\#(pk):{"a":"b:c"}"#)
+                == .update(.visor, pk: pk, sequence: 17, updatedAt: 1_750_000_000, payload: #"{"a":"b:c"}"#)
+        )
+        #expect(PostgresChangeListener.parse("r:2:5:\(pk):x") == .update(.relay, pk: pk, sequence: 2, updatedAt: 5, payload: "x"))
+        #expect(PostgresChangeListener.parse("v:2:x:\(pk):x") == .all)
         #expect(PostgresChangeListener.parse("v:17:\(pk)") == .key(.visor, pk: pk, sequence: 17))
         #expect(PostgresChangeListener.parse("r:3:\(pk)") == .key(.relay, pk: pk, sequence: 3))
         #expect(PostgresChangeListener.parse("v:-:\(pk)") == .key(.visor, pk: pk, sequence: nil))

@@ -178,6 +178,14 @@ struct DiscoveryHandlers: Sendable {
             return JSONResponse.raw(.ok, body)
         case .hit(nil):
             throw APIError(.notFound, "no live \(Entry.kind.rawValue) entry for \(pk)")
+        case .encode(let payload, let sequence, let updatedAt, let taken):
+            // Announced by a notification, not encoded yet.
+            let row = EntryStoreRow(payload: payload, signature: "", sequence: sequence, updatedAt: updatedAt)
+            if let entry: Entry = self.decodeStored(row), let body = JSONResponse.encode(entry) {
+                self.cache?.fill(taken, kind: Entry.kind, pk: pk, value: .init(body: body, sequence: sequence, updatedAt: updatedAt, cachedAt: now))
+                return JSONResponse.raw(.ok, body)
+            }
+            ticket = nil  // does not decode: answer from the database, as without a cache
         case .miss(let taken):
             ticket = taken
         case .disabled, nil:

@@ -25,8 +25,11 @@ import Synchronization
 final class LookupCache: Sendable {
     /// One cached answer.
     struct Value: Sendable {
-        /// `nil`: the key had no live entry (a 404).
+        /// The answer's JSON; `nil` with `payload` also `nil`: the key had no live entry (a 404).
         var body: ByteBuffer?
+        /// The stored entry's payload when the answer is not encoded yet (an entry announced by
+        /// a notification; encoded on its first lookup).
+        var payload: String? = nil
         /// The stored row's sequence (0 for a negative answer).
         var sequence: Int64
         /// The row's `updated_at`: the answer is served while `updatedAt >= now - ttl`.
@@ -75,6 +78,9 @@ final class LookupCache: Sendable {
     enum Lookup: Sendable {
         /// A cached answer: `nil` body is a 404.
         case hit(ByteBuffer?)
+        /// A live entry known by its payload only: encode it, answer, and
+        /// ``fill(_:kind:pk:value:)`` the encoded answer with the ticket.
+        case encode(payload: String, sequence: Int64, updatedAt: Int64, Ticket)
         /// Read the database after taking this ticket, then ``fill(_:kind:pk:value:)``.
         case miss(Ticket)
         /// The cache is disabled: read the database, cache nothing.
@@ -88,6 +94,13 @@ final class LookupCache: Sendable {
             if let value = state.slots[Key(kind: kind, pk: pk)]?.value {
                 if let body = value.body {
                     if value.updatedAt >= liveSince { return .hit(body) }
+                } else if let payload = value.payload {
+                    if value.updatedAt >= liveSince {
+                        return .encode(
+                            payload: payload, sequence: value.sequence, updatedAt: value.updatedAt,
+                            Ticket(epoch: state.epoch, stamp: state.counter)
+                        )
+                    }
                 } else if now >= value.cachedAt && now - value.cachedAt < self.negativeLifetime {
                     return .hit(nil)
                 }
@@ -106,7 +119,7 @@ final class LookupCache: Sendable {
             let key = Key(kind: kind, pk: pk)
             if let slot = state.slots[key] {
                 guard slot.stamp <= ticket.stamp else { return false }
-                if let cached = slot.value, cached.body != nil, cached.sequence > value.sequence { return false }
+                if let cached = slot.value, cached.isPositive, cached.sequence > value.sequence { return false }
                 state.slots[key]?.value = value
                 return true
             }
@@ -126,7 +139,7 @@ final class LookupCache: Sendable {
         self.state.withLock { state in
             guard state.enabled else { return }
             let key = Key(kind: kind, pk: pk)
-            if let sequence, let cached = state.slots[key]?.value, cached.body != nil, cached.sequence >= sequence {
+            if let sequence, let cached = state.slots[key]?.value, cached.isPositive, cached.sequence >= sequence {
                 // The cached row is already this write (the echo of our own) or a later one.
                 return
             }
@@ -136,6 +149,30 @@ final class LookupCache: Sendable {
             }
             state.counter &+= 1
             state.slots[key] = Slot(stamp: state.counter, value: nil)
+        }
+    }
+
+    /// A write for the key was committed and this is the row now stored (announced with its
+    /// payload): the key's answer becomes that entry (encoded on its first lookup) unless an
+    /// equal or greater sequence is cached; every fill begun before now fails, as for
+    /// ``invalidate(kind:pk:sequence:)``. Announcements arrive in commit order, so the last
+    /// one applied is the latest committed row.
+    func update(kind: EntryKind, pk: String, sequence: Int64, updatedAt: Int64, payload: String) {
+        self.state.withLock { state in
+            guard state.enabled else { return }
+            let key = Key(kind: kind, pk: pk)
+            if let cached = state.slots[key]?.value, cached.isPositive, cached.sequence >= sequence {
+                return
+            }
+            if state.slots[key] == nil && state.slots.count >= self.capacity {
+                Self.reset(&state)
+                return
+            }
+            state.counter &+= 1
+            state.slots[key] = Slot(
+                stamp: state.counter,
+                value: Value(body: nil, payload: payload, sequence: sequence, updatedAt: updatedAt, cachedAt: 0)
+            )
         }
     }
 
@@ -171,6 +208,11 @@ final class LookupCache: Sendable {
         state.counter = 0
         state.slots.removeAll(keepingCapacity: true)
     }
+}
+
+extension LookupCache.Value {
+    /// An entry (encoded or not), as opposed to a cached 404.
+    var isPositive: Bool { self.body != nil || self.payload != nil }
 }
 
 /// The running server's lookup cache, for tests.

@@ -6,7 +6,8 @@ import SkywireSupport
 /// Keeps one replica's ``LookupCache`` coherent with the shared PostgreSQL registry: a dedicated
 /// connection `LISTEN`s on ``PostgresEntryStore/changeChannel``, where the tables' triggers
 /// announce every committed insert, update, delete and truncate, and each announcement drops
-/// the key's cached answer.
+/// the key's cached answer or replaces it with the announced row, so every replica holds the
+/// live registry's answers without asking the database (encoded on first lookup).
 ///
 /// The cache serves only while the `LISTEN` is known to be in effect: it is enabled (empty,
 /// discarding fills begun before) once the server confirmed `LISTEN`, and disabled (emptied) as
@@ -27,22 +28,32 @@ struct PostgresChangeListener: Service {
 
     /// What one notification says.
     enum Change: Equatable {
-        /// The row of `pk` was written with `sequence` (`nil`: deleted).
+        /// The row of `pk` is now this one (committed).
+        case update(EntryKind, pk: String, sequence: Int64, updatedAt: Int64, payload: String)
+        /// The row of `pk` was written with `sequence` (`nil`: deleted); its content did not fit
+        /// in a notification.
         case key(EntryKind, pk: String, sequence: Int64?)
         /// A table was truncated, or a payload we do not understand: drop everything.
         case all
     }
 
-    /// Parses a payload written by the trigger (`v:<sequence>:<pk>`, `r:…`, `v:-:<pk>`, `*`).
+    /// Parses a payload written by the trigger: `v:<sequence>:<updated_at>:<pk>:<entry payload>`
+    /// (`r:` for relays), `v:<sequence>:<pk>` (entry too large for a notification),
+    /// `v:-:<pk>` (deleted), `*` (truncated).
     static func parse(_ payload: String) -> Change {
-        let parts = payload.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
-        guard parts.count == 3, !parts[2].isEmpty else { return .all }
+        let parts = payload.split(separator: ":", maxSplits: 4, omittingEmptySubsequences: false)
+        guard parts.count == 3 || parts.count == 5 else { return .all }
         let kind: EntryKind
         switch parts[0] {
         case "v": kind = .visor
         case "r": kind = .relay
         default: return .all
         }
+        if parts.count == 5 {
+            guard let sequence = Int64(parts[1]), let updatedAt = Int64(parts[2]), !parts[3].isEmpty else { return .all }
+            return .update(kind, pk: String(parts[3]), sequence: sequence, updatedAt: updatedAt, payload: String(parts[4]))
+        }
+        guard !parts[2].isEmpty else { return .all }
         if parts[1] == "-" { return .key(kind, pk: String(parts[2]), sequence: nil) }
         guard let sequence = Int64(parts[1]) else { return .all }
         return .key(kind, pk: String(parts[2]), sequence: sequence)
@@ -50,6 +61,8 @@ struct PostgresChangeListener: Service {
 
     func apply(_ payload: String) {
         switch Self.parse(payload) {
+        case .update(let kind, let pk, let sequence, let updatedAt, let entry):
+            self.cache.update(kind: kind, pk: pk, sequence: sequence, updatedAt: updatedAt, payload: entry)
         case .key(let kind, let pk, let sequence):
             self.cache.invalidate(kind: kind, pk: pk, sequence: sequence)
         case .all:

@@ -127,12 +127,17 @@ final class PostgresEntryStore: EntryStore {
     /// The `NOTIFY` channel every change of a row is announced on (``PostgresChangeListener``).
     static let changeChannel = "skywire_entries"
 
+    /// Largest entry payload (bytes) announced with its content; PostgreSQL refuses notification
+    /// payloads from 8000 bytes on, and a larger entry is announced by key and sequence only.
+    static let maxAnnouncedPayload = 7_000
+
     /// Installs (idempotently, at every start, inside the migration's transaction and lock) the
     /// triggers that announce every committed change of a row on ``changeChannel``, so every
     /// replica's ``LookupCache`` can drop what it holds for that key. In the database rather
     /// than in our statements, so writes by any replica (an older binary included) or by hand
-    /// are announced. Payloads: `v:<sequence>:<pk>` (`r:` for relays) on insert and update,
-    /// `v:-:<pk>` on delete, `*` on truncate. Additive: tables and schema version are unchanged,
+    /// are announced. Payloads: `v:<sequence>:<updated_at>:<pk>:<entry payload>` (`r:` for
+    /// relays) on insert and update (`v:<sequence>:<pk>` when the payload is over
+    /// ``maxAnnouncedPayload``), `v:-:<pk>` on delete, `*` on truncate. Additive: tables and schema version are unchanged,
     /// and an older binary runs on a database that has them.
     private static func installChangeNotifications(_ connection: PostgresConnection, logger: Logger) async throws {
         try await connection.query(
@@ -141,6 +146,11 @@ final class PostgresEntryStore: EntryStore {
             BEGIN
                 IF TG_OP = 'DELETE' THEN
                     PERFORM pg_notify('\(unescaped: Self.changeChannel)', TG_ARGV[0] || ':-:' || OLD.pk);
+                ELSIF octet_length(NEW.payload) <= \(unescaped: String(Self.maxAnnouncedPayload)) THEN
+                    PERFORM pg_notify(
+                        '\(unescaped: Self.changeChannel)',
+                        TG_ARGV[0] || ':' || NEW.sequence || ':' || NEW.updated_at || ':' || NEW.pk || ':' || NEW.payload
+                    );
                 ELSE
                     PERFORM pg_notify('\(unescaped: Self.changeChannel)', TG_ARGV[0] || ':' || NEW.sequence || ':' || NEW.pk);
                 END IF;
