@@ -14,7 +14,8 @@ import SkywireSupport
 /// soon as the notification stream ends or fails (connection lost, server restarted) or a
 /// heartbeat (`SELECT 1` on that connection every ``heartbeatInterval``) does not come back
 /// within ``heartbeatTimeout`` — a connection that hangs silently. Then it reconnects after
-/// ``retryDelay`` and, once listening again, starts from an empty cache.
+/// ``retryDelay`` (doubling while attempts keep failing, up to 10 s) and, once listening again,
+/// starts from an empty cache.
 struct PostgresChangeListener: Service {
     let location: PostgresLocation
     let cache: LookupCache
@@ -73,19 +74,25 @@ struct PostgresChangeListener: Service {
     func run() async throws {
         defer { self.cache.disable() }
         try? await cancelWhenGracefulShutdown {
+            // Failed attempts in a row: the first is a warning, later ones (an outage) are logged
+            // at debug level, and the delay doubles up to 10 s.
+            var failures = 0
             while !Task.isCancelled {
+                var listened = false
                 do {
-                    try await self.listenOnce()
+                    try await self.listenOnce(listened: &listened)
                 } catch {
                     self.cache.disable()
                     if Task.isCancelled { break }
-                    self.logger.warning(
-                        "lookup cache off: lost the PostgreSQL change notifications; reconnecting",
+                    failures = listened ? 1 : failures + 1
+                    self.logger.log(
+                        level: failures == 1 ? .warning : .debug,
+                        "lookup cache off: no PostgreSQL change notifications; reconnecting",
                         metadata: ["discovery.database": "\(self.location.displayName)", "error": "\(PostgresEntryStore.describe(error))"]
                     )
                 }
                 self.cache.disable()
-                try await Task.sleep(for: self.retryDelay)
+                try await Task.sleep(for: min(self.retryDelay * (1 << min(max(failures - 1, 0), 4)), .seconds(10)))
             }
         }
     }
@@ -100,7 +107,7 @@ struct PostgresChangeListener: Service {
     }
 
     /// One connection's life: returns (throws) when it is lost or stops answering.
-    private func listenOnce() async throws {
+    private func listenOnce(listened: inout Bool) async throws {
         var configuration = try self.location.connectionConfiguration()
         // Named, so an operator (and a test) can tell this connection apart in pg_stat_activity.
         configuration.options.additionalStartupParameters.append(("application_name", Self.applicationName))
@@ -112,6 +119,7 @@ struct PostgresChangeListener: Service {
         do {
             try await connection.listen(on: PostgresEntryStore.changeChannel) { notifications in
                 // LISTEN is in effect: every write committed from now on will be announced.
+                listened = true
                 self.cache.enable()
                 self.logger.debug("lookup cache on: listening for PostgreSQL change notifications")
                 try await withThrowingTaskGroup(of: Void.self) { tasks in
