@@ -5,6 +5,7 @@ import Foundation
 #endif
 import Hummingbird
 import Logging
+import Metrics
 import NIOCore
 import SkywireCrypto
 
@@ -57,6 +58,7 @@ struct DiscoveryHandlers: Sendable {
     let rendezvous: RendezvousState
     /// Lookup answers kept in this process (`nil`: off); see ``LookupCache``.
     var cache: LookupCache? = nil
+    let cacheCounters = LookupCacheCounters()
 
     func makeRouter() -> Router<BasicRequestContext> {
         let router = Router()
@@ -175,10 +177,13 @@ struct DiscoveryHandlers: Sendable {
         var ticket: LookupCache.Ticket?
         switch self.cache?.lookup(kind: Entry.kind, pk: pk, now: now, liveSince: liveSince) {
         case .hit(let body?):
+            self.cacheCounters.hit.increment()
             return JSONResponse.raw(.ok, body)
         case .hit(nil):
+            self.cacheCounters.hit.increment()
             throw APIError(.notFound, "no live \(Entry.kind.rawValue) entry for \(pk)")
         case .encode(let payload, let sequence, let updatedAt, let taken):
+            self.cacheCounters.hit.increment()
             // Announced by a notification, not encoded yet.
             let row = EntryStoreRow(payload: payload, signature: "", sequence: sequence, updatedAt: updatedAt)
             if let entry: Entry = self.decodeStored(row), let body = JSONResponse.encode(entry) {
@@ -187,8 +192,10 @@ struct DiscoveryHandlers: Sendable {
             }
             ticket = nil  // does not decode: answer from the database, as without a cache
         case .miss(let taken):
+            self.cacheCounters.miss.increment()
             ticket = taken
         case .disabled, nil:
+            self.cacheCounters.off.increment()
             ticket = nil
         }
         let row = try await self.store.fetch(kind: Entry.kind, pk: pk, liveSince: liveSince)
