@@ -254,6 +254,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="wrk threads per server")
     ap.add_argument("--bin", default=str(ROOT / ".build" / "release" / "skywire"))
     ap.add_argument("--json", help="append the run's figures to this file (one JSON object per line)")
+    ap.add_argument("--keep-logs", metavar="DIR", help="copy the discovery servers' logs (info level) into DIR at the end")
     ap.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                     help="one more argument for every `skywire discovery` (repeatable; e.g. --server-arg=--lookup-cache=0)")
     args = ap.parse_args()
@@ -288,6 +289,11 @@ def main() -> int:
         return 0
     finally:
         load.stop()
+        if args.keep_logs:
+            keep = Path(args.keep_logs)
+            keep.mkdir(parents=True, exist_ok=True)
+            for log in workdir.glob("discovery-*.log"):
+                shutil.copy(log, keep / log.name)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
