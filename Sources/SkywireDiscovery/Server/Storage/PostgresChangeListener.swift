@@ -20,8 +20,11 @@ struct PostgresChangeListener: Service {
     let location: PostgresLocation
     let cache: LookupCache
     let logger: Logger
-    var heartbeatInterval: Duration = .seconds(2)
-    var heartbeatTimeout: Duration = .seconds(2)
+    /// A silently hung connection hides writes for at most about interval + timeout. Not
+    /// shorter: on a starved machine a slow heartbeat turns the cache off (and empties it),
+    /// sending every lookup to the database just when it is short of CPU.
+    var heartbeatInterval: Duration = .seconds(5)
+    var heartbeatTimeout: Duration = .seconds(5)
     var retryDelay: Duration = .seconds(1)
 
     /// `application_name` of the listening connection.
