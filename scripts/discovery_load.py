@@ -161,7 +161,8 @@ class Load:
         for i in range(count):
             log = open(self.dir / f"discovery-{i}.log", "wb")
             env = dict(os.environ, SKYWIRE_LOG="info")
-            p = subprocess.Popen([self.args.bin, "discovery", "--addr", "127.0.0.1:0", "--db", db, "--entry-ttl", "900"],
+            p = subprocess.Popen([self.args.bin, "discovery", "--addr", "127.0.0.1:0", "--db", db, "--entry-ttl", "900",
+                                  *self.args.server_arg],
                                  stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
             self.procs.append(p)
             deadline = time.monotonic() + 60
@@ -253,6 +254,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="wrk threads per server")
     ap.add_argument("--bin", default=str(ROOT / ".build" / "release" / "skywire"))
     ap.add_argument("--json", help="append the run's figures to this file (one JSON object per line)")
+    ap.add_argument("--keep-logs", metavar="DIR", help="copy the discovery servers' logs (info level) into DIR at the end")
+    ap.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                    help="one more argument for every `skywire discovery` (repeatable; e.g. --server-arg=--lookup-cache=0)")
     args = ap.parse_args()
     if not (1 <= args.visors <= 100_000 and 1 <= args.duration <= 120 and 2 <= args.rounds <= 50):
         ap.error("bounds: visors 1..100000, duration 1..120 s, rounds 2..50")
@@ -285,6 +289,11 @@ def main() -> int:
         return 0
     finally:
         load.stop()
+        if args.keep_logs:
+            keep = Path(args.keep_logs)
+            keep.mkdir(parents=True, exist_ok=True)
+            for log in workdir.glob("discovery-*.log"):
+                shutil.copy(log, keep / log.name)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -2,6 +2,7 @@
 import os
 import socket
 import time
+import urllib.request
 
 import pytest
 
@@ -210,6 +211,14 @@ def test_discovery_metrics(mnet):
     after = value(s, "skywire_discovery_requests_total", route="GET /v1/visors/{pk}", status="404") + \
         value(s, "skywire_discovery_requests_total", route="GET /v1/visors/:pk", status="404")
     assert after > before, routes
+    # Lookups of one entry: answered from the cache or read from the database, counted by result.
+    hits = value(s, "skywire_discovery_lookup_cache_total", result="hit")
+    for _ in range(2):
+        with urllib.request.urlopen(f"{net.discovery_url}/v1/visors/{a.pk}", timeout=10) as r:
+            assert r.status == 200
+    s = scrape(net.discovery_metrics)
+    assert value(s, "skywire_discovery_lookup_cache_total", result="hit") >= hits + 1
+    assert value(s, "skywire_discovery_lookup_cache_total", result="miss") >= 1
 
 
 def test_metrics_address_errors(mnet):

@@ -33,6 +33,9 @@ struct DiscoveryCommand: AsyncParsableCommand {
     @Option(name: .customLong("key-file"), help: "Key file of the rendezvous's answer-signing key, created if absent (default: discovery.key beside --db).")
     var keyFile: String?
 
+    @Option(name: .customLong("lookup-cache"), help: "Most keys kept in the lookup cache (answers of GET /v1/{relays,visors}/{pk}, kept coherent across replicas by PostgreSQL notifications); 0 turns it off.")
+    var lookupCache = 100_000
+
     /// The key file in use: `--key-file`, or `discovery.key` in the database's folder.
     var resolvedKeyFile: String {
         if let keyFile { return keyFile }
@@ -53,6 +56,7 @@ struct DiscoveryCommand: AsyncParsableCommand {
             throw ValidationError("invalid --db: \(error.message)")
         }
         guard self.entryTTL >= 1 else { throw ValidationError("--entry-ttl must be at least 1 second") }
+        guard (0...10_000_000).contains(self.lookupCache) else { throw ValidationError("--lookup-cache must be in 0...10000000") }
         try self.metrics.validate()
     }
 
@@ -77,7 +81,8 @@ struct DiscoveryCommand: AsyncParsableCommand {
                 port: port,
                 databasePath: self.db,
                 entryTTL: .seconds(self.entryTTL),
-                rendezvous: rendezvous
+                rendezvous: rendezvous,
+                lookupCacheCapacity: self.lookupCache
             ),
             logger: logger
         )

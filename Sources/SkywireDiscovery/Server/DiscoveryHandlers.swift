@@ -5,6 +5,7 @@ import Foundation
 #endif
 import Hummingbird
 import Logging
+import Metrics
 import NIOCore
 import SkywireCrypto
 
@@ -55,6 +56,9 @@ struct DiscoveryHandlers: Sendable {
     let configuration: DiscoveryServerConfiguration
     let logger: Logger
     let rendezvous: RendezvousState
+    /// Lookup answers kept in this process (`nil`: off); see ``LookupCache``.
+    var cache: LookupCache? = nil
+    let cacheCounters = LookupCacheCounters()
 
     func makeRouter() -> Router<BasicRequestContext> {
         let router = Router()
@@ -139,6 +143,9 @@ struct DiscoveryHandlers: Sendable {
         )
         switch result {
         case .stored:
+            // This replica serves the new entry from its next lookup on (other replicas drop
+            // their cached answer when the database's notification reaches them).
+            self.cache?.invalidate(kind: Entry.kind, pk: entry.publicKey.hex, sequence: sequence)
             self.logger.debug(
                 "entry stored",
                 metadata: [
@@ -164,12 +171,48 @@ struct DiscoveryHandlers: Sendable {
         } catch {
             throw APIError(.badRequest, "\(error)")
         }
-        guard let row = try await self.store.fetch(kind: Entry.kind, pk: key.hex, liveSince: self.liveSince()),
-            let entry: Entry = self.decodeStored(row)
-        else {
-            throw APIError(.notFound, "no live \(Entry.kind.rawValue) entry for \(key.hex)")
+        let pk = key.hex
+        let now = self.configuration.clock()
+        let liveSince = now.subtractingSaturating(self.configuration.ttlSeconds)
+        var ticket: LookupCache.Ticket?
+        switch self.cache?.lookup(kind: Entry.kind, pk: pk, now: now, liveSince: liveSince) {
+        case .hit(let body?):
+            self.cacheCounters.hit.increment()
+            return JSONResponse.raw(.ok, body)
+        case .hit(nil):
+            self.cacheCounters.hit.increment()
+            throw APIError(.notFound, "no live \(Entry.kind.rawValue) entry for \(pk)")
+        case .encode(let payload, let sequence, let updatedAt, let taken):
+            self.cacheCounters.hit.increment()
+            // Announced by a notification, not encoded yet.
+            let row = EntryStoreRow(payload: payload, signature: "", sequence: sequence, updatedAt: updatedAt)
+            if let entry: Entry = self.decodeStored(row), let body = JSONResponse.encode(entry) {
+                self.cache?.fill(taken, kind: Entry.kind, pk: pk, value: .init(body: body, sequence: sequence, updatedAt: updatedAt, cachedAt: now))
+                return JSONResponse.raw(.ok, body)
+            }
+            ticket = nil  // does not decode: answer from the database, as without a cache
+        case .miss(let taken):
+            self.cacheCounters.miss.increment()
+            ticket = taken
+        case .disabled, nil:
+            self.cacheCounters.off.increment()
+            ticket = nil
         }
-        return JSONResponse.make(.ok, entry)
+        let row = try await self.store.fetch(kind: Entry.kind, pk: pk, liveSince: liveSince)
+        guard let row else {
+            if let ticket {
+                self.cache?.fill(ticket, kind: Entry.kind, pk: pk, value: .init(body: nil, sequence: 0, updatedAt: 0, cachedAt: now))
+            }
+            throw APIError(.notFound, "no live \(Entry.kind.rawValue) entry for \(pk)")
+        }
+        guard let entry: Entry = self.decodeStored(row) else {
+            throw APIError(.notFound, "no live \(Entry.kind.rawValue) entry for \(pk)")
+        }
+        let body = JSONResponse.encode(entry)
+        if let ticket, let body {
+            self.cache?.fill(ticket, kind: Entry.kind, pk: pk, value: .init(body: body, sequence: row.sequence, updatedAt: row.updatedAt, cachedAt: now))
+        }
+        return body.map { JSONResponse.raw(.ok, $0) } ?? JSONResponse.encodingFailed()
     }
 
     func list<Entry: DiscoveryEntry>(_ type: Entry.Type) async throws -> Response {
@@ -255,26 +298,29 @@ struct JSONErrorMiddleware: RouterMiddleware {
 
 enum JSONResponse {
     static func make(_ status: HTTPResponse.Status, _ value: some Encodable) -> Response {
-        let data: Data
-        do {
-            data = try EntryCoding.makeEncoder().encode(value)
-        } catch {
-            // Our own response types are plain strings and integers; this is unreachable in practice.
-            data = Data(#"{"error":"internal error: response encoding failed"}"#.utf8)
-            return self.raw(.internalServerError, data)
-        }
-        return self.raw(status, data)
+        guard let body = self.encode(value) else { return self.encodingFailed() }
+        return self.raw(status, body)
+    }
+
+    /// `value` as JSON, or `nil` if it does not encode.
+    static func encode(_ value: some Encodable) -> ByteBuffer? {
+        // Our own response types are plain strings and integers; failure is unreachable in practice.
+        guard let data = try? EntryCoding.makeEncoder().encode(value) else { return nil }
+        return ByteBuffer(bytes: data)
+    }
+
+    static func encodingFailed() -> Response {
+        self.raw(.internalServerError, ByteBuffer(string: #"{"error":"internal error: response encoding failed"}"#))
     }
 
     static func error(_ error: APIError) -> Response {
         self.make(error.status, ErrorBody(error: error.message, storedSequence: error.storedSequence))
     }
 
-    private static func raw(_ status: HTTPResponse.Status, _ data: Data) -> Response {
-        Response(
-            status: status,
-            headers: [.contentType: "application/json; charset=utf-8"],
-            body: ResponseBody(byteBuffer: ByteBuffer(bytes: data))
-        )
+    private static let headers: HTTPFields = [.contentType: "application/json; charset=utf-8"]
+
+    /// An already encoded JSON body (shared, not copied: `ByteBuffer` is copy-on-write).
+    static func raw(_ status: HTTPResponse.Status, _ body: ByteBuffer) -> Response {
+        Response(status: status, headers: self.headers, body: ResponseBody(byteBuffer: body))
     }
 }

@@ -22,6 +22,16 @@ struct RequestMetricsMiddleware: RouterMiddleware {
     }
 }
 
+/// `skywire_discovery_lookup_cache_total{result}`: lookups of one entry answered from the cache
+/// (`hit`), read from the database while the cache was on (`miss`) or off (`off`: disabled while
+/// not listening for PostgreSQL notifications, or `--lookup-cache 0`). Created once: a lookup
+/// costs one counter increment.
+struct LookupCacheCounters: Sendable {
+    let hit = Counter(label: "skywire_discovery_lookup_cache_total", dimensions: [("result", "hit")])
+    let miss = Counter(label: "skywire_discovery_lookup_cache_total", dimensions: [("result", "miss")])
+    let off = Counter(label: "skywire_discovery_lookup_cache_total", dimensions: [("result", "off")])
+}
+
 /// The running server's store, so a scrape can count entries.
 final class StoreBox: Sendable {
     private let store = Mutex<(any EntryStore)?>(nil)

@@ -33,6 +33,7 @@ public struct DiscoveryServer: Service {
     private let onServerRunning: @Sendable (SocketAddress) async -> Void
     private let rendezvousState = RendezvousState()
     let storeBox = StoreBox()
+    let cacheBox = CacheBox()
 
     /// Creates a server; nothing is bound or opened until ``run()``.
     ///
@@ -71,7 +72,24 @@ public struct DiscoveryServer: Service {
             if let settings = configuration.rendezvous, let port = settings.port ?? (configuration.port == 0 ? nil : configuration.port) {
                 try await self.startRendezvous(settings, port: port)
             }
-            let handlers = DiscoveryHandlers(store: store, configuration: configuration, logger: logger, rendezvous: self.rendezvousState)
+            // The lookup cache: SQLite has one process, whose handlers see every write, so it is
+            // on from the start; PostgreSQL replicas turn theirs on while they listen for the
+            // database's change notifications (PostgresChangeListener).
+            var services: [any Service] = [PurgeService(store: store, configuration: configuration, logger: logger)]
+            var cache: LookupCache?
+            if configuration.lookupCacheCapacity > 0 {
+                let lookupCache = LookupCache(capacity: configuration.lookupCacheCapacity)
+                switch database {
+                case .sqlite:
+                    lookupCache.enable()
+                case .postgres(let location):
+                    services.append(PostgresChangeListener(location: location, cache: lookupCache, logger: logger))
+                }
+                cache = lookupCache
+            }
+            self.cacheBox.set(cache)
+            var handlers = DiscoveryHandlers(store: store, configuration: configuration, logger: logger, rendezvous: self.rendezvousState)
+            handlers.cache = cache
             let (bound, boundContinuation) = AsyncStream.makeStream(of: SocketAddress.self)
             let slowRequests = RateLimitedLog(logger: logger, level: .info)
             let app = Application(
@@ -83,7 +101,7 @@ public struct DiscoveryServer: Service {
                     idleTimeout: .init(configuration.idleTimeout)
                 )),
                 configuration: .init(address: .hostname(configuration.host, port: configuration.port)),
-                services: [PurgeService(store: store, configuration: configuration, logger: logger)],
+                services: services,
                 onServerRunning: { channel in
                     if let address = channel.localAddress {
                         boundContinuation.yield(address)
@@ -155,6 +173,8 @@ public struct DiscoveryServer: Service {
         public var baseURL: String
         /// The rendezvous's UDP address, when ``DiscoveryServerConfiguration/rendezvous`` is set.
         public var rendezvousAddress: SocketAddress?
+        /// The server's lookup cache (`nil` when off), for tests.
+        var lookupCache: LookupCache? = nil
     }
 
     /// Runs a server for the duration of `body` and shuts it down gracefully afterwards
@@ -187,7 +207,8 @@ public struct DiscoveryServer: Service {
             let running = Running(
                 address: address,
                 baseURL: Self.baseURL(for: address, host: configuration.host),
-                rendezvousAddress: server.rendezvousAddress
+                rendezvousAddress: server.rendezvousAddress,
+                lookupCache: server.cacheBox.get()
             )
             let result: Result<T, any Error>
             do {

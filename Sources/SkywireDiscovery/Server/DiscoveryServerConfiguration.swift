@@ -30,6 +30,10 @@ public struct DiscoveryServerConfiguration: Sendable {
     /// The sudph rendezvous (UDP) run beside the HTTP listener, announced by `GET /v1/rendezvous`.
     /// `nil` (the default) runs none, and that route answers 404.
     public var rendezvous: RendezvousSettings?
+    /// Most keys the lookup cache holds (``LookupCache``: answers of `GET /v1/{relays,visors}/{pk}`,
+    /// kept coherent across replicas by PostgreSQL notifications); reaching it empties the cache.
+    /// `0` turns the cache off. Default 100,000.
+    public var lookupCacheCapacity: Int
 
     /// Creates a configuration.
     public init(
@@ -43,7 +47,8 @@ public struct DiscoveryServerConfiguration: Sendable {
         idleTimeout: Duration = .seconds(30),
         clock: @escaping @Sendable () -> Int64 = UnixTime.seconds,
         rendezvous: RendezvousSettings? = nil,
-        requestReadTimeout: Duration = .seconds(10)
+        requestReadTimeout: Duration = .seconds(10),
+        lookupCacheCapacity: Int = 100_000
     ) {
         self.host = host
         self.port = port
@@ -56,6 +61,7 @@ public struct DiscoveryServerConfiguration: Sendable {
         self.clock = clock
         self.rendezvous = rendezvous
         self.requestReadTimeout = requestReadTimeout
+        self.lookupCacheCapacity = lookupCacheCapacity
     }
 
     /// Creates a configuration from a `host:port` string such as `127.0.0.1:9090` or `[::1]:0`.

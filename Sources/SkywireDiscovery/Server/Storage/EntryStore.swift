@@ -1,5 +1,7 @@
 import SkywireSupport
 import Logging
+import NIOCore
+import NIOPosix
 import Synchronization
 
 /// Storage of signed entries, one table per ``EntryKind``: the one interface the HTTP handlers
@@ -131,7 +133,76 @@ struct EntryStoreUnavailable: Error, CustomStringConvertible {
 /// Runs `body`, failing with ``EntryStoreUnavailable`` at `limit` — at `limit`, not when `body`
 /// gives up: a database client waiting for a pooled connection during an outage may not stop at
 /// once when cancelled. `body` is cancelled and left to finish in the background.
+///
+/// Every statement runs under it, so it is on the hot path: the timer is an event loop's
+/// scheduled task, cancelled when `body` finishes (``withDeadline``'s sleeping task would stay
+/// alive for the whole `limit` after each statement: thousands of pending timers under load).
 func withStoreDeadline<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withDeadline(limit, timeoutError: { EntryStoreUnavailable(limit: limit) }, body)
+    let loop = MultiThreadedEventLoopGroup.singleton.any()
+    return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+        let race = DeadlineRace(continuation)
+        let work = Task {
+            do {
+                race.finish(.success(try await body()))
+            } catch {
+                race.finish(.failure(error))
+            }
+        }
+        race.arm(
+            loop.scheduleTask(in: TimeAmount(limit)) {
+                if race.timeOut(EntryStoreUnavailable(limit: limit)) { work.cancel() }
+            }
+        )
+    }
+}
+
+/// Lets exactly one of ``withStoreDeadline(_:_:)``'s racers resume; the winning body cancels
+/// the timer.
+private final class DeadlineRace<T: Sendable>: Sendable {
+    private struct State {
+        var finished = false
+        var timer: Scheduled<Void>?
+    }
+
+    private let state = Mutex(State())
+    private let continuation: CheckedContinuation<T, any Error>
+
+    init(_ continuation: CheckedContinuation<T, any Error>) {
+        self.continuation = continuation
+    }
+
+    func arm(_ timer: Scheduled<Void>) {
+        let cancelNow = self.state.withLock { state in
+            if state.finished { return true }
+            state.timer = timer
+            return false
+        }
+        if cancelNow { timer.cancel() }
+    }
+
+    func finish(_ result: Result<T, any Error>) {
+        let (won, timer) = self.state.withLock { state -> (Bool, Scheduled<Void>?) in
+            if state.finished { return (false, nil) }
+            state.finished = true
+            let timer = state.timer
+            state.timer = nil
+            return (true, timer)
+        }
+        guard won else { return }
+        timer?.cancel()
+        self.continuation.resume(with: result)
+    }
+
+    /// Whether the timer won (the body is then to be cancelled).
+    func timeOut(_ error: any Error) -> Bool {
+        let won = self.state.withLock { state in
+            if state.finished { return false }
+            state.finished = true
+            state.timer = nil
+            return true
+        }
+        if won { self.continuation.resume(throwing: error) }
+        return won
+    }
 }
 

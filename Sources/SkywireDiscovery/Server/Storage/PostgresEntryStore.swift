@@ -84,35 +84,119 @@ final class PostgresEntryStore: EntryStore {
             guard found <= EntryStoreSchema.current else {
                 throw EntryStoreError.schemaTooNew(found: found, supported: EntryStoreSchema.current, database: location.displayName)
             }
-            guard found < EntryStoreSchema.current else { return }
-            if found < 1 {
-                for kind in EntryKind.allCases {
-                    let table = EntryStoreSchema.table(kind)
-                    try await connection.query(
-                        """
-                        CREATE TABLE IF NOT EXISTS \(unescaped: table) (
-                            pk TEXT PRIMARY KEY NOT NULL,
-                            payload TEXT NOT NULL,
-                            signature TEXT NOT NULL,
-                            sequence BIGINT NOT NULL,
-                            timestamp BIGINT NOT NULL,
-                            updated_at BIGINT NOT NULL
-                        )
-                        """,
-                        logger: logger
-                    )
-                    try await connection.query(
-                        "CREATE INDEX IF NOT EXISTS \(unescaped: table)_updated_at ON \(unescaped: table) (updated_at)",
-                        logger: logger
-                    )
-                }
+            if found < EntryStoreSchema.current {
+                try await Self.migrateTables(connection, from: found, location: location, logger: logger)
             }
-            try await connection.query("DELETE FROM schema_version", logger: logger)
-            try await connection.query("INSERT INTO schema_version (version) VALUES (\(Int32(EntryStoreSchema.current)))", logger: logger)
-            logger.info(
-                "discovery schema migrated",
-                metadata: ["discovery.database": "\(location.displayName)", "schema.from": "\(found)", "schema.to": "\(EntryStoreSchema.current)"]
-            )
+            try await Self.installChangeNotifications(connection, logger: logger)
+        }
+    }
+
+    /// The steps from version `found` to ``EntryStoreSchema/current`` (inside the migration's
+    /// transaction and lock).
+    private static func migrateTables(_ connection: PostgresConnection, from found: Int, location: PostgresLocation, logger: Logger) async throws {
+        if found < 1 {
+            for kind in EntryKind.allCases {
+                let table = EntryStoreSchema.table(kind)
+                try await connection.query(
+                    """
+                    CREATE TABLE IF NOT EXISTS \(unescaped: table) (
+                        pk TEXT PRIMARY KEY NOT NULL,
+                        payload TEXT NOT NULL,
+                        signature TEXT NOT NULL,
+                        sequence BIGINT NOT NULL,
+                        timestamp BIGINT NOT NULL,
+                        updated_at BIGINT NOT NULL
+                    )
+                    """,
+                    logger: logger
+                )
+                try await connection.query(
+                    "CREATE INDEX IF NOT EXISTS \(unescaped: table)_updated_at ON \(unescaped: table) (updated_at)",
+                    logger: logger
+                )
+            }
+        }
+        try await connection.query("DELETE FROM schema_version", logger: logger)
+        try await connection.query("INSERT INTO schema_version (version) VALUES (\(Int32(EntryStoreSchema.current)))", logger: logger)
+        logger.info(
+            "discovery schema migrated",
+            metadata: ["discovery.database": "\(location.displayName)", "schema.from": "\(found)", "schema.to": "\(EntryStoreSchema.current)"]
+        )
+    }
+
+    /// The `NOTIFY` channel every change of a row is announced on (``PostgresChangeListener``).
+    static let changeChannel = "skywire_entries"
+
+    /// Largest entry payload (bytes) announced with its content; PostgreSQL refuses notification
+    /// payloads from 8000 bytes on, and a larger entry is announced by key and sequence only.
+    static let maxAnnouncedPayload = 7_000
+
+    /// Installs (idempotently, at every start, inside the migration's transaction and lock) the
+    /// triggers that announce every committed change of a row on ``changeChannel``, so every
+    /// replica's ``LookupCache`` can drop what it holds for that key. In the database rather
+    /// than in our statements, so writes by any replica (an older binary included) or by hand
+    /// are announced. Payloads: `v:<sequence>:<updated_at>:<pk>:<entry payload>` (`r:` for
+    /// relays) on insert and update (`v:<sequence>:<pk>` when the payload is over
+    /// ``maxAnnouncedPayload``), `v:-:<pk>` on delete, `*` on truncate. Additive: tables and schema version are unchanged,
+    /// and an older binary runs on a database that has them.
+    private static func installChangeNotifications(_ connection: PostgresConnection, logger: Logger) async throws {
+        try await connection.query(
+            """
+            CREATE OR REPLACE FUNCTION skywire_entry_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF TG_OP = 'DELETE' THEN
+                    PERFORM pg_notify('\(unescaped: Self.changeChannel)', TG_ARGV[0] || ':-:' || OLD.pk);
+                ELSIF octet_length(NEW.payload) <= \(unescaped: String(Self.maxAnnouncedPayload)) THEN
+                    PERFORM pg_notify(
+                        '\(unescaped: Self.changeChannel)',
+                        TG_ARGV[0] || ':' || NEW.sequence || ':' || NEW.updated_at || ':' || NEW.pk || ':' || NEW.payload
+                    );
+                ELSE
+                    PERFORM pg_notify('\(unescaped: Self.changeChannel)', TG_ARGV[0] || ':' || NEW.sequence || ':' || NEW.pk);
+                END IF;
+                RETURN NULL;
+            END $$
+            """,
+            logger: logger
+        )
+        try await connection.query(
+            """
+            CREATE OR REPLACE FUNCTION skywire_entries_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM pg_notify('\(unescaped: Self.changeChannel)', '*');
+                RETURN NULL;
+            END $$
+            """,
+            logger: logger
+        )
+        for kind in EntryKind.allCases {
+            let table = EntryStoreSchema.table(kind)
+            let tag = kind == .relay ? "r" : "v"
+            var existing: Set<String> = []
+            for try await name in try await connection.query(
+                "SELECT tgname::TEXT FROM pg_trigger WHERE tgrelid = \(table)::regclass AND NOT tgisinternal",
+                logger: logger
+            ).decode(String.self) {
+                existing.insert(name)
+            }
+            if !existing.contains("\(table)_changed") {
+                try await connection.query(
+                    """
+                    CREATE TRIGGER \(unescaped: table)_changed AFTER INSERT OR UPDATE OR DELETE ON \(unescaped: table)
+                    FOR EACH ROW EXECUTE FUNCTION skywire_entry_changed('\(unescaped: tag)')
+                    """,
+                    logger: logger
+                )
+            }
+            if !existing.contains("\(table)_truncated") {
+                try await connection.query(
+                    """
+                    CREATE TRIGGER \(unescaped: table)_truncated AFTER TRUNCATE ON \(unescaped: table)
+                    FOR EACH STATEMENT EXECUTE FUNCTION skywire_entries_truncated()
+                    """,
+                    logger: logger
+                )
+            }
         }
     }
 
