@@ -86,6 +86,8 @@ final class DmsgNetwork: Sendable {
                     fewListed = try await self.connectMore(self.wanted - have) == 0 && have > 0
                     backoff = .milliseconds(250)
                 } catch {
+                    // Stopping (e.g. while the visor gives up at start): not a relay problem.
+                    if error is CancellationError || Task.isCancelled || Task.isShuttingDownGracefully { break }
                     self.logger.warning("cannot reach a relay", metadata: ["error": "\(error)"])
                 }
             }
