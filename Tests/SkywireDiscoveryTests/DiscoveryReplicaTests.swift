@@ -11,13 +11,8 @@ struct DiscoveryReplicaTests {
     /// Two servers on one PostgreSQL database are one registry: what one accepts, the other
     /// serves on the next request, and the sequence rule holds across them.
     @Test func twoReplicasServeOneRegistry() async throws {
-        try await withTestDatabase(.postgres) { (database: String) async throws in
-            let clock = TestClock()
-            let configuration = DiscoveryServerConfiguration(host: "127.0.0.1", port: 0, databasePath: database, clock: clock.function)
-            try await DiscoveryServer.withRunningServer(configuration: configuration, logger: quietLogger) { first in
-                try await DiscoveryServer.withRunningServer(configuration: configuration, logger: quietLogger) { second in
-                    let viaFirst = DiscoveryClient(baseURL: first.baseURL)
-                    let viaSecond = DiscoveryClient(baseURL: second.baseURL)
+        try await withTwoReplicas { replicas in
+            let (clock, first, second, viaFirst, viaSecond) = (replicas.clock, replicas.first, replicas.second, replicas.viaFirst, replicas.viaSecond)
                     let relayKey = KeyPair.generate()
                     let visorKey = KeyPair.generate()
                     let relay = relayEntry(relayKey, sequence: 7, timestamp: clock.now)
@@ -41,8 +36,6 @@ struct DiscoveryReplicaTests {
                     clock.advance(by: 61)
                     #expect(try await viaFirst.relay(relayKey.publicKey) == nil)
                     #expect(try await viaSecond.relay(relayKey.publicKey) == nil)
-                }
-            }
         }
     }
 
@@ -124,5 +117,30 @@ extension DiscoveryClient {
     /// The order the next request would try the servers in (tests only).
     func healthOrder() -> [Int] {
         self.health.order()
+    }
+}
+
+/// Two discovery replicas on one fresh PostgreSQL database, a client for each, and their clock.
+struct TwoReplicas: Sendable {
+    let database: String
+    let clock: TestClock
+    let first: DiscoveryServer.Running
+    let second: DiscoveryServer.Running
+    let viaFirst: DiscoveryClient
+    let viaSecond: DiscoveryClient
+}
+
+func withTwoReplicas(_ body: @escaping @Sendable (TwoReplicas) async throws -> Void) async throws {
+    try await withTestDatabase(.postgres) { (database: String) async throws in
+        let clock = TestClock()
+        let configuration = DiscoveryServerConfiguration(host: "127.0.0.1", port: 0, databasePath: database, clock: clock.function)
+        try await DiscoveryServer.withRunningServer(configuration: configuration, logger: quietLogger) { first in
+            try await DiscoveryServer.withRunningServer(configuration: configuration, logger: quietLogger) { second in
+                try await body(TwoReplicas(
+                    database: database, clock: clock, first: first, second: second,
+                    viaFirst: DiscoveryClient(baseURL: first.baseURL), viaSecond: DiscoveryClient(baseURL: second.baseURL)
+                ))
+            }
+        }
     }
 }

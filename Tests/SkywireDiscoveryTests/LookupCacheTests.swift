@@ -223,13 +223,8 @@ struct LookupCacheReplicaTests {
     /// answer serves the newer entry written through another replica (asynchronously: once the
     /// notification has arrived, which the test waits for, bounded).
     @Test func aWriteThroughOneReplicaReachesTheOthersCache() async throws {
-        try await withTestDatabase(.postgres) { (database: String) async throws in
-            let clock = TestClock()
-            let configuration = DiscoveryServerConfiguration(host: "127.0.0.1", port: 0, databasePath: database, clock: clock.function)
-            try await DiscoveryServer.withRunningServer(configuration: configuration, logger: quietLogger) { first in
-                try await DiscoveryServer.withRunningServer(configuration: configuration, logger: quietLogger) { second in
-                    let viaFirst = DiscoveryClient(baseURL: first.baseURL)
-                    let viaSecond = DiscoveryClient(baseURL: second.baseURL)
+        try await withTwoReplicas { replicas in
+            let (clock, first, second, viaFirst, viaSecond) = (replicas.clock, replicas.first, replicas.second, replicas.viaFirst, replicas.viaSecond)
                     let cache = try #require(second.lookupCache)
                     #expect(try await eventually { cache.isEnabled })
                     let key = KeyPair.generate()
@@ -255,22 +250,15 @@ struct LookupCacheReplicaTests {
                     clock.advance(by: 61)
                     #expect(try await viaFirst.visor(key.publicKey) == nil)
                     #expect(try await viaSecond.visor(key.publicKey) == nil)
-                }
-            }
         }
     }
 
     /// A lost LISTEN connection turns the cache off (emptied) until listening again, so writes
     /// whose notifications were missed are never hidden behind a cached answer.
     @Test func aLostListenConnectionEmptiesTheCacheUntilListeningAgain() async throws {
-        try await withTestDatabase(.postgres) { (database: String) async throws in
-            let clock = TestClock()
-            let configuration = DiscoveryServerConfiguration(host: "127.0.0.1", port: 0, databasePath: database, clock: clock.function)
-            let location = try PostgresLocation(url: database)
-            try await DiscoveryServer.withRunningServer(configuration: configuration, logger: quietLogger) { first in
-                try await DiscoveryServer.withRunningServer(configuration: configuration, logger: quietLogger) { second in
-                    let viaFirst = DiscoveryClient(baseURL: first.baseURL)
-                    let viaSecond = DiscoveryClient(baseURL: second.baseURL)
+        try await withTwoReplicas { replicas in
+            let (clock, first, second, viaFirst, viaSecond) = (replicas.clock, replicas.first, replicas.second, replicas.viaFirst, replicas.viaSecond)
+            let location = try PostgresLocation(url: replicas.database)
                     let cache = try #require(second.lookupCache)
                     #expect(try await eventually { cache.isEnabled })
                     let key = KeyPair.generate()
@@ -301,8 +289,6 @@ struct LookupCacheReplicaTests {
                     #expect(try await viaSecond.visor(key.publicKey)?.sequence == 2)
                     try await viaFirst.publish(visor: visorEntry(key, sequence: 3, timestamp: clock.now), keyPair: key)
                     #expect(try await eventually { try await viaSecond.visor(key.publicKey)?.sequence == 3 })
-                }
-            }
         }
     }
 
