@@ -276,6 +276,9 @@ def main() -> int:
     ap.add_argument("--mib", type=int, default=512)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json", help="append the figures to this file")
+    ap.add_argument("--worker-nice", type=int, default=0,
+                    help="niceness of the worker processes that simulate the visors (e.g. 19: the forward's "
+                         "processes get the CPU first, as on a relay whose visors are other machines)")
     ap.add_argument("--worker", nargs=4, metavar=("PORT", "PK", "COUNT", "CONCURRENCY"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -341,7 +344,8 @@ def main() -> int:
             workers.append(subprocess.Popen(
                 [sys.executable, __file__, "--hold-limit", str(args.hold_limit), "--worker", str(rport), rpk,
                  str(count), str(args.concurrency)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                preexec_fn=(lambda n=args.worker_nice: os.nice(n)) if args.worker_nice else None))
         ready = [json.loads(w.stdout.readline()) for w in workers]
         opened = sum(r["ready"] for r in ready)
         setup_s = time.monotonic() - t0
