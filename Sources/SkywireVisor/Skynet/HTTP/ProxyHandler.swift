@@ -217,7 +217,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 self.queue.removeFirst()
                 switch item {
                 case .part(.end):
-                    self.afterAnswer(keepBackend: false)
+                    self.afterAnswer()
                 case .part(.body):
                     continue
                 case .part(.head):
@@ -396,7 +396,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func skipBody(of exchange: Exchange) {
         self.exchange = nil
         if exchange.requestSent || !exchange.hasBody {
-            self.afterAnswer(keepBackend: false)
+            self.afterAnswer()
         } else {
             self.state = .skippingBody
             self.process()
@@ -435,9 +435,10 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
             self.armTimer()
         case .body(let buffer):
-            if var held = exchange.held {
-                if held.body == nil { held.body = buffer } else { held.body!.writeImmutableBuffer(buffer) }
-                exchange.held = held
+            if exchange.held != nil {
+                // Appended in place: a copy of the held tuple would make every append copy the
+                // whole body collected so far.
+                if exchange.held!.body == nil { exchange.held!.body = buffer } else { exchange.held!.body!.writeImmutableBuffer(buffer) }
             } else if exchange.headWritten {
                 self.write(.body(.byteBuffer(buffer)), flush: false)
                 if let context = self.context, !context.channel.isWritable { backend.pauseReads() }
@@ -545,15 +546,12 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             self.finish()
             return
         }
-        self.afterAnswer(keepBackend: exchange.keepBackend)
+        self.afterAnswer()
     }
 
-    /// After an answer: the next request, or the end of the connection.
-    private func afterAnswer(keepBackend: Bool) {
-        if !keepBackend, let backend = self.backend {
-            self.backend = nil
-            backend.close()
-        }
+    /// After an answer: the next request (a backend connection that cannot serve it is closed
+    /// by then), or the end of the connection.
+    private func afterAnswer() {
         self.state = .idle
         self.process()
     }
