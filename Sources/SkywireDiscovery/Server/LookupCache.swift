@@ -136,9 +136,25 @@ final class LookupCache: Sendable {
     /// unless it already holds that sequence or a greater one, and makes every fill begun
     /// before now fail. `sequence == nil` (a deletion, or unknown) always drops it.
     func invalidate(kind: EntryKind, pk: String, sequence: Int64?) {
+        self.replace(Key(kind: kind, pk: pk), committed: sequence, with: nil)
+    }
+
+    /// A write for the key was committed and this is the row now stored (announced with its
+    /// payload): the key's answer becomes that entry (encoded on its first lookup) unless an
+    /// equal or greater sequence is cached; every fill begun before now fails, as for
+    /// ``invalidate(kind:pk:sequence:)``. Announcements arrive in commit order, so the last
+    /// one applied is the latest committed row.
+    func update(kind: EntryKind, pk: String, sequence: Int64, updatedAt: Int64, payload: String) {
+        let value = Value(body: nil, payload: payload, sequence: sequence, updatedAt: updatedAt, cachedAt: 0)
+        self.replace(Key(kind: kind, pk: pk), committed: sequence, with: value)
+    }
+
+    /// What ``invalidate(kind:pk:sequence:)`` and ``update(kind:pk:sequence:updatedAt:payload:)``
+    /// share: unless the cached entry already holds the `committed` sequence or a later one, the
+    /// key's slot gets a new stamp and `value` (`nil`: dropped).
+    private func replace(_ key: Key, committed sequence: Int64?, with value: Value?) {
         self.state.withLock { state in
             guard state.enabled else { return }
-            let key = Key(kind: kind, pk: pk)
             if let sequence, let cached = state.slots[key]?.value, cached.isPositive, cached.sequence >= sequence {
                 // The cached row is already this write (the echo of our own) or a later one.
                 return
@@ -148,31 +164,7 @@ final class LookupCache: Sendable {
                 return
             }
             state.counter &+= 1
-            state.slots[key] = Slot(stamp: state.counter, value: nil)
-        }
-    }
-
-    /// A write for the key was committed and this is the row now stored (announced with its
-    /// payload): the key's answer becomes that entry (encoded on its first lookup) unless an
-    /// equal or greater sequence is cached; every fill begun before now fails, as for
-    /// ``invalidate(kind:pk:sequence:)``. Announcements arrive in commit order, so the last
-    /// one applied is the latest committed row.
-    func update(kind: EntryKind, pk: String, sequence: Int64, updatedAt: Int64, payload: String) {
-        self.state.withLock { state in
-            guard state.enabled else { return }
-            let key = Key(kind: kind, pk: pk)
-            if let cached = state.slots[key]?.value, cached.isPositive, cached.sequence >= sequence {
-                return
-            }
-            if state.slots[key] == nil && state.slots.count >= self.capacity {
-                Self.reset(&state)
-                return
-            }
-            state.counter &+= 1
-            state.slots[key] = Slot(
-                stamp: state.counter,
-                value: Value(body: nil, payload: payload, sequence: sequence, updatedAt: updatedAt, cachedAt: 0)
-            )
+            state.slots[key] = Slot(stamp: state.counter, value: value)
         }
     }
 
