@@ -12,30 +12,30 @@ struct DiscoveryReplicaTests {
     /// serves on the next request, and the sequence rule holds across them.
     @Test func twoReplicasServeOneRegistry() async throws {
         try await withTwoReplicas { replicas in
-            let (clock, first, second, viaFirst, viaSecond) = (replicas.clock, replicas.first, replicas.second, replicas.viaFirst, replicas.viaSecond)
-                    let relayKey = KeyPair.generate()
-                    let visorKey = KeyPair.generate()
-                    let relay = relayEntry(relayKey, sequence: 7, timestamp: clock.now)
-                    try await viaFirst.publish(relay: relay, keyPair: relayKey)
-                    #expect(try await viaSecond.relay(relayKey.publicKey) == relay)
-                    #expect(try await viaSecond.relays() == [relay])
+            let (clock, viaFirst, viaSecond) = (replicas.clock, replicas.viaFirst, replicas.viaSecond)
+            let relayKey = KeyPair.generate()
+            let visorKey = KeyPair.generate()
+            let relay = relayEntry(relayKey, sequence: 7, timestamp: clock.now)
+            try await viaFirst.publish(relay: relay, keyPair: relayKey)
+            #expect(try await viaSecond.relay(relayKey.publicKey) == relay)
+            #expect(try await viaSecond.relays() == [relay])
 
-                    let visor = visorEntry(visorKey, relays: [relayKey.publicKey], sequence: 3, timestamp: clock.now)
-                    try await viaSecond.publish(visor: visor, keyPair: visorKey)
-                    #expect(try await viaFirst.visor(visorKey.publicKey) == visor)
+            let visor = visorEntry(visorKey, relays: [relayKey.publicKey], sequence: 3, timestamp: clock.now)
+            try await viaSecond.publish(visor: visor, keyPair: visorKey)
+            #expect(try await viaFirst.visor(visorKey.publicKey) == visor)
 
-                    // A stale sequence through the other replica is refused with the stored one.
-                    do {
-                        try await viaSecond.publish(relay: relayEntry(relayKey, sequence: 6, timestamp: clock.now), keyPair: relayKey)
-                        Issue.record("a stale sequence was accepted through the second replica")
-                    } catch let error as DiscoveryError {
-                        #expect(error.status == 409)
-                        #expect(error.storedSequence == 7)
-                    }
-                    // Expiry is judged the same way by both.
-                    clock.advance(by: 61)
-                    #expect(try await viaFirst.relay(relayKey.publicKey) == nil)
-                    #expect(try await viaSecond.relay(relayKey.publicKey) == nil)
+            // A stale sequence through the other replica is refused with the stored one.
+            do {
+                try await viaSecond.publish(relay: relayEntry(relayKey, sequence: 6, timestamp: clock.now), keyPair: relayKey)
+                Issue.record("a stale sequence was accepted through the second replica")
+            } catch let error as DiscoveryError {
+                #expect(error.status == 409)
+                #expect(error.storedSequence == 7)
+            }
+            // Expiry is judged the same way by both.
+            clock.advance(by: 61)
+            #expect(try await viaFirst.relay(relayKey.publicKey) == nil)
+            #expect(try await viaSecond.relay(relayKey.publicKey) == nil)
         }
     }
 

@@ -9,7 +9,7 @@ import Testing
 
 /// Waits (bounded: at most `attempts` × 10 ms) until `condition` holds; returns whether it did.
 /// A bound on waiting for something asynchronous to happen, not an assertion about its speed.
-func eventually(attempts: Int = 500, _ condition: () async throws -> Bool) async throws -> Bool {
+func becomesTrue(attempts: Int = 500, _ condition: () async throws -> Bool) async throws -> Bool {
     for _ in 0..<attempts {
         if try await condition() { return true }
         try await Task.sleep(for: .milliseconds(10))
@@ -224,32 +224,32 @@ struct LookupCacheReplicaTests {
     /// notification has arrived, which the test waits for, bounded).
     @Test func aWriteThroughOneReplicaReachesTheOthersCache() async throws {
         try await withTwoReplicas { replicas in
-            let (clock, first, second, viaFirst, viaSecond) = (replicas.clock, replicas.first, replicas.second, replicas.viaFirst, replicas.viaSecond)
-                    let cache = try #require(second.lookupCache)
-                    #expect(try await eventually { cache.isEnabled })
-                    let key = KeyPair.generate()
+            let (clock, second, viaFirst, viaSecond) = (replicas.clock, replicas.second, replicas.viaFirst, replicas.viaSecond)
+            let cache = try #require(second.lookupCache)
+            #expect(try await becomesTrue { cache.isEnabled })
+            let key = KeyPair.generate()
 
-                    // A negative answer is cached, then dropped by the first publish.
-                    #expect(try await viaSecond.visor(key.publicKey) == nil)
-                    try await viaFirst.publish(visor: visorEntry(key, sequence: 1, timestamp: clock.now), keyPair: key)
-                    #expect(try await eventually { try await viaSecond.visor(key.publicKey)?.sequence == 1 })
+            // A negative answer is cached, then dropped by the first publish.
+            #expect(try await viaSecond.visor(key.publicKey) == nil)
+            try await viaFirst.publish(visor: visorEntry(key, sequence: 1, timestamp: clock.now), keyPair: key)
+            #expect(try await becomesTrue { try await viaSecond.visor(key.publicKey)?.sequence == 1 })
 
-                    for sequence in UInt64(2)...20 {
-                        #expect(try await viaSecond.visor(key.publicKey)?.sequence == sequence - 1)  // cached now
-                        try await viaFirst.publish(visor: visorEntry(key, sequence: sequence, timestamp: clock.now), keyPair: key)
-                        #expect(try await eventually { try await viaSecond.visor(key.publicKey)?.sequence == sequence })
-                        // Never back to an older one afterwards.
-                        #expect(try await viaSecond.visor(key.publicKey)?.sequence == sequence)
-                    }
-                    // Through the replica that stored it: at once (it drops its own answer before replying).
-                    #expect(try await viaFirst.visor(key.publicKey)?.sequence == 20)
-                    try await viaFirst.publish(visor: visorEntry(key, sequence: 21, timestamp: clock.now), keyPair: key)
-                    #expect(try await viaFirst.visor(key.publicKey)?.sequence == 21)
+            for sequence in UInt64(2)...20 {
+                #expect(try await viaSecond.visor(key.publicKey)?.sequence == sequence - 1)  // cached now
+                try await viaFirst.publish(visor: visorEntry(key, sequence: sequence, timestamp: clock.now), keyPair: key)
+                #expect(try await becomesTrue { try await viaSecond.visor(key.publicKey)?.sequence == sequence })
+                // Never back to an older one afterwards.
+                #expect(try await viaSecond.visor(key.publicKey)?.sequence == sequence)
+            }
+            // Through the replica that stored it: at once (it drops its own answer before replying).
+            #expect(try await viaFirst.visor(key.publicKey)?.sequence == 20)
+            try await viaFirst.publish(visor: visorEntry(key, sequence: 21, timestamp: clock.now), keyPair: key)
+            #expect(try await viaFirst.visor(key.publicKey)?.sequence == 21)
 
-                    // Expiry is judged on cached answers exactly as in the database.
-                    clock.advance(by: 61)
-                    #expect(try await viaFirst.visor(key.publicKey) == nil)
-                    #expect(try await viaSecond.visor(key.publicKey) == nil)
+            // Expiry is judged on cached answers exactly as in the database.
+            clock.advance(by: 61)
+            #expect(try await viaFirst.visor(key.publicKey) == nil)
+            #expect(try await viaSecond.visor(key.publicKey) == nil)
         }
     }
 
@@ -257,38 +257,38 @@ struct LookupCacheReplicaTests {
     /// whose notifications were missed are never hidden behind a cached answer.
     @Test func aLostListenConnectionEmptiesTheCacheUntilListeningAgain() async throws {
         try await withTwoReplicas { replicas in
-            let (clock, first, second, viaFirst, viaSecond) = (replicas.clock, replicas.first, replicas.second, replicas.viaFirst, replicas.viaSecond)
+            let (clock, second, viaFirst, viaSecond) = (replicas.clock, replicas.second, replicas.viaFirst, replicas.viaSecond)
             let location = try PostgresLocation(url: replicas.database)
-                    let cache = try #require(second.lookupCache)
-                    #expect(try await eventually { cache.isEnabled })
-                    let key = KeyPair.generate()
-                    try await viaFirst.publish(visor: visorEntry(key, sequence: 1, timestamp: clock.now), keyPair: key)
-                    #expect(try await eventually { try await viaSecond.visor(key.publicKey)?.sequence == 1 })
-                    #expect(cache.count >= 1)
+            let cache = try #require(second.lookupCache)
+            #expect(try await becomesTrue { cache.isEnabled })
+            let key = KeyPair.generate()
+            try await viaFirst.publish(visor: visorEntry(key, sequence: 1, timestamp: clock.now), keyPair: key)
+            #expect(try await becomesTrue { try await viaSecond.visor(key.publicKey)?.sequence == 1 })
+            #expect(cache.count >= 1)
 
-                    // Both replicas' listening connections are cut by the server.
-                    let terminated = try await withAdminConnection(location) { connection in
-                        var count = 0
-                        for try await ok in try await connection.query(
-                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = \(PostgresChangeListener.applicationName) AND datname = \(location.database)",
-                            logger: quietLogger
-                        ).decode(Bool.self) where ok {
-                            count += 1
-                        }
-                        return count
-                    }
-                    #expect(terminated == 2)
-                    #expect(try await eventually { !cache.isEnabled })
-                    #expect(cache.count == 0)
-                    // Written while (maybe) nobody listens: served at once by the second replica,
-                    // from the database, whether or not it is listening again yet.
-                    try await viaFirst.publish(visor: visorEntry(key, sequence: 2, timestamp: clock.now), keyPair: key)
-                    #expect(try await viaSecond.visor(key.publicKey)?.sequence == 2)
-                    // Listening again (reconnected after 1 s): caching again, still coherent.
-                    #expect(try await eventually { cache.isEnabled })
-                    #expect(try await viaSecond.visor(key.publicKey)?.sequence == 2)
-                    try await viaFirst.publish(visor: visorEntry(key, sequence: 3, timestamp: clock.now), keyPair: key)
-                    #expect(try await eventually { try await viaSecond.visor(key.publicKey)?.sequence == 3 })
+            // Both replicas' listening connections are cut by the server.
+            let terminated = try await withAdminConnection(location) { connection in
+                var count = 0
+                for try await ok in try await connection.query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = \(PostgresChangeListener.applicationName) AND datname = \(location.database)",
+                    logger: quietLogger
+                ).decode(Bool.self) where ok {
+                    count += 1
+                }
+                return count
+            }
+            #expect(terminated == 2)
+            #expect(try await becomesTrue { !cache.isEnabled })
+            #expect(cache.count == 0)
+            // Written while (maybe) nobody listens: served at once by the second replica,
+            // from the database, whether or not it is listening again yet.
+            try await viaFirst.publish(visor: visorEntry(key, sequence: 2, timestamp: clock.now), keyPair: key)
+            #expect(try await viaSecond.visor(key.publicKey)?.sequence == 2)
+            // Listening again (reconnected after 1 s): caching again, still coherent.
+            #expect(try await becomesTrue { cache.isEnabled })
+            #expect(try await viaSecond.visor(key.publicKey)?.sequence == 2)
+            try await viaFirst.publish(visor: visorEntry(key, sequence: 3, timestamp: clock.now), keyPair: key)
+            #expect(try await becomesTrue { try await viaSecond.visor(key.publicKey)?.sequence == 3 })
         }
     }
 
@@ -302,7 +302,7 @@ struct LookupCacheReplicaTests {
             try await DiscoveryServer.withRunningServer(configuration: configuration, logger: quietLogger) { server in
                 let client = DiscoveryClient(baseURL: server.baseURL)
                 let cache = try #require(server.lookupCache)
-                #expect(try await eventually { cache.isEnabled })
+                #expect(try await becomesTrue { cache.isEnabled })
                 let key = KeyPair.generate()
                 try await client.publish(visor: visorEntry(key, sequence: 1, timestamp: clock.now), keyPair: key)
                 #expect(try await client.visor(key.publicKey)?.sequence == 1)
@@ -310,13 +310,13 @@ struct LookupCacheReplicaTests {
                 _ = try await withAdminConnection(location) { connection in
                     try await connection.query("DELETE FROM visors WHERE pk = \(key.publicKey.hex)", logger: quietLogger)
                 }
-                #expect(try await eventually { try await client.visor(key.publicKey) == nil })
+                #expect(try await becomesTrue { try await client.visor(key.publicKey) == nil })
                 try await client.publish(visor: visorEntry(key, sequence: 2, timestamp: clock.now), keyPair: key)
                 #expect(try await client.visor(key.publicKey)?.sequence == 2)
                 _ = try await withAdminConnection(location) { connection in
                     try await connection.query("TRUNCATE visors", logger: quietLogger)
                 }
-                #expect(try await eventually { try await client.visor(key.publicKey) == nil })
+                #expect(try await becomesTrue { try await client.visor(key.publicKey) == nil })
             }
         }
     }
