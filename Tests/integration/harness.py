@@ -33,18 +33,32 @@ def netns_prefix(netns: str | None) -> list[str]:
     return ["ip", "netns", "exec", netns] if netns else []
 
 
+def user_prefix(user: str | None) -> list[str]:
+    """`setpriv` to run as `user` (and its primary group) without any capability: it execs, so
+    the PID is the daemon's own. Nothing for the current user."""
+    if not user:
+        return []
+    return ["setpriv", "--reuid", user, "--regid", user_group(user), "--clear-groups", "--inh-caps=-all"]
+
+
+def user_group(user: str) -> str:
+    import grp, pwd
+    return grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
+
+
 class Proc:
     """A daemon with its stderr captured to a file."""
 
-    def __init__(self, name: str, args: list[str], workdir: Path, env: dict[str, str], netns: str | None = None):
+    def __init__(self, name: str, args: list[str], workdir: Path, env: dict[str, str], netns: str | None = None,
+                 user: str | None = None):
         self.name = name
         self.args = args
         self.netns = netns
         self.log_path = workdir / f"{name}.log"
         self._log = open(self.log_path, "wb")
         self.popen = subprocess.Popen(
-            [*netns_prefix(netns), BIN, *args], stdout=self._log, stderr=subprocess.STDOUT, cwd=workdir, env=env,
-            stdin=subprocess.DEVNULL,
+            [*netns_prefix(netns), *user_prefix(user), BIN, *args], stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=workdir, env=env, stdin=subprocess.DEVNULL,
         )
         self.pid = self.popen.pid
 
@@ -88,7 +102,10 @@ def _port_of(match: re.Match) -> int:
 class Network:
     """Discovery, a relay and any number of visors, all on 127.0.0.1 with ephemeral ports."""
 
-    def __init__(self) -> None:
+    def __init__(self, user: str | None = None) -> None:
+        """`user`: the daemons (not the CLI) run as this unprivileged user, without capabilities;
+        the test folder becomes theirs before each start."""
+        self.user = user
         self.dir = Path(tempfile.mkdtemp(prefix="skywire-it-"))
         self.env = dict(os.environ)
         # Control tokens go to this test's own folder: parallel runs never see each other.
@@ -108,7 +125,11 @@ class Network:
         return {**self.env, "SKYWIRE_RUNTIME_DIR": str(self.dir / f"run-{netns}")}
 
     def start(self, name: str, *args: str, netns: str | None = None) -> Proc:
-        p = Proc(name, list(args), self.dir, self.env_for(netns), netns=netns)
+        if self.user:
+            group = user_group(self.user)
+            for path in [self.dir, *self.dir.rglob("*")]:
+                shutil.chown(path, self.user, group)
+        p = Proc(name, list(args), self.dir, self.env_for(netns), netns=netns, user=self.user)
         self.procs.append(p)
         return p
 

@@ -75,7 +75,7 @@ public final class RelayServer: Service, Sendable {
             .serverChannelInitializer { channel in listenerGuard.installAcceptBackoff(on: channel) }
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.writeBufferWaterMark, value: SessionEstablishment.carrierWaterMark)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            // TCP_NODELAY: NIO sets it on the listener; accepted sockets inherit it.
             .childChannelOption(.recvAllocator, value: Self.receiveAllocator)
             // The relay lives as long as its listener: holding it strongly here is no cycle.
             .childChannelInitializer { channel in

@@ -184,7 +184,7 @@ public enum SessionEstablishment {
         let channel = try await ClientBootstrap(group: group)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.writeBufferWaterMark, value: Self.carrierWaterMark)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelOption(.recvAllocator, value: Self.carrierReceiveAllocator)
             .connectTimeout(connectTimeout)
             .connect(host: host, port: port).get()

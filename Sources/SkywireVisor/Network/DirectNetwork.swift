@@ -87,7 +87,7 @@ final class DirectNetwork: Sendable {
                 .serverChannelInitializer { channel in listenerGuard.installAcceptBackoff(on: channel) }
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
                 .childChannelOption(.writeBufferWaterMark, value: SessionEstablishment.carrierWaterMark)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                // TCP_NODELAY: NIO sets it on the listener; accepted sockets inherit it.
                 .childChannelOption(.recvAllocator, value: SessionEstablishment.carrierReceiveAllocator)
                 .childChannelInitializer { channel in
                     guard let ticket = listenerGuard.admit(channel.remoteAddress) else {

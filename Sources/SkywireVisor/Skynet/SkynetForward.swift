@@ -49,9 +49,8 @@ final class SkynetForward: Sendable {
     let source: InstanceSource
 
     private let manager: TransportManager
-    private let group: any EventLoopGroup
-    /// Every accepted connection of this forward lives on this loop, and direct sessions this
-    /// forward dials are made on it too, so the data path needs no thread hops.
+    /// The listener and every accepted connection of this forward live on this loop, and direct
+    /// sessions this forward dials are made on it too, so the data path needs no thread hops.
     private let loop: any EventLoop
     private let logger: Logger
     private let mutable = Mutex<(state: State, listener: (any Channel)?, localPort: Int)>((.starting, nil, 0))
@@ -69,7 +68,6 @@ final class SkynetForward: Sendable {
         self.mode = mode
         self.network = network
         self.manager = manager
-        self.group = group
         self.loop = group.next()
         self.logger = logger
         self.mutable.withLock { $0.localPort = localPort }
@@ -238,7 +236,7 @@ final class SkynetForward: Sendable {
                 try options.setOption(.autoRead, value: false)
                 try options.setOption(.allowRemoteHalfClosure, value: true)
                 try options.setOption(.writeBufferWaterMark, value: Self.waterMark)
-                try options.setOption(.socketOption(.tcp_nodelay), value: 1)
+                // (TCP_NODELAY: NIO sets it on the listener; accepted sockets inherit it.)
                 // A client that sends and half-closes before its stream is glued (e.g. while the
                 // session is being dialed) has its bytes and EOF read anyway: held until the glue.
                 try channel.pipeline.syncOperations.addHandler(EarlyInputHandler(), name: EarlyInputHandler.name)
@@ -246,9 +244,11 @@ final class SkynetForward: Sendable {
             }
         }
         // Out of file descriptors, the listener would stay readable and spin: pause accepts.
+        // The listener is on the connections' loop too: an accept on another loop costs two thread
+        // hand-offs per connection (NIO submits the child's set-up to its loop and hops back).
         let listenerGuard = ListenerGuard(name: "forward \(self.name)", logger: self.logger)
         do {
-            return try await ServerBootstrap(group: self.group, childGroup: self.loop)
+            return try await ServerBootstrap(group: self.loop)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .serverChannelInitializer { channel in listenerGuard.installAcceptBackoff(on: channel) }
                 .childChannelInitializer(accept)

@@ -308,7 +308,7 @@ final class SkynetServer: StreamAcceptor {
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.autoRead, value: false)
             .channelOption(.writeBufferWaterMark, value: SkynetForward.waterMark)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .connectTimeout(self.connectTimeout)
             .connect(to: SkynetServer.loopback(port))
             .whenComplete { [weak self] result in

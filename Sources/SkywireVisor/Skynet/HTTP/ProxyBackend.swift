@@ -108,7 +108,7 @@ final class ProxyBackend: ChannelDuplexHandler, RemovableChannelHandler {
     /// (`forwardBytes`) instead of dropped.
     static func connect(port: Int, on loop: any EventLoop, forUpgrade: Bool) -> EventLoopFuture<any Channel> {
         var bootstrap = ClientBootstrap(group: loop)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .connectTimeout(.seconds(5))
         if forUpgrade {
             bootstrap = bootstrap

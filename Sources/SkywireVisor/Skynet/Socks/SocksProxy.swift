@@ -50,7 +50,6 @@ final class SocksProxy: Sendable {
     let counters = Counters()
 
     private let manager: TransportManager
-    private let group: any EventLoopGroup
     private let loop: any EventLoop
     private let logger: Logger
     private let mutable = Mutex<(state: State, listener: (any Channel)?, localPort: Int)>((.starting, nil, 0))
@@ -69,7 +68,6 @@ final class SocksProxy: Sendable {
         self.credentials = credentials
         self.source = source
         self.manager = manager
-        self.group = group
         self.loop = group.next()
         self.logger = logger
         self.mutable.withLock { $0.localPort = port }
@@ -143,12 +141,12 @@ final class SocksProxy: Sendable {
         }
         let listenerGuard = ListenerGuard(name: "SOCKS5 entry \(self.name)", logger: self.logger)
         do {
-            return try await ServerBootstrap(group: self.group, childGroup: self.loop)
+            return try await ServerBootstrap(group: self.loop)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .serverChannelInitializer { channel in listenerGuard.installAcceptBackoff(on: channel) }
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
                 .childChannelOption(.writeBufferWaterMark, value: SkynetForward.waterMark)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                // TCP_NODELAY: NIO sets it on the listener; accepted sockets inherit it.
                 .childChannelInitializer(accept)
                 .bind(host: self.host, port: self.requestedPort).get()
         } catch let error as IOError where error.errnoCode == EADDRINUSE {

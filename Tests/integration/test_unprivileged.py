@@ -1,0 +1,111 @@
+"""The daemons as an unprivileged user without capabilities — how contrib/systemd runs them
+(DynamicUser=yes, empty CapabilityBoundingSet). Every other test runs as root, where a socket
+option that needs privileges (e.g. SO_DEBUG, which `.socketOption(.tcp_nodelay)` sets) succeeds
+unnoticed; here it would refuse every connection."""
+import hashlib
+import time
+from pathlib import Path
+
+import subprocess
+
+import httpx
+import pytest
+
+from harness import Network, TCPServer, bulk_both_ways, sha_backend
+from test_sudph import sudph_visor
+
+MiB = 1 << 20
+USER = "nobody"
+
+
+def status_ids(pid: int) -> tuple[int, int]:
+    """(effective uid, effective capability mask) of a running process."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(fields["Uid"].split()[1]), int(fields["CapEff"].strip(), 16)
+
+
+@pytest.fixture(scope="module")
+def unprivileged():
+    n = Network(user=USER)
+    try:
+        n.start_discovery()
+        relay = n.start_relay()
+        a = n.start_visor("visor-a", stcpr=True)
+        b = n.start_visor("visor-b", stcpr=True)
+        yield n, relay, a, b
+    finally:
+        n.close()
+
+
+def test_daemons_run_without_privileges(unprivileged):
+    n, relay, a, b = unprivileged
+    for proc in (relay, a.proc, b.proc):
+        uid, caps = status_ids(proc.pid)
+        assert uid != 0 and caps == 0, (proc.name, uid, hex(caps))
+
+
+@pytest.mark.parametrize("network, transport", [("--skynet", "stcpr"), ("--dmsg", "dmsg"), ("--skynet", "sudph")])
+def test_raw_tcp_forward_both_ways(unprivileged, network, transport):
+    n, _, a, b = unprivileged
+    if transport == "sudph":
+        # The UDP path: a pair with sudph only (no stcpr), so --skynet can only be sudph.
+        a, b = sudph_visor(n, "udp-a"), sudph_visor(n, "udp-b")
+    size = 8 * MiB
+    result = {}
+    backend = TCPServer(sha_backend(size, result))
+    try:
+        a.ok("skynet", "srv", "start", "--ports", str(backend.port))
+        info = b.json("skynet", "start", "--pk", a.pk, "--remote", str(backend.port), "--local", "0", "--raw-tcp", network)
+        assert info["transport"] == transport, info
+        received = bulk_both_ways(info["local_port"], size, result)
+        deadline = time.monotonic() + 30
+        while "server_sha" not in result and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert hashlib.sha256(received).hexdigest() == result["down_sha"]
+        assert result.get("server_sha") == result["sent_sha"]
+        b.ok("skynet", "stop", info["name"])
+    finally:
+        a.cli("skynet", "srv", "stop", f"skynet-{backend.port}")
+        backend.close()
+
+
+def test_http_forward(unprivileged):
+    _, _, a, b = unprivileged
+
+    def hello(conn):
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+        conn.close()
+
+    backend = TCPServer(hello)
+    try:
+        a.ok("skynet", "srv", "start", "--ports", str(backend.port))
+        info = b.json("skynet", "start", "--pk", a.pk, "--remote", str(backend.port), "--local", "0")
+        for _ in range(3):  # each a new local connection and stream
+            r = httpx.get(f"http://127.0.0.1:{info['local_port']}/", timeout=30, headers={"Connection": "close"})
+            assert r.status_code == 200 and r.text == "hello"
+        b.ok("skynet", "stop", info["name"])
+    finally:
+        a.cli("skynet", "srv", "stop", f"skynet-{backend.port}")
+        backend.close()
+
+
+def test_socks_entry(unprivileged):
+    _, _, a, b = unprivileged
+
+    def hello(conn):
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nsocks")
+        conn.close()
+
+    backend = TCPServer(hello)
+    try:
+        a.ok("skynet", "srv", "start", "--ports", str(backend.port), "--name", "socks-web")
+        info = b.json("skynet", "proxy", "start", "--local", "127.0.0.1:0", "--name", "entry")
+        r = subprocess.run(["curl", "-sS", "--max-time", "60", "--socks5-hostname", f"127.0.0.1:{info['local_port']}",
+                            f"http://{a.pk}.skynet:{backend.port}/"], capture_output=True, text=True, timeout=90)
+        assert r.returncode == 0 and r.stdout == "socks", r.stderr
+        b.ok("skynet", "proxy", "stop", "entry")
+    finally:
+        a.cli("skynet", "srv", "stop", "socks-web")
+        backend.close()
