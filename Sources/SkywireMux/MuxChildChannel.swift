@@ -388,7 +388,10 @@ extension MuxChildChannel {
                 }
                 self.finishClose(reason: error, fireError: true)
             }
-            self.handler.flushIfIdle()
+            // At the end of this turn: the early data just handed to the new stream's pipeline
+            // (e.g. on to a backend connection) goes out first, and the ACCEPTs of streams set up
+            // in the same turn leave in one write.
+            self.handler.flushSoon()
         }
         return promise.futureResult
     }

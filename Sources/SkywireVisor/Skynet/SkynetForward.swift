@@ -237,9 +237,6 @@ final class SkynetForward: Sendable {
                 try options.setOption(.allowRemoteHalfClosure, value: true)
                 try options.setOption(.writeBufferWaterMark, value: Self.waterMark)
                 // (TCP_NODELAY: NIO sets it on the listener; accepted sockets inherit it.)
-                // A client that sends and half-closes before its stream is glued (e.g. while the
-                // session is being dialed) has its bytes and EOF read anyway: held until the glue.
-                try channel.pipeline.syncOperations.addHandler(EarlyInputHandler(), name: EarlyInputHandler.name)
                 self.handle(channel)
             }
         }
@@ -302,6 +299,19 @@ final class SkynetForward: Sendable {
         let logger = self.logger
         let remote = self.remote
         let remotePort = self.remotePort
+        let session = self.manager.existing(self.remote, kinds: self.network.kinds)
+        // A client that sends and half-closes before its stream is glued (while the session is
+        // being dialed, or the stream set up on the session's loop) has its bytes and EOF read
+        // anyway: held until the glue. On a session of this loop the glue goes in right here.
+        let holdsEarlyInput = session?.eventLoop !== channel.eventLoop
+        if holdsEarlyInput {
+            do {
+                try channel.pipeline.syncOperations.addHandler(EarlyInputHandler(), name: EarlyInputHandler.name)
+            } catch {
+                channel.close(promise: nil)
+                return
+            }
+        }
         let open: @Sendable (Session) -> Void = { session in
             let glue: @Sendable (MuxChildChannel) -> EventLoopFuture<Void> = { stream in
                 if stream.eventLoop === channel.eventLoop {
@@ -309,7 +319,9 @@ final class SkynetForward: Sendable {
                     return stream.eventLoop.makeCompletedFuture {
                         try stream.syncOptions!.setOption(.allowRemoteHalfClosure, value: true)
                         try GlueHandler.glueSynchronously(channel, stream, countFirst: counters.countOut, countSecond: counters.countIn)
-                        channel.pipeline.syncOperations.removeHandler(name: EarlyInputHandler.name, promise: nil)
+                        if holdsEarlyInput {
+                            channel.pipeline.syncOperations.removeHandler(name: EarlyInputHandler.name, promise: nil)
+                        }
                         try channel.syncOptions!.setOption(.autoRead, value: true)
                     }
                 }
@@ -339,7 +351,7 @@ final class SkynetForward: Sendable {
                 }
             }
         }
-        if let session = self.manager.existing(self.remote, kinds: self.network.kinds) {
+        if let session {
             open(session)
             return
         }
