@@ -294,7 +294,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         if chunked {
             request.headers.add(name: "Transfer-Encoding", value: "chunked")
-        } else if length == nil, [.POST, .PUT, .PATCH].contains(head.method) {
+        } else if length == nil, Self.sendsBody(head.method) {
             request.headers.replaceOrAdd(name: "Content-Length", value: "0")
         }
         let exchange = Exchange(
@@ -363,7 +363,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Sends the head of ``exchange`` (and, with no body, its end) on `backend`.
     private func send(on backend: ProxyBackend, reused: Bool) {
         guard let exchange = self.exchange else { return }
-        exchange.retryable = reused && !exchange.hasBody && [.GET, .HEAD, .OPTIONS, .TRACE, .PUT, .DELETE].contains(exchange.method)
+        exchange.retryable = reused && !exchange.hasBody && Self.isIdempotent(exchange.method)
         self.state = .exchanging
         backend.write(.head(exchange.head))
         if exchange.hasBody {
@@ -725,4 +725,23 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Answers up to this size, with a Content-Length, are written with their head at once.
     static let smallBody = 64 * 1024
+
+    // (Switches, not `[…].contains`: an array literal of `HTTPMethod` is built on the heap per
+    // request.)
+
+    /// Methods whose request without a length gets `Content-Length: 0`.
+    static func sendsBody(_ method: HTTPMethod) -> Bool {
+        switch method {
+        case .POST, .PUT, .PATCH: return true
+        default: return false
+        }
+    }
+
+    /// Idempotent methods (RFC 9110 §9.2.2), which may be sent once more.
+    static func isIdempotent(_ method: HTTPMethod) -> Bool {
+        switch method {
+        case .GET, .HEAD, .OPTIONS, .TRACE, .PUT, .DELETE: return true
+        default: return false
+        }
+    }
 }
