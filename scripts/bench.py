@@ -258,14 +258,15 @@ def cpu_snapshot(groups: dict[str, list[int]]) -> dict[str, dict[int, float]]:
     return {name: {p: proc_cpu(p) for root in roots for p in descendants(root)} for name, roots in groups.items()}
 
 
+def cpu_used(before: dict, after: dict) -> dict[str, float]:
+    """CPU-seconds of each group between two snapshots. A process that appeared in between counts
+    from zero; one that ended in between is lost (none should, mid-measurement)."""
+    return {name: sum(t - before.get(name, {}).get(p, 0.0) for p, t in procs.items()) for name, procs in after.items()}
+
+
 def cpu_per_gb(before: dict, after: dict, nbytes: int) -> dict[str, float]:
-    """CPU-seconds per GB (1e9 bytes) of each group between two snapshots. A process that appeared
-    in between counts from zero; one that ended in between is lost (none should, mid-transfer)."""
-    out = {}
-    for name, procs in after.items():
-        used = sum(t - before.get(name, {}).get(p, 0.0) for p, t in procs.items())
-        out[name] = used / (nbytes / 1e9)
-    return out
+    """CPU-seconds per GB (1e9 bytes) of each group between two snapshots."""
+    return {name: used / (nbytes / 1e9) for name, used in cpu_used(before, after).items()}
 
 
 def rtt(port: int, n: int) -> dict:
@@ -721,17 +722,22 @@ def summarize(results: dict) -> dict:
             out[name][f"cpu_per_gb.{g}"] = med([run[g] for run in r["cpu"] if g in run])
         if groups:
             out[name]["cpu_per_gb.total"] = med([sum(run.values()) for run in r["cpu"]])
+        for g in sorted({g for run in r.get("conn_cpu", []) for g in run}):
+            out[name][f"cpu_us_per_conn.{g}"] = med([run[g] for run in r["conn_cpu"] if g in run])
     return out
 
 
 def cpu_table(summary: dict) -> str:
-    """CPU-seconds per GB moved during the bulk runs (medians), per process group."""
-    lines = ["| path | CPU-s/GB (bulk) |", "|---|---|"]
+    """CPU-seconds per GB moved during the bulk runs, and CPU µs per new connection during the
+    connect runs (medians), per process group."""
+    lines = ["| path | CPU-s/GB (bulk) | CPU µs per new connection |", "|---|---|---|"]
     for name in PATHS:
         cells = [f"{k.split('.', 1)[1]} {v:.2f}" for k, v in summary.get(name, {}).items()
                  if k.startswith("cpu_per_gb.") and v is not None]
-        if cells:
-            lines.append(f"| {name} | {', '.join(cells)} |")
+        conn = [f"{k.split('.', 1)[1]} {v:.0f}" for k, v in summary.get(name, {}).items()
+                if k.startswith("cpu_us_per_conn.") and v is not None]
+        if cells or conn:
+            lines.append(f"| {name} | {', '.join(cells)} | {', '.join(conn)} |")
     return "\n".join(lines)
 
 
@@ -965,7 +971,7 @@ def main() -> None:
                 except Exception:  # noqa: BLE001 - the measured runs report it
                     pass
         # Measure: every path in turn, repeat times (interleaved so drift hits all paths alike).
-        results = {name: {"gbps": [], "rtt": [], "conn": [], "cpu": [], "load": []} for name in ports}
+        results = {name: {"gbps": [], "rtt": [], "conn": [], "cpu": [], "conn_cpu": [], "load": []} for name in ports}
         errors: dict[str, list[str]] = {}
 
         def measured_bulk(name: str, port: int) -> float:
@@ -976,11 +982,24 @@ def main() -> None:
                 results[name]["cpu"].append(cpu_per_gb(before, cpu_snapshot(groups), nbytes))
             return gbps
 
+        def measured_conns(name: str, port: int) -> dict:
+            groups = cpu_groups.get(name, {})
+            before = cpu_snapshot(groups)
+            r = connect_times(port, args.conns)
+            if groups:
+                # CPU µs per new connection, over connect_times' 20 warm-up connections and its
+                # measured ones. /proc counts CPU time in 10 ms ticks: with the default 500
+                # connections a figure is good to a few percent, with 100 to ~20 %.
+                after = cpu_snapshot(groups)
+                results[name]["conn_cpu"].append(
+                    {g: v * 1e6 / (r["count"] + min(20, args.conns)) for g, v in cpu_used(before, after).items()})
+            return r
+
         for run in range(0 if args.http_only else args.repeat):
             for name, (pi, pe) in ports.items():
                 results[name]["load"].append(list(os.getloadavg()))
                 for key, fn in (("gbps", lambda: measured_bulk(name, pi)), ("rtt", lambda: rtt(pe, args.pings)),
-                                ("conn", lambda: connect_times(pe, args.conns))):
+                                ("conn", lambda: measured_conns(name, pe))):
                     try:
                         results[name][key].append(fn())
                     except Exception as e:  # noqa: BLE001 - reported, the run goes on
@@ -992,6 +1011,8 @@ def main() -> None:
                       f"RTT {fmt(r['rtt'][-1]['median'] if r['rtt'] else None, 'µs')}, "
                       f"new conn {fmt(r['conn'][-1]['median'] if r['conn'] else None, 'µs')}"
                       + (f", CPU-s/GB {cpu}" if cpu else "")
+                      + (", CPU µs/new conn " + ", ".join(f"{k} {v:.0f}" for k, v in r["conn_cpu"][-1].items())
+                         if r["conn_cpu"] else "")
                       + f" (load {' '.join(f'{x:.2f}' for x in r['load'][-1])})", file=sys.stderr)
         for path, fwd in ((RELAY, "bench-relay-echo"), (SKYNET, "bench-direct-echo")):
             if path in ports:

@@ -301,8 +301,9 @@ final class SkynetForward: Sendable {
         let remotePort = self.remotePort
         let session = self.manager.existing(self.remote, kinds: self.network.kinds)
         // A client that sends and half-closes before its stream is glued (while the session is
-        // being dialed, or the stream set up on the session's loop) has its bytes and EOF read
-        // anyway: held until the glue. On a session of this loop the glue goes in right here.
+        // being dialed, or the stream set up on another loop's session) has its bytes and EOF
+        // read anyway: held until the glue. On a session of this loop the glue goes in right
+        // here, before the connection is registered for reads.
         let holdsEarlyInput = session?.eventLoop !== channel.eventLoop
         if holdsEarlyInput {
             do {
