@@ -2,16 +2,14 @@
 (DynamicUser=yes, empty CapabilityBoundingSet). Every other test runs as root, where a socket
 option that needs privileges (e.g. SO_DEBUG, which `.socketOption(.tcp_nodelay)` sets) succeeds
 unnoticed; here it would refuse every connection."""
-import hashlib
-import time
-from pathlib import Path
-
 import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
 
-from harness import Network, TCPServer, bulk_both_ways, sha_backend
+from harness import Network, TCPServer
+from test_direct import check_bulk
 from test_sudph import sudph_visor
 
 MiB = 1 << 20
@@ -44,40 +42,28 @@ def test_daemons_run_without_privileges(unprivileged):
         assert uid != 0 and caps == 0, (proc.name, uid, hex(caps))
 
 
+def hello_backend(body: bytes) -> TCPServer:
+    """An HTTP backend answering every connection's first request with `body`, then closing."""
+    def handler(conn):
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        conn.close()
+
+    return TCPServer(handler)
+
+
 @pytest.mark.parametrize("network, transport", [("--skynet", "stcpr"), ("--dmsg", "dmsg"), ("--skynet", "sudph")])
 def test_raw_tcp_forward_both_ways(unprivileged, network, transport):
     n, _, a, b = unprivileged
     if transport == "sudph":
         # The UDP path: a pair with sudph only (no stcpr), so --skynet can only be sudph.
         a, b = sudph_visor(n, "udp-a"), sudph_visor(n, "udp-b")
-    size = 8 * MiB
-    result = {}
-    backend = TCPServer(sha_backend(size, result))
-    try:
-        a.ok("skynet", "srv", "start", "--ports", str(backend.port))
-        info = b.json("skynet", "start", "--pk", a.pk, "--remote", str(backend.port), "--local", "0", "--raw-tcp", network)
-        assert info["transport"] == transport, info
-        received = bulk_both_ways(info["local_port"], size, result)
-        deadline = time.monotonic() + 30
-        while "server_sha" not in result and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert hashlib.sha256(received).hexdigest() == result["down_sha"]
-        assert result.get("server_sha") == result["sent_sha"]
-        b.ok("skynet", "stop", info["name"])
-    finally:
-        a.cli("skynet", "srv", "stop", f"skynet-{backend.port}")
-        backend.close()
+    check_bulk(a, b, network, transport, size=8 * MiB)
 
 
 def test_http_forward(unprivileged):
     _, _, a, b = unprivileged
-
-    def hello(conn):
-        conn.recv(65536)
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
-        conn.close()
-
-    backend = TCPServer(hello)
+    backend = hello_backend(b"hello")
     try:
         a.ok("skynet", "srv", "start", "--ports", str(backend.port))
         info = b.json("skynet", "start", "--pk", a.pk, "--remote", str(backend.port), "--local", "0")
@@ -92,13 +78,7 @@ def test_http_forward(unprivileged):
 
 def test_socks_entry(unprivileged):
     _, _, a, b = unprivileged
-
-    def hello(conn):
-        conn.recv(65536)
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nsocks")
-        conn.close()
-
-    backend = TCPServer(hello)
+    backend = hello_backend(b"socks")
     try:
         a.ok("skynet", "srv", "start", "--ports", str(backend.port), "--name", "socks-web")
         info = b.json("skynet", "proxy", "start", "--local", "127.0.0.1:0", "--name", "entry")
