@@ -2,6 +2,7 @@
 (DynamicUser=yes, empty CapabilityBoundingSet). Every other test runs as root, where a socket
 option that needs privileges (e.g. SO_DEBUG, which `.socketOption(.tcp_nodelay)` sets) succeeds
 unnoticed; here it would refuse every connection."""
+import socket
 import subprocess
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from harness import Network, TCPServer
 from test_direct import check_bulk
 from test_sudph import sudph_visor
+from test_udp_forward import UDPEcho, exchange, start_udp_forward
 
 MiB = 1 << 20
 USER = "nobody"
@@ -89,3 +91,21 @@ def test_socks_entry(unprivileged):
     finally:
         a.cli("skynet", "srv", "stop", "socks-web")
         backend.close()
+
+
+def test_udp_forward(unprivileged):
+    _, _, a, b = unprivileged
+    echo = UDPEcho()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(2)
+    try:
+        a.ok("skynet", "srv", "start", "--udp-ports", str(echo.port), "--name", "udp-echo")
+        info = start_udp_forward(b, a, echo.port, "--dmsg")
+        for size in (1, 1200, 8000):
+            payload = bytes([size % 251]) * size
+            assert exchange(sock, info["local_port"], payload) == payload
+        b.ok("skynet", "stop", info["name"])
+    finally:
+        sock.close()
+        a.cli("skynet", "srv", "stop", "udp-echo")
+        echo.close()
