@@ -226,6 +226,21 @@ def submit(driver, form_id: str) -> None:
     driver.find_element(By.CSS_SELECTOR, f"#{form_id} button[type=submit]").click()
 
 
+def click_stop(driver, table: str, name: str) -> None:
+    """Clicks a row's stop button. The page re-renders its tables as their counters move, so a
+    row found can be replaced before the click: found again, a bounded number of times."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    for attempt in range(20):
+        try:
+            driver.find_element(By.CSS_SELECTOR, f'#{table} tr[data-name="{name}"] button.stop').click()
+            return
+        except StaleElementReferenceException:
+            if attempt == 19:
+                raise
+            time.sleep(0.05)
+
+
 def row_value(driver, table: str, name: str, cls: str) -> int:
     from selenium.webdriver.common.by import By
     cell = driver.find_element(By.CSS_SELECTOR, f'#{table} tr[data-name="{name}"] td.{cls}')
@@ -309,7 +324,7 @@ def test_the_page_in_a_browser(net, ab, browser):
         assert b.json("skynet", "status", "ui-fwd")[0]["bytes_out"] >= seen[-1]
 
         # Stop the forward from the page: the CLI no longer lists it.
-        driver.find_element(By.CSS_SELECTOR, '#forwards tr[data-name="ui-fwd"] button.stop').click()
+        click_stop(driver, "forwards", "ui-fwd")
         wait_until("the forward row to go", lambda: not has_row(driver, "forwards", "ui-fwd"))
         assert not any(i["name"] == "ui-fwd" for i in b.json("skynet", "status")), b.ok("skynet", "status")
 
@@ -328,7 +343,7 @@ def test_the_page_in_a_browser(net, ab, browser):
         assert message == 'error: invalid port "abc": expected a number', message
 
         # Stop the exposed port from the page.
-        driver.find_element(By.CSS_SELECTOR, '#servers tr[data-name="ui-exposed"] button.stop').click()
+        click_stop(driver, "servers", "ui-exposed")
         wait_until("the exposed row to go", lambda: not has_row(driver, "servers", "ui-exposed"))
         assert not any(i["name"] == "ui-exposed" for i in b.json("skynet", "srv", "status"))
     finally:

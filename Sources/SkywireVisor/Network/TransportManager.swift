@@ -62,11 +62,14 @@ public actor TransportManager {
 
     // MARK: lookups (no I/O; usable from event loops)
 
-    /// The best live session with `key` among `kinds` (in that order of preference).
+    /// The best live session with `key` among `kinds` (in that order of preference). A session
+    /// whose channel has gone inactive is skipped: it leaves `live` only when its close completes
+    /// on its own loop, and a connection accepted on another loop in between would be opened on
+    /// it and closed at once instead of waiting for the next session.
     public nonisolated func existing(_ key: PublicKey, kinds: [TransportKind] = NetworkChoice.auto.kinds) -> Session? {
         self.live.withLock { live in
             for kind in kinds {
-                if let session = live[Key(remote: key, kind: kind)] { return session }
+                if let session = live[Key(remote: key, kind: kind)], session.channel.isActive { return session }
             }
             return nil
         }
@@ -172,7 +175,8 @@ public actor TransportManager {
         let localKey = self.localKey
         func initiatorKey(_ s: Session) -> PublicKey { s.isInitiator ? localKey : s.remoteKey }
         let (winner, loser) = self.live.withLock { live -> (Session, Session?) in
-            guard let current = live[key], current.id != session.id else {
+            // A session whose channel is already inactive (its close not yet complete) is no rival.
+            guard let current = live[key], current.id != session.id, current.channel.isActive else {
                 live[key] = session
                 return (session, nil)
             }
