@@ -310,7 +310,8 @@ def connect_times(port: int, n: int) -> dict:
         finally:
             s.close()
 
-    for _ in range(min(20, n)):  # warm-up (session, caches)
+    warm_up = min(20, n)
+    for _ in range(warm_up):  # warm-up (session, caches)
         once()
     samples = []
     deadline = time.monotonic() + CONN_DEADLINE
@@ -319,7 +320,8 @@ def connect_times(port: int, n: int) -> dict:
         if time.monotonic() > deadline:
             break
     samples.sort()
-    return {"median": statistics.median(samples), "p99": pct(samples, 0.99), "count": len(samples)}
+    return {"median": statistics.median(samples), "p99": pct(samples, 0.99), "count": len(samples),
+            "made": warm_up + len(samples)}
 
 
 # -- paths ------------------------------------------------------------------------------------
@@ -657,8 +659,7 @@ def http_section(args, tmp: Path, procs: Procs, a, b) -> str:
                     r = run_wrk(port, extra, args.http_duration, args.http_threads, args.http_conns)
                     if groups and r["requests"]:
                         after = cpu_snapshot(groups)
-                        r["cpu_us"] = {g: round(sum(t - before[g].get(p, 0.0) for p, t in after[g].items()) / r["requests"] * 1e6, 1)
-                                       for g in groups}
+                        r["cpu_us"] = {g: round(used / r["requests"] * 1e6, 1) for g, used in cpu_used(before, after).items()}
                     runs[path][variant].append(r)
                     cpu = "".join(f", {g} {us} µs/req" for g, us in r.get("cpu_us", {}).items())
                     print(f"http run {run + 1}/{args.http_repeat} {path}, {variant}: {r['rps']:,.0f} req/s, "
@@ -987,12 +988,12 @@ def main() -> None:
             before = cpu_snapshot(groups)
             r = connect_times(port, args.conns)
             if groups:
-                # CPU µs per new connection, over connect_times' 20 warm-up connections and its
-                # measured ones. /proc counts CPU time in 10 ms ticks: with the default 500
+                # CPU µs per new connection, over every connection connect_times made (its warm-up
+                # ones too). /proc counts CPU time in 10 ms ticks: with the default 500
                 # connections a figure is good to a few percent, with 100 to ~20 %.
                 after = cpu_snapshot(groups)
                 results[name]["conn_cpu"].append(
-                    {g: v * 1e6 / (r["count"] + min(20, args.conns)) for g, v in cpu_used(before, after).items()})
+                    {g: v * 1e6 / r["made"] for g, v in cpu_used(before, after).items()})
             return r
 
         for run in range(0 if args.http_only else args.repeat):

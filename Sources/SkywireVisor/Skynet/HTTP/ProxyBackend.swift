@@ -102,8 +102,8 @@ final class ProxyBackend: ChannelDuplexHandler, RemovableChannelHandler {
         self.context?.close(promise: nil)
     }
 
-    /// Connects to the backend on `port` with NIOHTTP1's client codec and a ``ProxyBackend``
-    /// (returned with the channel). For an upgrade the connection may become a glued byte stream
+    /// Connects to the backend on `port` with NIOHTTP1's client codec and a ``ProxyBackend`` in
+    /// the channel's pipeline (the caller takes it from there). For an upgrade the connection may become a glued byte stream
     /// after the 101: half-close allowed, the forwards' water marks, and bytes behind the 101 kept
     /// (`forwardBytes`) instead of dropped.
     static func connect(port: Int, on loop: any EventLoop, forUpgrade: Bool) -> EventLoopFuture<any Channel> {
