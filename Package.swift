@@ -1,9 +1,35 @@
 // swift-tools-version:6.2
 import PackageDescription
+#if canImport(Glibc)
+import Glibc
+#endif
 
 let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
 ]
+
+/// How the release executable is linked on Linux (docs/ARCHITECTURE.md, "The executable"): by
+/// the toolchain's lld, without exporting every symbol dynamically (nothing looks ours up by
+/// name), and — where the C library can load them (glibc 2.36 or later) — with packed relative
+/// relocations (DT_RELR): 144,000 RELA entries (3.4 MB, read and kept resident at every start)
+/// become 28 KB. An idle visor's RSS falls by ~5 MiB (docs/PERFORMANCE.md). Where glibc is older
+/// the binary keeps its RELA table: one built with RELR would not start there.
+let releaseLinkerFlags: [String] = {
+    #if os(Linux) && canImport(Glibc)
+    var flags = ["-use-ld=lld", "-Xlinker", "--no-export-dynamic"]
+    // "glibc 2.36"
+    var text = [CChar](repeating: 0, count: 64)
+    let written = confstr(Int32(_CS_GNU_LIBC_VERSION), &text, text.count)
+    let name = written > 0 ? String(decoding: text.prefix(written - 1).map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
+    let version = name.split(separator: " ").last.map { $0.split(separator: ".").compactMap { Int($0) } } ?? []
+    if name.hasPrefix("glibc "), version.count >= 2, (version[0], version[1]) >= (2, 36) {
+        flags += ["-Xlinker", "-z", "-Xlinker", "pack-relative-relocs"]
+    }
+    return flags
+    #else
+    return []
+    #endif
+}()
 
 let package = Package(
     name: "skywire",
@@ -155,7 +181,8 @@ let package = Package(
         .executableTarget(
             name: "skywire",
             dependencies: ["SkywireCLI"],
-            swiftSettings: swiftSettings
+            swiftSettings: swiftSettings,
+            linkerSettings: [.unsafeFlags(releaseLinkerFlags, .when(configuration: .release))]
         ),
         .testTarget(
             name: "SkywireLinkTests",
