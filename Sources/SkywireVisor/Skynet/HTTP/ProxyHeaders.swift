@@ -25,16 +25,27 @@ enum ProxyHeaders {
     ]
 
     /// Whether `name` is hop-by-hop: one of ``hopByHop`` or a token `Connection` named (`named`,
-    /// lowercased). Compared byte by byte, ignoring ASCII case, without allocating.
-    static func isHopByHop(_ name: String, named: [String]) -> Bool {
+    /// from ``namedHopByHop(_:)``). Compared byte by byte, ignoring ASCII case, without allocating.
+    static func isHopByHop(_ name: String, named: [Substring]) -> Bool {
         for candidate in hopByHop where name.equalsIgnoringASCIICase(lowercased: candidate) { return true }
-        for candidate in named where name.equalsIgnoringASCIICase(lowercased: candidate) { return true }
+        for candidate in named where name.equalsIgnoringASCIICase(other: candidate) { return true }
         return false
+    }
+
+    /// The tokens of `Connection` that name a field not already in ``hopByHop`` (as written). Empty,
+    /// and not allocated, for the usual `keep-alive`, `upgrade` or no `Connection` at all.
+    static func namedHopByHop(_ fields: HTTPHeaders) -> [Substring] {
+        var named: [Substring] = []
+        forEachConnectionToken(fields) { token in
+            if !hopByHop.contains(where: { token.equalsIgnoringASCIICase(lowercased: $0) }) { named.append(token) }
+            return true
+        }
+        return named
     }
 
     /// Removes hop-by-hop fields, including those `Connection` names.
     static func withoutHopByHop(_ fields: HTTPHeaders) -> HTTPHeaders {
-        let named = connectionTokens(fields)
+        let named = namedHopByHop(fields)
         var out = HTTPHeaders()
         out.reserveCapacity(fields.count)
         for (name, value) in fields where !isHopByHop(name, named: named) {
@@ -48,7 +59,7 @@ enum ProxyHeaders {
     static func request(
         _ fields: HTTPHeaders, host: String, clientAddress: String, remoteKey: String
     ) -> HTTPHeaders {
-        let named = connectionTokens(fields)
+        let named = namedHopByHop(fields)
         var out = HTTPHeaders()
         out.reserveCapacity(fields.count + 5)
         var originalHost: String?
@@ -88,25 +99,58 @@ enum ProxyHeaders {
     /// Whether a request asks for a protocol switch: an `Upgrade` field and the `upgrade` token
     /// in `Connection` (what NIOHTTP1's parser, llhttp, also requires).
     static func isUpgrade(_ fields: HTTPHeaders) -> Bool {
-        fields.contains(name: "upgrade") && connectionTokens(fields).contains("upgrade")
+        fields.contains(name: "upgrade") && hasConnectionToken(fields, "upgrade")
     }
 
     /// Whether the client asked to close the connection after this request.
     static func wantsClose(_ fields: HTTPHeaders) -> Bool {
-        connectionTokens(fields).contains("close")
+        hasConnectionToken(fields, "close")
     }
 
-    /// The lowercased tokens of every `Connection` field (no allocation when there is none).
+    /// Whether a `Connection` field carries `token` (lowercase), ignoring ASCII case.
+    static func hasConnectionToken(_ fields: HTTPHeaders, _ token: String) -> Bool {
+        var found = false
+        forEachConnectionToken(fields) { candidate in
+            found = candidate.equalsIgnoringASCIICase(lowercased: token)
+            return !found
+        }
+        return found
+    }
+
+    /// The lowercased tokens of every `Connection` field.
     static func connectionTokens(_ fields: HTTPHeaders) -> [String] {
         var tokens: [String] = []
-        for (name, value) in fields where name.equalsIgnoringASCIICase(lowercased: "connection") {
-            for var token in value.split(separator: ",") {
-                while let first = token.first, first == " " || first == "\t" { token = token.dropFirst() }
-                while let last = token.last, last == " " || last == "\t" { token = token.dropLast() }
-                tokens.append(token.lowercased())
-            }
+        forEachConnectionToken(fields) { token in
+            tokens.append(token.lowercased())
+            return true
         }
         return tokens
+    }
+
+    /// Calls `body` with each comma-separated token of every `Connection` field, without the
+    /// spaces and tabs around it, as written; stops when `body` returns `false`. Allocates
+    /// nothing (these run for every request and answer).
+    static func forEachConnectionToken(_ fields: HTTPHeaders, _ body: (Substring) -> Bool) {
+        for (name, value) in fields where name.equalsIgnoringASCIICase(lowercased: "connection") {
+            let bytes = value.utf8
+            var start = bytes.startIndex
+            while start < bytes.endIndex {
+                let end = bytes[start...].firstIndex(of: UInt8(ascii: ",")) ?? bytes.endIndex
+                var low = start
+                var high = end
+                while low < high, bytes[low] == UInt8(ascii: " ") || bytes[low] == UInt8(ascii: "\t") {
+                    low = bytes.index(after: low)
+                }
+                while low < high {
+                    let last = bytes.index(before: high)
+                    guard bytes[last] == UInt8(ascii: " ") || bytes[last] == UInt8(ascii: "\t") else { break }
+                    high = last
+                }
+                // Separators and blanks are ASCII: these indices are character boundaries.
+                if low < high, !body(value[low..<high]) { return }
+                start = end == bytes.endIndex ? end : bytes.index(after: end)
+            }
+        }
     }
 
     /// The fields of an upgrade request sent to the backend: the request rules, then the
@@ -130,7 +174,7 @@ enum ProxyHeaders {
     }
 }
 
-extension String {
+extension StringProtocol {
     /// Whether this equals `lowercased` (all lowercase ASCII), ignoring ASCII case.
     func equalsIgnoringASCIICase(lowercased other: String) -> Bool {
         let mine = self.utf8
@@ -140,6 +184,22 @@ extension String {
         for byte in mine {
             let folded = byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte
             if folded != theirs[index] { return false }
+            index = theirs.index(after: index)
+        }
+        return true
+    }
+
+    /// Whether this equals `other`, ignoring ASCII case on both sides.
+    func equalsIgnoringASCIICase(other: some StringProtocol) -> Bool {
+        let mine = self.utf8
+        let theirs = other.utf8
+        guard mine.count == theirs.count else { return false }
+        var index = theirs.startIndex
+        for byte in mine {
+            let other = theirs[index]
+            let a = byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte
+            let b = other >= 0x41 && other <= 0x5A ? other | 0x20 : other
+            if a != b { return false }
             index = theirs.index(after: index)
         }
         return true
