@@ -876,7 +876,9 @@ def main() -> None:
     src_bin = Path(harness.BIN)
     if not src_bin.exists():
         sys.exit(f"no skywire binary at {src_bin} (build it, or set SKYWIRE_BIN / --release)")
-    if "release" not in str(src_bin):
+    # SwiftPM puts debug builds under .../debug/ (a copy elsewhere, e.g. of a static release
+    # build, is taken for what it is).
+    if "/debug/" in str(src_bin.resolve()):
         print(f"warning: {src_bin} looks like a debug build; numbers will not mean much", file=sys.stderr)
 
     # SIGTERM ends the run through the finally blocks below.
