@@ -12,10 +12,13 @@ let swiftSettings: [SwiftSetting] = [
 /// the toolchain's lld, without exporting every symbol dynamically (nothing looks ours up by
 /// name), and — where the C library can load them (glibc 2.36 or later) — with packed relative
 /// relocations (DT_RELR): 144,000 RELA entries (3.4 MB, read and kept resident at every start)
-/// become 28 KB. An idle visor's RSS falls by ~5 MiB (docs/PERFORMANCE.md). Where glibc is older
-/// the binary keeps its RELA table: one built with RELR would not start there.
+/// become 28 KB. An idle visor's RSS falls by 2–4 MiB (docs/PERFORMANCE.md). Where glibc is older
+/// the binary keeps its RELA table: one built with RELR would not start there. Without `ld.lld`
+/// on PATH (Swift's Linux toolchains ship it beside `swiftc`) the default link is kept.
 let releaseLinkerFlags: [String] = {
     #if os(Linux) && canImport(Glibc)
+    let path = getenv("PATH").map { String(cString: $0) } ?? ""
+    guard path.split(separator: ":").contains(where: { access("\($0)/ld.lld", X_OK) == 0 }) else { return [] }
     var flags = ["-use-ld=lld", "-Xlinker", "--no-export-dynamic"]
     // "glibc 2.36"
     var text = [CChar](repeating: 0, count: 64)
