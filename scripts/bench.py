@@ -553,17 +553,21 @@ def check_http(port: int) -> None:
         raise RuntimeError(f"unexpected answer {r.status} {body!r}")
 
 
-def setup_http_paths(args, tmp: Path, procs: Procs, a, b, nginx_port: int, unavailable: dict) -> dict[str, int]:
-    """Local ports of every HTTP path that could be set up; the others go to `unavailable`."""
+def setup_http_paths(args, tmp: Path, procs: Procs, a, b, nginx_port: int, unavailable: dict,
+                     cpu_groups: dict) -> dict[str, int]:
+    """Local ports of every HTTP path that could be set up; the others go to `unavailable`.
+    `cpu_groups` gets, per path, the processes whose CPU time counts for it."""
     ports = {HTTP_DIRECT: nginx_port}
     if args.skip_ssh:
         unavailable[HTTP_SSH] = "--skip-ssh"
     else:
         try:
             (tmp / "http").mkdir()
-            ports[HTTP_SSH] = setup_ssh(tmp / "http", procs, nginx_port, nginx_port)[1]
+            _, ports[HTTP_SSH], cpu_groups[HTTP_SSH] = setup_ssh(tmp / "http", procs, nginx_port, nginx_port)
         except Exception as e:  # noqa: BLE001 - reported as n/a
             unavailable[HTTP_SSH] = str(e)
+    for path in (HTTP_FORWARD, HTTP_RAW):
+        cpu_groups[path] = {"visor-a": [a.proc.pid], "visor-b": [b.proc.pid]}
     a.ok("skynet", "srv", "start", "--ports", str(nginx_port), "--name", "bench-nginx")
     for path, mode in ((HTTP_FORWARD, []), (HTTP_RAW, ["--raw-tcp"])):
         name = "bench-http" if not mode else "bench-http-raw"
@@ -639,7 +643,8 @@ def http_section(args, tmp: Path, procs: Procs, a, b) -> str:
     except Exception as e:  # noqa: BLE001
         return f"HTTP section: n/a ({e})"
     unavailable: dict[str, str] = {}
-    ports = setup_http_paths(args, tmp, procs, a, b, nginx_port, unavailable)
+    cpu_groups: dict[str, dict[str, list[int]]] = {}
+    ports = setup_http_paths(args, tmp, procs, a, b, nginx_port, unavailable, cpu_groups)
     load_before = os.getloadavg()
     for port in ports.values():  # warm-up, discarded
         for _, extra in HTTP_VARIANTS:
@@ -653,8 +658,9 @@ def http_section(args, tmp: Path, procs: Procs, a, b) -> str:
         for path, port in ports.items():
             for variant, extra in HTTP_VARIANTS:
                 try:
-                    # Our forwards: the visors' CPU time per request (utime+stime over the run).
-                    groups = {"visor-a": [a.proc.pid], "visor-b": [b.proc.pid]} if "skynet" in path else {}
+                    # CPU time per request (utime+stime over the run) of our visors, and of ssh
+                    # and sshd (with its per-connection children) for ssh -L.
+                    groups = cpu_groups.get(path, {})
                     before = cpu_snapshot(groups)
                     r = run_wrk(port, extra, args.http_duration, args.http_threads, args.http_conns)
                     if groups and r["requests"]:
