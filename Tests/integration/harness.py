@@ -278,6 +278,21 @@ def echo_handler(conn: socket.socket) -> None:
         conn.sendall(data)
 
 
+def http_answer(body: bytes):
+    """A TCPServer handler: reads one request head, answers 200 with `body` and
+    `Connection: close`, then returns (the server closes the connection)."""
+    def handler(conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return
+            data += chunk
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+
+    return handler
+
+
 def recv_all(conn: socket.socket, limit: int = 1 << 31) -> bytes:
     chunks = []
     total = 0

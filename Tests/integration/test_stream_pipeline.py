@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from harness import TCPServer, echo_handler
+from harness import TCPServer, echo_handler, http_answer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
@@ -123,18 +123,8 @@ def test_backend_closing_right_after_accept_under_0rtt(net):
         backend.close()
 
 
-def answer_fine(conn: socket.socket):
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(4096)
-        if not chunk:
-            return
-        data += chunk
-    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nfine")
-
-
 def test_http_mode_backend_closing_right_after_accept_is_502(net):
-    backend = TCPServer(CloseFirst(1, then=answer_fine))
+    backend = TCPServer(CloseFirst(1, then=http_answer(b"fine")))
     try:
         a = net.start_visor("zrtt-http-a", stcpr=True)
         b = net.start_visor("zrtt-http-b", stcpr=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness import Network, TCPServer
+from harness import Network, TCPServer, http_answer
 from test_direct import check_bulk
 from test_sudph import sudph_visor
 from test_udp_forward import UDPEcho, exchange, start_udp_forward
@@ -44,16 +44,6 @@ def test_daemons_run_without_privileges(unprivileged):
         assert uid != 0 and caps == 0, (proc.name, uid, hex(caps))
 
 
-def hello_backend(body: bytes) -> TCPServer:
-    """An HTTP backend answering every connection's first request with `body`, then closing."""
-    def handler(conn):
-        conn.recv(65536)
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
-        conn.close()
-
-    return TCPServer(handler)
-
-
 @pytest.mark.parametrize("network, transport", [("--skynet", "stcpr"), ("--dmsg", "dmsg"), ("--skynet", "sudph")])
 def test_raw_tcp_forward_both_ways(unprivileged, network, transport):
     n, _, a, b = unprivileged
@@ -65,7 +55,7 @@ def test_raw_tcp_forward_both_ways(unprivileged, network, transport):
 
 def test_http_forward(unprivileged):
     _, _, a, b = unprivileged
-    backend = hello_backend(b"hello")
+    backend = TCPServer(http_answer(b"hello"))
     try:
         a.ok("skynet", "srv", "start", "--ports", str(backend.port))
         info = b.json("skynet", "start", "--pk", a.pk, "--remote", str(backend.port), "--local", "0")
@@ -80,7 +70,7 @@ def test_http_forward(unprivileged):
 
 def test_socks_entry(unprivileged):
     _, _, a, b = unprivileged
-    backend = hello_backend(b"socks")
+    backend = TCPServer(http_answer(b"socks"))
     try:
         a.ok("skynet", "srv", "start", "--ports", str(backend.port), "--name", "socks-web")
         info = b.json("skynet", "proxy", "start", "--local", "127.0.0.1:0", "--name", "entry")

@@ -27,8 +27,8 @@ enum ProxyHeaders {
     /// Whether `name` is hop-by-hop: one of ``hopByHop`` or a token `Connection` named (`named`,
     /// from ``namedHopByHop(_:)``). Compared byte by byte, ignoring ASCII case, without allocating.
     static func isHopByHop(_ name: String, named: [Substring]) -> Bool {
-        for candidate in hopByHop where name.equalsIgnoringASCIICase(lowercased: candidate) { return true }
-        for candidate in named where name.equalsIgnoringASCIICase(other: candidate) { return true }
+        for candidate in hopByHop where name.equalsIgnoringASCIICase(candidate) { return true }
+        for candidate in named where name.equalsIgnoringASCIICase(candidate) { return true }
         return false
     }
 
@@ -37,7 +37,7 @@ enum ProxyHeaders {
     static func namedHopByHop(_ fields: HTTPHeaders) -> [Substring] {
         var named: [Substring] = []
         forEachConnectionToken(fields) { token in
-            if !hopByHop.contains(where: { token.equalsIgnoringASCIICase(lowercased: $0) }) { named.append(token) }
+            if !hopByHop.contains(where: { token.equalsIgnoringASCIICase($0) }) { named.append(token) }
             return true
         }
         return named
@@ -67,20 +67,20 @@ enum ProxyHeaders {
         var hasForwardedHost = false
         var hasForwardedProto = false
         for (name, value) in fields {
-            if name.equalsIgnoringASCIICase(lowercased: "host") {
+            if name.equalsIgnoringASCIICase("host") {
                 if originalHost == nil { originalHost = value }
                 continue
             }
-            if name.equalsIgnoringASCIICase(lowercased: "x-forwarded-for") {
+            if name.equalsIgnoringASCIICase("x-forwarded-for") {
                 previousFor.append(value)
                 continue
             }
-            if name.equalsIgnoringASCIICase(lowercased: "x-skywire-remote-pk") || name.equalsIgnoringASCIICase(lowercased: "expect") {
+            if name.equalsIgnoringASCIICase("x-skywire-remote-pk") || name.equalsIgnoringASCIICase("expect") {
                 continue
             }
             if isHopByHop(name, named: named) { continue }
-            if name.equalsIgnoringASCIICase(lowercased: "x-forwarded-host") { hasForwardedHost = true }
-            if name.equalsIgnoringASCIICase(lowercased: "x-forwarded-proto") { hasForwardedProto = true }
+            if name.equalsIgnoringASCIICase("x-forwarded-host") { hasForwardedHost = true }
+            if name.equalsIgnoringASCIICase("x-forwarded-proto") { hasForwardedProto = true }
             out.add(name: name, value: value)
         }
         out.add(name: "Host", value: host)
@@ -102,36 +102,21 @@ enum ProxyHeaders {
         fields.contains(name: "upgrade") && hasConnectionToken(fields, "upgrade")
     }
 
-    /// Whether the client asked to close the connection after this request.
-    static func wantsClose(_ fields: HTTPHeaders) -> Bool {
-        hasConnectionToken(fields, "close")
-    }
-
-    /// Whether a `Connection` field carries `token` (lowercase), ignoring ASCII case.
+    /// Whether a `Connection` field carries `token`, ignoring ASCII case.
     static func hasConnectionToken(_ fields: HTTPHeaders, _ token: String) -> Bool {
         var found = false
         forEachConnectionToken(fields) { candidate in
-            found = candidate.equalsIgnoringASCIICase(lowercased: token)
+            found = candidate.equalsIgnoringASCIICase(token)
             return !found
         }
         return found
-    }
-
-    /// The lowercased tokens of every `Connection` field.
-    static func connectionTokens(_ fields: HTTPHeaders) -> [String] {
-        var tokens: [String] = []
-        forEachConnectionToken(fields) { token in
-            tokens.append(token.lowercased())
-            return true
-        }
-        return tokens
     }
 
     /// Calls `body` with each comma-separated token of every `Connection` field, without the
     /// spaces and tabs around it, as written; stops when `body` returns `false`. Allocates
     /// nothing (these run for every request and answer).
     static func forEachConnectionToken(_ fields: HTTPHeaders, _ body: (Substring) -> Bool) {
-        for (name, value) in fields where name.equalsIgnoringASCIICase(lowercased: "connection") {
+        for (name, value) in fields where name.equalsIgnoringASCIICase("connection") {
             let bytes = value.utf8
             var start = bytes.startIndex
             while start < bytes.endIndex {
@@ -175,33 +160,20 @@ enum ProxyHeaders {
 }
 
 extension StringProtocol {
-    /// Whether this equals `lowercased` (all lowercase ASCII), ignoring ASCII case.
-    func equalsIgnoringASCIICase(lowercased other: String) -> Bool {
+    /// Whether this equals `other`, ignoring ASCII case. Compared byte by byte, without allocating.
+    func equalsIgnoringASCIICase(_ other: some StringProtocol) -> Bool {
         let mine = self.utf8
         let theirs = other.utf8
         guard mine.count == theirs.count else { return false }
         var index = theirs.startIndex
         for byte in mine {
-            let folded = byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte
-            if folded != theirs[index] { return false }
+            if Self.folded(byte) != Self.folded(theirs[index]) { return false }
             index = theirs.index(after: index)
         }
         return true
     }
 
-    /// Whether this equals `other`, ignoring ASCII case on both sides.
-    func equalsIgnoringASCIICase(other: some StringProtocol) -> Bool {
-        let mine = self.utf8
-        let theirs = other.utf8
-        guard mine.count == theirs.count else { return false }
-        var index = theirs.startIndex
-        for byte in mine {
-            let other = theirs[index]
-            let a = byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte
-            let b = other >= 0x41 && other <= 0x5A ? other | 0x20 : other
-            if a != b { return false }
-            index = theirs.index(after: index)
-        }
-        return true
+    private static func folded(_ byte: UInt8) -> UInt8 {
+        byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte
     }
 }
