@@ -279,7 +279,7 @@ enum FuzzTargets {
                 _ = ProxyHeaders.response(fields)
                 _ = ProxyHeaders.switchingResponse(fields)
                 _ = ProxyHeaders.isUpgrade(fields)
-                _ = ProxyHeaders.wantsClose(fields)
+                _ = ProxyHeaders.hasConnectionToken(fields, "close")
             }
         }
     }
