@@ -323,6 +323,7 @@ def run_inside(args) -> int:
             values = sorted(values)
             return round(values[min(len(values) - 1, int(len(values) * q))], 2)
 
+        daemons = [cluster.discovery, cluster.relay] + [v.proc for v in cluster.visors.values()]
         result = {
             "minutes": args.minutes,
             "forwards": {kind: sum(1 for k, _ in forwards.values() if k == kind) for kind, _, _ in kinds},
@@ -343,13 +344,22 @@ def run_inside(args) -> int:
             "recovery_max_s": round(max(everything), 2) if everything else None,
             "recovery_by_event": {e: {"n": len(ts), "p50_s": round(statistics.median(ts), 2), "max_s": round(max(ts), 2)}
                                   for e, ts in sorted(recoveries.items())},
-            "daemons_alive_at_end": all(p.alive() for p in
-                                        [cluster.discovery, cluster.relay] + [v.proc for v in cluster.visors.values()]),
+            "daemons_alive_at_end": all(p.alive() for p in daemons),
             "load_average_end": os.getloadavg(),
             "event_log": log,
         }
         print(json.dumps(result, indent=2))
-        return 0 if stats.corrupted == 0 and not dead and not not_recovered else 1
+        failed = stats.corrupted != 0 or bool(dead) or bool(not_recovered)
+        if failed:
+            # What a failure needs to be understood (the run's folder is deleted on exit): every
+            # daemon that is gone with its exit status, and the end of each visor's log.
+            for p in daemons:
+                if not p.alive():
+                    print(f"--- {p.name} exited with {p.popen.returncode}; the end of its log:\n{p.log()[-6000:]}", file=sys.stderr)
+            for name, v in cluster.visors.items():
+                if v.proc.alive():
+                    print(f"--- {v.proc.name} (running): the end of its log:\n{v.proc.log()[-3000:]}", file=sys.stderr)
+        return 1 if failed else 0
     finally:
         stop.set()
         for rule in installed:
