@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -204,6 +205,16 @@ class Cluster:
                 ["INPUT", "-p", proto, "--sport", str(port), "-j", "DROP"]]
 
 
+def crash_report(log: str) -> str:
+    """A crashed daemon's report: Swift's backtracer writes the crashed thread first, after its
+    "*** ... crashed" line, and every other thread after it; the end of the log alone shows only
+    the other threads. Otherwise the end of the log."""
+    at = log.find("*** ")
+    if at >= 0 and "crashed" in log[at:at + 200]:
+        return f"its crash report:\n{log[max(0, at - 2000):at + 8000]}"
+    return f"the end of its log:\n{log[-6000:]}"
+
+
 def free_udp_port() -> int:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("127.0.0.1", 0))
@@ -355,10 +366,16 @@ def run_inside(args) -> int:
             # daemon that is gone with its exit status, and the end of each visor's log.
             for p in daemons:
                 if not p.alive():
-                    print(f"--- {p.name} exited with {p.popen.returncode}; the end of its log:\n{p.log()[-6000:]}", file=sys.stderr)
+                    print(f"--- {p.name} exited with {p.popen.returncode}; {crash_report(p.log())}", file=sys.stderr)
             for name, v in cluster.visors.items():
                 if v.proc.alive():
                     print(f"--- {v.proc.name} (running): the end of its log:\n{v.proc.log()[-3000:]}", file=sys.stderr)
+            if args.keep_logs:
+                kept = Path(args.keep_logs)
+                kept.mkdir(parents=True, exist_ok=True)
+                for log_file in net.dir.glob("*.log"):
+                    shutil.copy(log_file, kept / log_file.name)
+                print(f"--- every daemon's log: {kept}", file=sys.stderr)
         return 1 if failed else 0
     finally:
         stop.set()
@@ -417,6 +434,7 @@ def main() -> int:
     p.add_argument("--max-kib", type=int, default=256, help="largest transfer of the continuous workers")
     p.add_argument("--pause", type=float, default=0.05, help="seconds a worker waits between its transfers")
     p.add_argument("--bin", help="skywire binary (default: .build/debug/skywire or $SKYWIRE_BIN)")
+    p.add_argument("--keep-logs", metavar="DIR", help="on a failure, copy every daemon's whole log into DIR")
     p.add_argument("--no-netns", dest="netns", action="store_false",
                    help="run in the current network namespace, without black holes")
     p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)

@@ -59,6 +59,13 @@ public final class NoiseTransportHandler: ChannelDuplexHandler, RemovableChannel
     private var output = ByteBuffer()
     private var outputFailed = false
 
+    // Socket operations out of `channelReadComplete` (see ``flush(context:)``)
+    /// `channelReadComplete` is running.
+    private var inReadComplete = false
+    /// A flush asked for during `channelReadComplete` is scheduled.
+    private var flushScheduled = false
+    private var removed = false
+
     /// Writes below this size are coalesced (copied) so they share frames; larger ones are sealed
     /// from their own storage.
     private static let coalesceThreshold = 8 * 1024
@@ -104,6 +111,8 @@ public final class NoiseTransportHandler: ChannelDuplexHandler, RemovableChannel
     }
 
     public func channelReadComplete(context: ChannelHandlerContext) {
+        self.inReadComplete = true
+        defer { self.inReadComplete = false }
         self.passOnPlaintext(context: context)
         context.fireChannelReadComplete()
     }
@@ -130,6 +139,7 @@ public final class NoiseTransportHandler: ChannelDuplexHandler, RemovableChannel
     }
 
     public func handlerRemoved(context: ChannelHandlerContext) {
+        self.removed = true
         self.failPending(ChannelError.ioOnClosedChannel)
     }
 
@@ -287,12 +297,45 @@ public final class NoiseTransportHandler: ChannelDuplexHandler, RemovableChannel
         promise?.succeed()
     }
 
+    /// A flush (or close) asked for while `channelReadComplete` runs — the mux flushes at the end
+    /// of each read batch, and handles the frames of the batch there — reaches the socket at the
+    /// end of this turn of the event loop instead. On a TCP socket with `allowRemoteHalfClosure`,
+    /// NIO 2.101 fires `channelReadComplete` for an EOF and then shuts the input without checking
+    /// that the channel is still open; if the socket closed in between (a write to a peer that had
+    /// already reset fails, and NIO closes the channel), its debug-build assertion in
+    /// `unregisterForReadable` stops the process. The chaos test hit it when a visor was SIGKILLed
+    /// under load: the relay died. Deferred, the flush runs after NIO has finished the EOF.
     public func flush(context: ChannelHandlerContext) {
+        guard !self.inReadComplete else {
+            self.scheduleFlush(context: context)
+            return
+        }
         self.sealPending(context: context)
         context.flush()
     }
 
+    private func scheduleFlush(context: ChannelHandlerContext) {
+        guard !self.flushScheduled else { return }
+        self.flushScheduled = true
+        context.eventLoop.assumeIsolated().execute {
+            self.flushScheduled = false
+            guard !self.removed else { return }
+            self.flush(context: context)
+        }
+    }
+
     public func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        if self.inReadComplete {
+            // As a flush (see there), and after it: the writes before a close go out first.
+            context.eventLoop.assumeIsolated().execute {
+                if self.removed {
+                    context.channel.close(mode: mode, promise: promise)
+                } else {
+                    self.close(context: context, mode: mode, promise: promise)
+                }
+            }
+            return
+        }
         // What was written before a close still goes out, sealed (NIO sends queued writes before
         // an output shutdown; a full close drops them, as without Noise).
         if mode == .output, self.pendingPromise != nil || !self.pending.isEmpty {
