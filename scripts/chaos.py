@@ -370,12 +370,12 @@ def run_inside(args) -> int:
             for name, v in cluster.visors.items():
                 if v.proc.alive():
                     print(f"--- {v.proc.name} (running): the end of its log:\n{v.proc.log()[-3000:]}", file=sys.stderr)
-            if args.keep_logs:
-                kept = Path(args.keep_logs)
-                kept.mkdir(parents=True, exist_ok=True)
-                for log_file in net.dir.glob("*.log"):
-                    shutil.copy(log_file, kept / log_file.name)
-                print(f"--- every daemon's log: {kept}", file=sys.stderr)
+        if args.keep_logs:
+            kept = Path(args.keep_logs)
+            kept.mkdir(parents=True, exist_ok=True)
+            for log_file in net.dir.glob("*.log"):
+                shutil.copy(log_file, kept / log_file.name)
+            print(f"--- every daemon's log: {kept}", file=sys.stderr)
         return 1 if failed else 0
     finally:
         stop.set()
@@ -434,7 +434,7 @@ def main() -> int:
     p.add_argument("--max-kib", type=int, default=256, help="largest transfer of the continuous workers")
     p.add_argument("--pause", type=float, default=0.05, help="seconds a worker waits between its transfers")
     p.add_argument("--bin", help="skywire binary (default: .build/debug/skywire or $SKYWIRE_BIN)")
-    p.add_argument("--keep-logs", metavar="DIR", help="on a failure, copy every daemon's whole log into DIR")
+    p.add_argument("--keep-logs", metavar="DIR", help="at the end, copy every daemon's whole log into DIR")
     p.add_argument("--no-netns", dest="netns", action="store_false",
                    help="run in the current network namespace, without black holes")
     p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)

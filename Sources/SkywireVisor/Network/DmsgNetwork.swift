@@ -4,6 +4,7 @@ import ServiceLifecycle
 import SkywireCrypto
 import SkywireDiscovery
 import SkywireSession
+import SkywireSupport
 import Synchronization
 
 /// The relay side of a visor: keeps sessions with relays, publishes them in the visor's
@@ -41,6 +42,8 @@ final class DmsgNetwork: Sendable {
     private let acceptor = Mutex<(any StreamAcceptor)?>(nil)
     private let inbound = Mutex<(@Sendable (Session) -> Void)?>(nil)
     private let changes: AsyncStream<Void>.Continuation
+    /// Cuts the keeper's pause short when a home session goes down (see ``run()``).
+    private let keeperWakeup = Wakeup()
     let relayChanges: AsyncStream<Void>
 
     init(discovery: DiscoveryClient, group: any EventLoopGroup, settings: SessionSettings, sessions: Int, preferred: [PublicKey], logger: Logger) {
@@ -95,7 +98,10 @@ final class DmsgNetwork: Sendable {
             let delay = fewListed ? Self.fewRelaysRecheck : missing ? backoff : .seconds(2)
             if missing && !fewListed { backoff = min(backoff * 2, .seconds(10)) }
             let jitter = Duration.milliseconds(Int.random(in: 0...max(1, Int(delay.components.seconds * 250 + 50))))
-            try? await Task.sleep(for: delay + jitter)
+            // A home session that goes down ends the pause at once: otherwise a visor on a
+            // network with one relay (holding 1 of `wanted` sessions, so pausing the 15 s of
+            // `fewRelaysRecheck`) stayed off the relay that long after the relay restarted.
+            await self.keeperWakeup.sleep(for: delay + jitter)
         }
         for client in self.home.withLock({ $0.values.map(\.client) }) + self.transient.withLock({ Array($0.values) }) {
             client.session.close()
@@ -157,6 +163,7 @@ final class DmsgNetwork: Sendable {
             }
             self.logger.warning("relay session down", metadata: ["relay.key": "\(entry.publicKey.fingerprint)"])
             self.changes.yield()
+            self.keeperWakeup.wake()
         }
         self.changes.yield()
     }
