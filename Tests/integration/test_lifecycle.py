@@ -82,13 +82,19 @@ def test_relay_and_remote_restart_forward_comes_back(net):
             pass
         finally:
             s.close()
+        # Long enough for the forward's keeper to back off (its dials fail at 0, 1, 3 and 7 s;
+        # the next waits 8 s more).
+        time.sleep(8)
         # Relay back (same key and port), remote visor restarted too.
         net.start_relay("relay-back", port=relay_port, key_name="relay")
         a.proc.kill()
         a = net.start_visor("outage-a2", config=a_cfg)
-        wait_for(lambda: b.json("skynet", "status", info["name"])[0]["state"] == "running", 90, "running again")
         payload = bytes(range(256)) * 4096
-        wait_for(lambda: roundtrip(port, payload) == payload, 30, "byte-exact transfer after the outage")
+        wait_for(lambda: roundtrip(port, payload) == payload, 90, "byte-exact transfer after the outage")
+        # A connection that got through ends the keeper's pause: the forward says `running` now,
+        # not after the keeper's backoff.
+        wait_for(lambda: b.json("skynet", "status", info["name"])[0]["state"] == "running", 3,
+                 "running once a connection went through")
     finally:
         backend.close()
 

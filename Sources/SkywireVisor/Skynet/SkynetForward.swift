@@ -6,6 +6,7 @@ import SkywireCrypto
 import SkywireLink
 import SkywireMux
 import SkywireSession
+import SkywireSupport
 import Synchronization
 
 /// One `skynet start`: a local listener whose every accepted connection becomes one stream on the
@@ -55,6 +56,9 @@ final class SkynetForward: Sendable {
     private let logger: Logger
     private let mutable = Mutex<(state: State, listener: (any Channel)?, localPort: Int)>((.starting, nil, 0))
     private let keeper = Mutex<Task<Void, Never>?>(nil)
+    /// Ends the keeper's pause when a connection got through while the forward showed
+    /// `reconnecting`: the state follows at once instead of after the keeper's backoff (≤ 30 s).
+    private let keeperWakeup = Wakeup()
     /// Accepted local connections, closed when the forward stops.
     private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
 
@@ -138,7 +142,9 @@ final class SkynetForward: Sendable {
                         backoff = min(backoff * 2, .seconds(30))
                     }
                 } else if case .reconnecting = state {
+                    // A session came up without the keeper (a local connection dialed it).
                     self.setState(.running)
+                    backoff = .seconds(1)
                 }
                 if network == .auto, manager.existing(remote, kinds: NetworkChoice.skynet.kinds) == nil, ContinuousClock.Instant.now >= nextDirect {
                     if (try? await manager.dialDirect(remote, loop: self.loop)) != nil {
@@ -150,10 +156,16 @@ final class SkynetForward: Sendable {
                     }
                 }
                 let jitter = Duration.milliseconds(Int.random(in: 0...Int(delay.components.seconds * 200 + 100)))
-                try? await Task.sleep(for: delay + jitter)
+                await self.keeperWakeup.sleep(for: delay + jitter)
             }
         }
         self.keeper.withLock { $0 = task }
+    }
+
+    /// A local connection opened its stream: a forward still showing `reconnecting` (its keeper
+    /// pausing after failed dials) has its keeper look again now, so the state says `running`.
+    private func connectionGotThrough() {
+        if case .reconnecting = self.state { self.keeperWakeup.wake() }
     }
 
     private func setState(_ new: State) {
@@ -336,10 +348,11 @@ final class SkynetForward: Sendable {
                     channel.setOption(.autoRead, value: true)
                 }
             }
-            session.openStream(header: header, initializer: glue).whenComplete { result in
+            session.openStream(header: header, initializer: glue).whenComplete { [weak self] result in
                 switch result {
                 case .success(let stream):
                     counters.connectionOpened()
+                    self?.connectionGotThrough()
                     stream.closeFuture.whenComplete { _ in
                         counters.connectionClosed()
                     }
