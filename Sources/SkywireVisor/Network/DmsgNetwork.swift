@@ -26,6 +26,9 @@ final class DmsgNetwork: Sendable {
     /// How long the keeper waits before asking discovery again when fewer relays are listed
     /// than `dmsg.sessions` wants (not an error: a small network has one relay).
     static let fewRelaysRecheck: Duration = .seconds(15)
+    /// Rounds that a lost session starts early are at least this far apart: a relay that accepts
+    /// sessions and drops them at once must not have its visors reconnecting in a tight loop.
+    static let minimumWokenRoundGap: Duration = .seconds(1)
 
     private let discovery: DiscoveryClient
     private let group: any EventLoopGroup
@@ -82,6 +85,7 @@ final class DmsgNetwork: Sendable {
     func run() async {
         var backoff = Duration.milliseconds(250)
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            let roundStarted = ContinuousClock.now
             let have = self.home.withLock { $0.count }
             var fewListed = false
             if have < self.wanted {
@@ -101,7 +105,10 @@ final class DmsgNetwork: Sendable {
             // A home session that goes down ends the pause at once: otherwise a visor on a
             // network with one relay (holding 1 of `wanted` sessions, so pausing the 15 s of
             // `fewRelaysRecheck`) stayed off the relay that long after the relay restarted.
-            await self.keeperWakeup.sleep(for: delay + jitter)
+            if await self.keeperWakeup.sleep(for: delay + jitter) {
+                let since = ContinuousClock.now - roundStarted
+                if since < Self.minimumWokenRoundGap { try? await Task.sleep(for: Self.minimumWokenRoundGap - since) }
+            }
         }
         for client in self.home.withLock({ $0.values.map(\.client) }) + self.transient.withLock({ Array($0.values) }) {
             client.session.close()
