@@ -207,10 +207,10 @@ class Cluster:
 
 def crash_report(log: str) -> str:
     """A crashed daemon's report: Swift's backtracer writes the crashed thread first, after its
-    "*** ... crashed" line, and every other thread after it; the end of the log alone shows only
-    the other threads. Otherwise the end of the log."""
-    at = log.find("*** ")
-    if at >= 0 and "crashed" in log[at:at + 200]:
+    "*** Program crashed" line, and every other thread after it; the end of the log alone shows
+    only the other threads. Otherwise the end of the log."""
+    at = log.find("*** Program crashed")
+    if at >= 0:
         return f"its crash report:\n{log[max(0, at - 2000):at + 8000]}"
     return f"the end of its log:\n{log[-6000:]}"
 
