@@ -147,8 +147,10 @@ public final class Visor: Service, Sendable {
             group.addTask { try await sudph.run() }
             group.addTask { try await publisher.run() }
             group.addTask {
-                // Announce relay changes at once instead of waiting for the next refresh.
+                // Announce relay changes at once instead of waiting for the next refresh, and
+                // have reconnecting forwards re-dial (a relay session back may be their path).
                 for await _ in dmsg.relayChanges {
+                    clients.pathsChanged()
                     _ = try? await publisher.publishNow()
                 }
             }

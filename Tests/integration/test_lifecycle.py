@@ -99,6 +99,35 @@ def test_relay_and_remote_restart_forward_comes_back(net):
         backend.close()
 
 
+def test_idle_forward_says_running_soon_after_the_relay_is_back(net):
+    """A forward without connections, after a relay outage long enough for its keeper to back
+    off to 30 s: once both visors have their relay sessions again, it says `running` within a
+    few seconds (its keeper re-dials when a relay session comes up), not after the backoff."""
+    a = net.start_visor("idle-a")
+    b = net.start_visor("idle-b")
+    backend = TCPServer(echo_handler)
+    try:
+        a.ok("skynet", "srv", "start", "--ports", str(backend.port))
+        info = b.json("skynet", "start", "--pk", a.pk, "--remote", str(backend.port), "--local", "0", "--raw-tcp", "--dmsg")
+        assert roundtrip(info["local_port"], b"before") == b"before"
+        relay_port = net.relay_port
+        net.relay.kill()
+        wait_for(lambda: b.json("skynet", "status", info["name"])[0]["state"] == "reconnecting", 20, "reconnecting")
+        # The keeper's dials fail at about 0, 1, 3, 7, 15 and 31 s (each pause up to 20 % longer);
+        # the next is due 30 s later. The relay comes back after the 31 s dial.
+        time.sleep(36)
+        net.start_relay("relay-back", port=relay_port, key_name="relay")
+        # Each visor's relay keeper is backing off too (up to 10 s): wait for both sessions.
+        wait_for(lambda: a.json("visor", "info")["relays"] and b.json("visor", "info")["relays"], 30, "both relay sessions back")
+        # No connection is made meanwhile: only the keeper can bring the state back. Before the
+        # keeper re-dialled on a relay session coming up, this took until the 30 s pause ended.
+        wait_for(lambda: b.json("skynet", "status", info["name"])[0]["state"] == "running", 10,
+                 "running after both relay sessions came back")
+        assert roundtrip(info["local_port"], b"after") == b"after"
+    finally:
+        backend.close()
+
+
 def test_corrupt_state_file_names_file_and_line(net):
     cfg = net.gen_config("corrupt-state")
     v = net.start_visor("corrupt-state", config=cfg)

@@ -50,6 +50,11 @@ final class SkynetClients: Sendable {
     /// Every forward, for reload and metrics.
     var all: [SkynetForward] { self.forwards.withLock { Array($0.values) } }
 
+    /// The visor's relay sessions changed: reconnecting forwards re-dial now.
+    func pathsChanged() {
+        for forward in self.all { forward.pathsChanged() }
+    }
+
     /// Restores a saved forward (visor start), or starts one the config declares: listens at once
     /// and reaches the remote in the background.
     func restore(name: String, remotePublicKey: String, remotePort: Int, localPort: Int, mode: String, network: String, source: InstanceSource = .runtime) async throws {

@@ -56,8 +56,9 @@ final class SkynetForward: Sendable {
     private let logger: Logger
     private let mutable = Mutex<(state: State, listener: (any Channel)?, localPort: Int)>((.starting, nil, 0))
     private let keeper = Mutex<Task<Void, Never>?>(nil)
-    /// Ends the keeper's pause when a connection got through while the forward showed
-    /// `reconnecting`: the state follows at once instead of after the keeper's backoff (≤ 30 s).
+    /// Ends the keeper's pause while the forward shows `reconnecting`: when a connection got
+    /// through, or when the visor's relay sessions changed (the path may be back), the keeper
+    /// looks again at once instead of after its backoff (≤ 30 s), and its backoff starts over.
     private let keeperWakeup = Wakeup()
     /// Accepted local connections, closed when the forward stops.
     private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
@@ -156,7 +157,10 @@ final class SkynetForward: Sendable {
                     }
                 }
                 let jitter = Duration.milliseconds(Int.random(in: 0...Int(delay.components.seconds * 200 + 100)))
-                await self.keeperWakeup.sleep(for: delay + jitter)
+                if await self.keeperWakeup.sleep(for: delay + jitter) {
+                    // Woken: something changed; a failure now is a new outage's first.
+                    backoff = .seconds(1)
+                }
             }
         }
         self.keeper.withLock { $0 = task }
@@ -165,6 +169,17 @@ final class SkynetForward: Sendable {
     /// A local connection opened its stream: a forward still showing `reconnecting` (its keeper
     /// pausing after failed dials) has its keeper look again now, so the state says `running`.
     private func connectionGotThrough() {
+        self.lookAgainIfReconnecting()
+    }
+
+    /// The visor's relay sessions changed (one came up after an outage, or went down): a forward
+    /// showing `reconnecting` re-dials now, so an idle forward says `running` soon after the path
+    /// is back, not only after its backoff.
+    func pathsChanged() {
+        self.lookAgainIfReconnecting()
+    }
+
+    private func lookAgainIfReconnecting() {
         if case .reconnecting = self.state { self.keeperWakeup.wake() }
     }
 
