@@ -73,9 +73,29 @@ final class SkynetForward: Sendable {
         self.mode = mode
         self.network = network
         self.manager = manager
-        self.loop = group.next()
+        self.loop = Self.loop(for: remote, network: network, manager: manager, group: group)
         self.logger = logger
         self.mutable.withLock { $0.localPort = localPort }
+    }
+
+    /// The event loop of a forward's listener and local connections: the loop of the session
+    /// they will use, so that a connection and its stream share one thread. (A connection on
+    /// another loop than its stream's costs a thread hand-off for every read and write: a second
+    /// forward to the same remote measured 522 µs per new connection against 347-375 µs for the
+    /// first, and twice the client visor's CPU per connection.) A session to the remote that is up
+    /// gives its loop; otherwise the loop follows from the remote's key, so that forwards to one
+    /// remote agree among themselves and the direct session their probe dials is made on it.
+    static func loop(for remote: PublicKey, network: NetworkChoice, manager: TransportManager, group: any EventLoopGroup) -> any EventLoop {
+        if let session = manager.existing(remote, kinds: network.kinds) { return session.eventLoop }
+        return Self.loop(for: remote, among: Array(group.makeIterator())) ?? group.next()
+    }
+
+    /// The loop among `loops` that forwards to `remote` use while no session to it is up.
+    static func loop(for remote: PublicKey, among loops: [any EventLoop]) -> (any EventLoop)? {
+        guard !loops.isEmpty else { return nil }
+        var hasher = Hasher()
+        hasher.combine(remote)
+        return loops[Int(UInt(bitPattern: hasher.finalize()) % UInt(loops.count))]
     }
 
     var state: State { self.mutable.withLock { $0.state } }
