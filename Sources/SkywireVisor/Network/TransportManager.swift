@@ -75,6 +75,16 @@ public actor TransportManager {
         }
     }
 
+    /// The event loop a session to `key` over `network` is on, or most likely will be on: an
+    /// existing session's; over the relay network, that of the home relay session a dial tries
+    /// first (the one with the lowest handshake time). `nil` when the dialer decides (a direct
+    /// session is made on the loop the dialer passes).
+    public nonisolated func expectedLoop(for key: PublicKey, network: NetworkChoice) -> (any EventLoop)? {
+        if let session = self.existing(key, kinds: network.kinds) { return session.eventLoop }
+        if network == .dmsg { return self.dmsg.homes.first?.client.session.eventLoop }
+        return nil
+    }
+
     /// Every live session (draining ones included).
     public nonisolated var all: [Session] {
         self.live.withLock { Array($0.values) } + self.draining.withLock { Array($0.values) }

@@ -83,10 +83,11 @@ final class SkynetForward: Sendable {
     /// another loop than its stream's costs a thread hand-off for every read and write: a second
     /// forward to the same remote measured 522 µs per new connection against 347-375 µs for the
     /// first, and twice the client visor's CPU per connection.) A session to the remote that is up
-    /// gives its loop; otherwise the loop follows from the remote's key, so that forwards to one
-    /// remote agree among themselves and the direct session their probe dials is made on it.
+    /// gives its loop (over the relay network, so does the home relay session a dial goes through
+    /// first); otherwise the loop follows from the remote's key, so that forwards to one remote
+    /// agree among themselves and the direct session their probe dials is made on it.
     static func loop(for remote: PublicKey, network: NetworkChoice, manager: TransportManager, group: any EventLoopGroup) -> any EventLoop {
-        if let session = manager.existing(remote, kinds: network.kinds) { return session.eventLoop }
+        if let loop = manager.expectedLoop(for: remote, network: network) { return loop }
         return Self.loop(for: remote, among: Array(group.makeIterator())) ?? group.next()
     }
 
