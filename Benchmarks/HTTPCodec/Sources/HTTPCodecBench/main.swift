@@ -20,16 +20,11 @@ let ansBuf = alloc.buffer(string: answer)
 func now() -> UInt64 { NIODeadline.now().uptimeNanoseconds }
 func f(_ x: Double) -> String { String(Double(Int(x * 100)) / 100) }
 
-final class TypedSink: ChannelInboundHandler {
-    typealias InboundIn = HTTPClientResponsePart
-    var deliver: ((HTTPClientResponsePart) -> Void)?
-    var done: (() -> Void)?
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) { deliver?(self.unwrapInboundIn(data)) }
-    func channelReadComplete(context: ChannelHandlerContext) { done?() }
-}
-final class RawSink: ChannelInboundHandler {
-    typealias InboundIn = ByteBuffer
-    var deliver: ((ByteBuffer) -> Void)?
+/// Backend side's last handler: hands what the backend says (`Part`: answer parts or bytes) to
+/// the client side, and flushes there at the end of the read.
+final class Sink<Part>: ChannelInboundHandler {
+    typealias InboundIn = Part
+    var deliver: ((Part) -> Void)?
     var done: (() -> Void)?
     func channelRead(context: ChannelHandlerContext, data: NIOAny) { deliver?(self.unwrapInboundIn(data)) }
     func channelReadComplete(context: ChannelHandlerContext) { done?() }
@@ -47,7 +42,7 @@ final class TypedRelay: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
     let backend = EmbeddedChannel()
-    let sink = TypedSink()
+    let sink = Sink<HTTPClientResponsePart>()
     var context: ChannelHandlerContext!
     init() throws {
         try backend.pipeline.syncOperations.addHandlers(HTTPRequestEncoder(), ByteToMessageHandler(HTTPResponseDecoder()), sink)
@@ -80,7 +75,7 @@ final class RawRelay: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
     let backend = EmbeddedChannel()
-    let sink = RawSink()
+    let sink = Sink<ByteBuffer>()
     var context: ChannelHandlerContext!
     init() throws {
         try backend.pipeline.syncOperations.addHandler(sink)
