@@ -107,17 +107,16 @@ final class ProxyBackend: ChannelDuplexHandler, RemovableChannelHandler {
     /// after the 101: half-close allowed, the forwards' water marks, and bytes behind the 101 kept
     /// (`forwardBytes`) instead of dropped.
     static func connect(port: Int, on loop: any EventLoop, forUpgrade: Bool) -> EventLoopFuture<any Channel> {
-        var bootstrap = ClientBootstrap(group: loop)
-            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
-            .connectTimeout(.seconds(5))
-        if forUpgrade {
-            bootstrap = bootstrap
-                .channelOption(.allowRemoteHalfClosure, value: true)
-                .channelOption(.writeBufferWaterMark, value: SkynetForward.waterMark)
-        }
         let leftOver: RemoveAfterUpgradeStrategy = forUpgrade ? .forwardBytes : .dropBytes
-        return bootstrap.channelInitializer { channel in
+        // TCP_NODELAY is the bootstrap's default; the other options are set synchronously here
+        // rather than as the bootstrap's `channelOption`s (see `SkynetServer`'s raw connect).
+        return ClientBootstrap(group: loop).connectTimeout(.seconds(5)).channelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
+                if forUpgrade {
+                    let options = channel.syncOptions!
+                    try options.setOption(.allowRemoteHalfClosure, value: true)
+                    try options.setOption(.writeBufferWaterMark, value: SkynetForward.waterMark)
+                }
                 try channel.pipeline.syncOperations.addHandlers(
                     HTTPRequestEncoder(),
                     ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: leftOver)),
