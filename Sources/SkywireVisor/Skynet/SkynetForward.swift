@@ -187,20 +187,11 @@ final class SkynetForward: Sendable {
         self.keeper.withLock { $0 = task }
     }
 
-    /// A local connection opened its stream: a forward still showing `reconnecting` (its keeper
-    /// pausing after failed dials) has its keeper look again now, so the state says `running`.
-    private func connectionGotThrough() {
-        self.lookAgainIfReconnecting()
-    }
-
-    /// The visor's relay sessions changed (one came up after an outage, or went down): a forward
-    /// showing `reconnecting` re-dials now, so an idle forward says `running` soon after the path
-    /// is back, not only after its backoff.
+    /// The path may be back: a local connection opened its stream, or the visor's relay sessions
+    /// changed (one came up after an outage). A forward showing `reconnecting` (its keeper pausing
+    /// after failed dials) has its keeper look again now, so the state says `running` as soon as
+    /// the path works, not only after the backoff.
     func pathsChanged() {
-        self.lookAgainIfReconnecting()
-    }
-
-    private func lookAgainIfReconnecting() {
         if case .reconnecting = self.state { self.keeperWakeup.wake() }
     }
 
@@ -388,7 +379,7 @@ final class SkynetForward: Sendable {
                 switch result {
                 case .success(let stream):
                     counters.connectionOpened()
-                    self?.connectionGotThrough()
+                    self?.pathsChanged()
                     stream.closeFuture.whenComplete { _ in
                         counters.connectionClosed()
                     }

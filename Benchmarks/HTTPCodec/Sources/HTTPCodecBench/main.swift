@@ -92,9 +92,10 @@ final class RawRelay: ChannelInboundHandler {
 func run(typed: Bool, n: Int) throws -> Double {
     let s = EmbeddedChannel()
     if typed {
-        try s.pipeline.syncOperations.addHandlers(HTTPResponseEncoder(), ByteToMessageHandler(HTTPRequestDecoder()))
+        try s.pipeline.syncOperations.addHandlers(HTTPResponseEncoder(), ByteToMessageHandler(HTTPRequestDecoder()), try TypedRelay())
+    } else {
+        try s.pipeline.syncOperations.addHandler(try RawRelay())
     }
-    if typed { try s.pipeline.syncOperations.addHandler(try TypedRelay()) } else { try s.pipeline.syncOperations.addHandler(try RawRelay()) }
     var out = 0
     let t0 = now()
     for _ in 0..<n {
